@@ -1,0 +1,1 @@
+"""Constitutions, prompt sets, chat construction and Lightning data modules."""

@@ -1,0 +1,1 @@
+"""Judges and benchmarks that measure whether the persona took hold."""

@@ -1,0 +1,89 @@
+"""Experiment loggers from the ``logger`` config group: W&B (offline when no API key), CSV, or none.
+
+Secrets never reach a logger: config values under keys that look like credentials are redacted before
+anything is logged or written (see :func:`redact`).
+"""
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+LOGGERS = ("wandb", "csv", "none")
+
+
+def redact(value):
+    """A copy of a plain (nested dict/list) config with credential-like keys replaced by '<redacted>'."""
+    if isinstance(value, dict):
+        return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    return redact(OmegaConf.to_container(cfg, resolve=True))
+
+
+def wandb_has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode(requested: str) -> str:
+    """``auto`` means online with an API key, offline otherwise; WANDB_MODE wins when set."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if requested == "auto":
+        return "online" if wandb_has_api_key() else "offline"
+    if requested not in ("online", "offline", "disabled"):
+        raise ValueError(f"logger.mode={requested!r} is not valid; choose auto, online, offline or disabled.")
+    return requested
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str):
+    name = cfg.name
+    if name == "none":
+        return False
+    if name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(save_dir=str(run_dir), name="csv", version="")
+        logger.log_hyperparams(config)
+        return logger
+    if name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = wandb_mode(str(cfg.get("mode", "auto")))
+        logger = WandbLogger(project=cfg.project, name=run_name, group=cfg.get("group"), tags=list(cfg.get("tags") or []),
+                             save_dir=str(run_dir), mode=mode, config=config, job_type=cfg.get("job_type"))
+        run = logger.experiment  # start now so the run dir is known
+        if mode == "offline":
+            print(f"[charlit] W&B offline (no API key configured): run saved in {run.dir}; "
+                  f"sync later with `wandb sync {Path(run.dir).parent}`", flush=True)
+        return logger
+    raise ValueError(f"logger={name!r} is not available; valid choices: {', '.join(LOGGERS)}.")
+
+
+def log_samples(trainer, samples: list[dict], step: int, limit: int = 8) -> None:
+    """Append sample generations to ``samples.jsonl`` in the run dir and to a W&B table when W&B is on."""
+    if trainer is None or not samples or not trainer.is_global_zero:
+        return
+    samples = samples[:limit]
+    run_dir = Path(trainer.default_root_dir)
+    with open(run_dir / "samples.jsonl", "a") as fh:
+        for s in samples:
+            fh.write(json.dumps({"step": step, **s}) + "\n")
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            columns = ["step", "prompt", "student", "teacher"]
+            logger.log_table(key="samples", columns=columns, data=[[step, s["prompt"], s["student"], s["teacher"]] for s in samples])

@@ -1,0 +1,165 @@
+"""The base LightningModule every objective extends: optimiser, held-out validation, shared metrics.
+
+A subclass sets ``data_kind`` (what its batches hold: ``prompts`` or ``conversations``) and implements
+``compute_loss(batch) -> (loss, metrics, n_tokens)``. Everything else (grad norm, learning rate,
+tokens/s, ``val/divergence``, ``val/persona_gain``, sample tables) is shared.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from charlit.data.constitution import Constitution
+from charlit.models import LoadedModel
+from charlit.models.reference import FrozenReference
+from charlit.objectives.validation import HeldOutValidation
+from charlit.sampling import Sampler, SamplingParams
+
+
+@dataclass
+class RunContext:
+    """Everything an objective is built from."""
+    cfg: DictConfig              # the whole composed config
+    loaded: LoadedModel
+    constitution: Constitution
+    sampler: Sampler
+
+
+def sampling_params(cfg) -> SamplingParams:
+    return SamplingParams(max_new_tokens=int(cfg.max_new_tokens), temperature=float(cfg.temperature),
+                          top_p=float(cfg.get("top_p", 1.0)), top_k=int(cfg.get("top_k", 0)))
+
+
+class CharacterObjective(L.LightningModule):
+    name: ClassVar[str] = "base"
+    data_kind: ClassVar[str] = "prompts"
+
+    def __init__(self, ctx: RunContext):
+        super().__init__()
+        self.run_cfg = ctx.cfg
+        self.method_cfg = ctx.cfg.method
+        self.policy = ctx.loaded.model
+        self.tokenizer = ctx.loaded.tokenizer
+        self.constitution = ctx.constitution
+        self.sampler = ctx.sampler
+        self.reference = FrozenReference(self.policy)  # a plain attribute: never saved in checkpoints
+        val = ctx.cfg.val
+        self.validation = HeldOutValidation(
+            self.policy, self.reference, self.tokenizer, self.constitution, self.sampler,
+            sampling_params(ctx.cfg.val.sampling), beta=float(val.beta), temperature=float(val.temperature),
+            seed=int(ctx.cfg.seed) + 7919)
+        self.val_history: list[dict] = []   # one entry per validation run: step + aggregated metrics
+        self.baselines: dict[str, float] = {}
+        self._val_acc: dict | None = None
+        self._step_start = 0.0
+
+    # ---- subclasses -------------------------------------------------------------------------
+    def compute_loss(self, batch) -> tuple[torch.Tensor, dict[str, float], int]:
+        raise NotImplementedError
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def global_num_items(self, local: int) -> float:
+        """Token count to divide by so DDP gradients equal one big batch (ranks average their grads)."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return float(local)
+        total = self.trainer.strategy.reduce(torch.tensor(float(local), device=self.device), reduce_op="sum")
+        return float(total) / self.trainer.world_size
+
+    def setup(self, stage: str) -> None:
+        self.reference.to(self.device)
+
+    # ---- training ---------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx):
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        loss, metrics, n_tokens = self.compute_loss(batch)
+        elapsed = max(time.perf_counter() - self._step_start, 1e-9)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=1)
+        for key, value in metrics.items():
+            self.log(f"train/{key}", value, batch_size=1)
+        self.log("train/tokens", float(n_tokens), batch_size=1)
+        self.log("train/tokens_per_s", n_tokens / elapsed, batch_size=1)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad.detach().float().norm() for p in self.policy.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
+        self.log("train/grad_norm", norm, batch_size=1)
+
+    def configure_optimizers(self):
+        optim = self.run_cfg.optim
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("The policy has no trainable parameters; check model.lora / model settings.")
+        optimizer = torch.optim.AdamW(params, lr=float(optim.lr), weight_decay=float(optim.weight_decay),
+                                      betas=tuple(optim.betas))
+        warmup = int(optim.warmup_steps)
+        total = max(int(self.run_cfg.trainer.max_steps), 1)
+        schedule = str(optim.schedule)
+        if schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"optim.schedule={schedule!r} is not valid; choose constant, cosine or linear.")
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            if schedule == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * progress))
+            if schedule == "linear":
+                return 1.0 - progress
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- validation -------------------------------------------------------------------------
+    def on_validation_epoch_start(self):
+        self._val_acc = {"div": 0.0, "tokens": 0, "gains": [], "bare": [], "prompted": [], "samples": []}
+
+    def validation_step(self, batch, batch_idx):
+        first = not self.baselines
+        result = self.validation.run_batch(list(batch), batch_idx, with_baselines=first)
+        acc = self._val_acc
+        acc["div"] += result.divergence_sum
+        acc["tokens"] += result.tokens
+        acc["gains"].append(result.gains.cpu())
+        acc["samples"].extend(result.samples)
+        for key in ("bare", "prompted"):
+            if key in result.baseline_gains:
+                acc[key].append(result.baseline_gains[key].cpu())
+
+    def on_validation_epoch_end(self):
+        acc = self._val_acc
+        if self.trainer.sanity_checking or acc is None or not acc["gains"]:
+            return
+        metrics = {
+            "val/divergence": acc["div"] / max(acc["tokens"], 1),
+            "val/persona_gain": torch.cat(acc["gains"]).mean().item(),
+        }
+        if acc["bare"]:
+            self.baselines = {
+                "val/persona_gain_bare": torch.cat(acc["bare"]).mean().item(),
+                "val/persona_gain_prompted": torch.cat(acc["prompted"]).mean().item(),
+            }
+            metrics.update(self.baselines)
+        span = self.baselines["val/persona_gain_prompted"] - self.baselines["val/persona_gain_bare"]
+        if abs(span) > 1e-12:
+            metrics["val/persona_progress"] = (metrics["val/persona_gain"] - self.baselines["val/persona_gain_bare"]) / span
+        for key, value in metrics.items():
+            self.log(key, value, batch_size=1, sync_dist=False)
+        self.val_history.append({"step": int(self.global_step), **metrics})
+        self.log_samples(acc["samples"])
+
+    def log_samples(self, samples: list[dict]) -> None:
+        """Hand sample generations to whichever loggers can show them (see charlit.loggers)."""
+        from charlit.loggers import log_samples
+
+        log_samples(self.trainer, samples, step=int(self.global_step))

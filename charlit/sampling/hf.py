@@ -1,0 +1,69 @@
+"""Batched, KV-cached sampling with Hugging Face ``generate`` (the CPU backend)."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from charlit.sampling.base import Sampler, SamplingParams
+
+
+def end_token_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end an assistant turn: the tokenizer's EOS plus the generation config's."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif extra:
+        ids.update(int(i) for i in extra)
+    return sorted(ids)
+
+
+def trim_response(tokens: list[int], stop_ids: set[int]) -> list[int]:
+    for i, tok in enumerate(tokens):
+        if tok in stop_ids:
+            return tokens[: i + 1]
+    return tokens
+
+
+class HFSampler(Sampler):
+    def __init__(self, tokenizer, batch_size: int = 16):
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def generate(self, model, prompts, params: SamplingParams, *, seed=None, desc=None):
+        stop_ids = end_token_ids(self.tokenizer, model)
+        pad_id = self.tokenizer.pad_token_id
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        chunks = [prompts[i: i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
+        bar = tqdm(chunks, desc=desc or "generate", unit="batch", disable=len(chunks) < 2, leave=False)
+        out: list[list[int]] = []
+        try:
+            with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for chunk in bar:
+                    width = max(len(p) for p in chunk)
+                    input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                    attention = torch.zeros((len(chunk), width), dtype=torch.long)
+                    for row, ids in enumerate(chunk):  # left padding: every prompt ends where generation starts
+                        input_ids[row, width - len(ids):] = torch.tensor(ids)
+                        attention[row, width - len(ids):] = 1
+                    sampling = params.temperature > 0
+                    generated = model.generate(
+                        input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                        max_new_tokens=params.max_new_tokens, do_sample=sampling,
+                        temperature=params.temperature if sampling else None,
+                        top_p=params.top_p if sampling else None, top_k=params.top_k if sampling else None,
+                        eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True,
+                    )
+                    for row in generated[:, width:].tolist():
+                        out.append(trim_response(row, set(stop_ids)))
+        finally:
+            model.train(was_training)
+        return out

@@ -1,0 +1,22 @@
+"""charlit training entry point: ``python train.py method=self_distill`` (see README)."""
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from charlit.config import register_configs, rewrite_persona_path
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from charlit.run import train
+
+    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    register_configs()
+    sys.argv = [sys.argv[0], *rewrite_persona_path(sys.argv[1:])]
+    main()
