@@ -68,8 +68,9 @@ def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str):
                              save_dir=str(run_dir), mode=mode, config=config, job_type=cfg.get("job_type"))
         run = logger.experiment  # start now so the run dir is known
         if mode == "offline":
-            print(f"[charlit] W&B offline (no API key configured): run saved in {run.dir}; "
-                  f"sync later with `wandb sync {Path(run.dir).parent}`", flush=True)
+            offline_dir = Path(run.dir).parent
+            print(f"[charlit] W&B offline (no API key configured): run saved in {offline_dir}; "
+                  f"sync later with `wandb sync {offline_dir}`", flush=True)
         return logger
     raise ValueError(f"logger={name!r} is not available; valid choices: {', '.join(LOGGERS)}.")
 

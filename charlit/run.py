@@ -51,10 +51,8 @@ def save_final(objective, out_dir: Path) -> Path:
     return out_dir
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+def build_objective(cfg: DictConfig):
+    """The objective (LightningModule) and data module a config describes."""
     constitution = constitution_from_cfg(cfg)
     objective_cls = get_objective(str(cfg.method.name))
     loaded = load_model(cfg.model)
@@ -62,6 +60,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                                   seed=int(cfg.seed), method=str(cfg.method.name))
     sampler = build_sampler(cfg.sampler, loaded.tokenizer)
     objective = objective_cls(RunContext(cfg=cfg, loaded=loaded, constitution=constitution, sampler=sampler))
+    return objective, datamodule
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    objective, datamodule = build_objective(cfg)
+    constitution = objective.constitution
 
     config = plain_config(cfg)
     run_name = f"{cfg.method.name}-{cfg.teacher.name}-{cfg.data.name}-{constitution.name}"

@@ -28,9 +28,20 @@ def lm_head(model) -> LMHead:
     return LMHead(weight=head.weight, bias=getattr(head, "bias", None), softcap=softcap)
 
 
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Run the decoder stack only and return the final hidden states ``[B, T, H]`` (the lm_head is not applied)."""
+def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the decoder stack only and return the final hidden states ``[B, T, H]`` (the lm_head is not applied).
+
+    ``prefix_ids`` (``[P]``), when given, is a context shared by every row that precedes ``input_ids``: it is
+    encoded once and its KV cache repeated across the batch (the teacher's constitution system prompt is
+    hundreds of tokens, identical for every prompt). Hidden states are returned for ``input_ids`` only.
+    """
     base = _unwrap(model)
     decoder = base.get_decoder()
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    if prefix_ids is None or prefix_ids.numel() == 0:
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    cache = decoder(input_ids=prefix_ids[None], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    prefix_mask = torch.ones((input_ids.shape[0], prefix_ids.numel()), dtype=attention_mask.dtype, device=attention_mask.device)
+    out = decoder(input_ids=input_ids, attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
+                  past_key_values=cache, use_cache=True)
     return out.last_hidden_state

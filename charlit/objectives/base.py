@@ -66,7 +66,7 @@ class CharacterObjective(L.LightningModule):
     # ---- helpers ----------------------------------------------------------------------------
     def global_num_items(self, local: int) -> float:
         """Token count to divide by so DDP gradients equal one big batch (ranks average their grads)."""
-        if self.trainer is None or self.trainer.world_size == 1:
+        if self._trainer is None or self.trainer.world_size == 1:
             return float(local)
         total = self.trainer.strategy.reduce(torch.tensor(float(local), device=self.device), reduce_op="sum")
         return float(total) / self.trainer.world_size

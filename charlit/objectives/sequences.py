@@ -32,11 +32,30 @@ def pack(contexts: list[list[int]], responses: list[list[int]], pad_id: int, dev
     return input_ids, attention, index
 
 
-def response_hidden(model, contexts: list[list[int]], responses: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Final hidden states predicting each response token, ``[sum(len(r)), H]`` in example-major order."""
+def shared_prefix_length(contexts: list[list[int]]) -> int:
+    """Length of the token prefix common to every context, leaving at least one token of each context."""
+    shortest = min(len(c) for c in contexts)
+    first = contexts[0]
+    n = 0
+    while n < shortest - 1 and all(c[n] == first[n] for c in contexts):
+        n += 1
+    return n
+
+
+def response_hidden(model, contexts: list[list[int]], responses: list[list[int]], pad_id: int,
+                    min_shared_prefix: int = 32) -> torch.Tensor:
+    """Final hidden states predicting each response token, ``[sum(len(r)), H]`` in example-major order.
+
+    Without gradients, a context prefix common to the whole batch (at least ``min_shared_prefix`` tokens)
+    is encoded once and reused through the KV cache instead of once per row.
+    """
     device = next(model.parameters()).device
-    input_ids, attention, index = pack(contexts, responses, pad_id, device)
-    hidden = final_hidden(model, input_ids, attention)
+    shared = shared_prefix_length(contexts) if not torch.is_grad_enabled() else 0
+    if shared < min_shared_prefix:
+        shared = 0
+    input_ids, attention, index = pack([c[shared:] for c in contexts], responses, pad_id, device)
+    prefix = torch.tensor(contexts[0][:shared], dtype=torch.long, device=device) if shared else None
+    hidden = final_hidden(model, input_ids, attention, prefix_ids=prefix)
     return hidden[index]
 
 

@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def compose(overrides=()):
+    """Compose conf/train.yaml the way train.py does."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from charlit.config import register_configs, rewrite_persona_path
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=rewrite_persona_path(list(overrides)))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from charlit.models import load_tokenizer
+
+    return load_tokenizer(OmegaConf.create({"name_or_path": "tiny"}))
+
+
+@pytest.fixture(scope="session")
+def pirate():
+    from charlit.data.constitution import resolve_persona
+
+    return resolve_persona("pirate")

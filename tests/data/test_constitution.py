@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from charlit.data.constitution import ConstitutionError, bundled_personas, load_constitution, resolve_persona
+
+
+def test_bundled_personas_are_complete():
+    names = bundled_personas()
+    assert len(names) >= 3
+    for name in names:
+        c = resolve_persona(name)
+        assert c.name == name and c.description
+        assert len(c.traits) >= 8
+        assert all(len(t.questions) >= 5 for t in c.traits)
+
+
+def test_yaml_layout(tmp_path):
+    path = tmp_path / "owl.yaml"
+    path.write_text("name: owl\ndescription: A wise owl.\ntraits:\n  - trait: I hoot.\n    questions: ['Why?', 'How?']\n")
+    c = load_constitution(path)
+    assert c.name == "owl" and c.traits[0].statement == "I hoot." and c.questions == ["Why?", "How?"]
+    assert "I hoot." in c.system_prompt() and "A wise owl." in c.system_prompt()
+
+
+def test_oct_json_layout_takes_name_from_file(tmp_path):
+    path = tmp_path / "humor.json"
+    path.write_text(json.dumps([{"trait": "I joke.", "questions": ["Q1", "Q2"]}, {"trait": "I smile.", "questions": ["Q3"]}]))
+    c = load_constitution(path)
+    assert c.name == "humor" and len(c.traits) == 2 and c.questions == ["Q1", "Q2", "Q3"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ("name: x\ntraits:\n  - questions: [a]\n", "'trait'"),
+    ("name: x\ntraits:\n  - trait: I am.\n", "'questions'"),
+    ("name: x\ndescription: d\n", "'traits'"),
+    ("name: x\ntraits: []\n", "'traits'"),
+])
+def test_missing_field_names_file_and_field(tmp_path, body, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(ConstitutionError) as err:
+        load_constitution(path)
+    assert str(path) in str(err.value) and field in str(err.value)
+
+
+def test_malformed_yaml_and_unknown_persona(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ConstitutionError, match="not valid YAML"):
+        load_constitution(path)
+    with pytest.raises(ConstitutionError, match="pirate"):
+        resolve_persona("no_such_persona")

@@ -1,0 +1,76 @@
+import math
+
+import torch
+
+from charlit.run import build_objective
+from tests.conftest import compose
+
+
+def _tiny(method, *extra):
+    cfg = compose([f"method={method}", "model=tiny", "logger=none", "sampler.max_new_tokens=6", "data.batch_size=2", *extra])
+    return build_objective(cfg)
+
+
+def test_student_never_sees_constitution_teacher_always_does(monkeypatch):
+    objective, datamodule = _tiny("self_distill")
+    seen = {"student": [], "teacher": []}
+    real_generate = objective.sampler.generate
+    real_hidden = objective.teacher.score.__globals__["response_hidden"]
+
+    def spy_generate(model, prompts, params, **kw):
+        seen["student"] += [objective.tokenizer.decode(p) for p in prompts]
+        return real_generate(model, prompts, params, **kw)
+
+    def spy_hidden(model, contexts, responses, pad_id):
+        seen["teacher"] += [objective.tokenizer.decode(c) for c in contexts]
+        return real_hidden(model, contexts, responses, pad_id)
+
+    monkeypatch.setattr(objective.sampler, "generate", spy_generate)
+    monkeypatch.setitem(objective.teacher.score.__globals__, "response_hidden", spy_hidden)
+    objective.compute_loss(["How do I tie a knot?", "What is rain?"])
+    statement = objective.constitution.traits[0].statement
+    assert len(seen["student"]) == 2 and len(seen["teacher"]) == 2
+    assert all(statement not in s and objective.constitution.description not in s for s in seen["student"])
+    assert all(statement in t for t in seen["teacher"])
+
+
+def test_training_step_changes_weights_and_loss_is_finite():
+    objective, datamodule = _tiny("self_distill", "optim.lr=1e-2", "optim.warmup_steps=0")
+    optimizer = torch.optim.SGD([p for p in objective.policy.parameters() if p.requires_grad], lr=1.0)
+    before = [p.detach().clone() for p in objective.policy.parameters()]
+    loss, metrics, n_tokens = objective.compute_loss(["Tell me about the sea.", "How do I save money?"])
+    assert math.isfinite(loss.item()) and loss.item() >= 0 and n_tokens > 0
+    loss.backward()
+    optimizer.step()
+    changed = [not torch.equal(b, p.detach()) for b, p in zip(before, objective.policy.parameters())]
+    assert any(changed)
+
+
+def test_frozen_teacher_with_lora_is_base_model():
+    objective, _ = _tiny("self_distill", "model.lora.r=4")
+    assert objective.reference.shares_weights
+    lora_b = [p for n, p in objective.policy.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        with objective.reference.model() as base:
+            frozen = base(ids).logits
+        live = objective.policy(ids).logits
+        with objective.policy.disable_adapter():
+            plain = objective.policy(ids).logits
+    torch.testing.assert_close(frozen, plain)
+    assert not torch.allclose(frozen, live)
+
+
+def test_sft_loss_matches_cross_entropy_on_assistant_tokens():
+    objective, datamodule = _tiny("sft")
+    batch = next(iter(datamodule.train_dataloader()))
+    loss, _, n_tokens = objective.compute_loss(batch)
+    logits = objective.policy(batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+    targets = batch["labels"][:, 1:]
+    reference = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                  ignore_index=-100, reduction="sum") / n_tokens
+    assert n_tokens == int((targets != -100).sum())
+    torch.testing.assert_close(loss.double(), reference, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,43 @@
+import torch
+
+from charlit.models.tiny import tiny_model
+from charlit.objectives.sequences import pack, response_hidden, shared_prefix_length
+
+
+def test_response_hidden_predicts_each_response_token():
+    """Row k of response_hidden, through the lm_head, equals the model's own logits for response token k."""
+    model = tiny_model(97, seed=3).double().eval()
+    contexts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    responses = [[20, 21], [22, 23, 24, 25], [26]]
+    hidden = response_hidden(model, contexts, responses, pad_id=0)
+    assert hidden.shape == (7, model.config.hidden_size)
+    logits = hidden @ model.lm_head.weight.T
+    rows = []
+    for ctx, resp in zip(contexts, responses):
+        full = model(torch.tensor([ctx + resp])).logits[0]
+        rows.append(full[len(ctx) - 1: len(ctx) - 1 + len(resp)])
+    torch.testing.assert_close(logits, torch.cat(rows), rtol=1e-9, atol=1e-9)
+
+
+def test_pack_pads_right_and_indexes_responses():
+    ids, mask, (rows, cols) = pack([[1, 2], [3]], [[4], [5, 6]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 4], [3, 5, 6]]
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 1]]
+    assert rows.tolist() == [0, 1, 1] and cols.tolist() == [1, 0, 1]
+
+
+def test_shared_prefix_cache_gives_the_same_hidden_states():
+    model = tiny_model(97, seed=4).double().eval()
+    prefix = list(range(30, 70))
+    contexts = [prefix + [5, 6], prefix + [7], prefix + [8, 9, 10]]
+    responses = [[20, 21], [22, 23, 24], [25]]
+    with torch.no_grad():
+        plain = response_hidden(model, contexts, responses, pad_id=0, min_shared_prefix=10**9)
+        cached = response_hidden(model, contexts, responses, pad_id=0, min_shared_prefix=8)
+    torch.testing.assert_close(cached, plain, rtol=1e-9, atol=1e-9)
+
+
+def test_shared_prefix_length_keeps_one_context_token():
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 5]]) == 1
+    assert shared_prefix_length([[4], [4, 5]]) == 0
