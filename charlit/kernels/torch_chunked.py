@@ -1,0 +1,340 @@
+"""Chunked pure-PyTorch backend (CPU default; also runs on CUDA).
+
+Memory: the hidden rows are processed in token tiles of ``B`` rows; for each tile the full
+``[B, V]`` student (and teacher) logits exist, never ``[N, V]``.  Extra memory is therefore
+O(B*V + N*H + V*H) (the last two are the gradients themselves).  ``B`` is chosen so the tile
+buffers stay under ``TILE_BUDGET_BYTES``.
+
+Speed: every logit is produced by exactly one GEMM when the upstream gradient is a scalar
+(reduction "sum"/"mean"): the gradients w.r.t. the student hidden states, lm_head weight
+and bias are computed *in the forward pass*, tile by tile, and merely scaled in backward.
+That is 4 GEMMs of 2*N*H*V (student logits, teacher logits, dX, dW) instead of 6 for
+"recompute in backward" (see ``GRAD_IN_FORWARD`` and ``benchmarks/bench_grad_mode.py``).  A
+per-position upstream gradient (``reduction="none"``, and always for log-probs) cannot be
+folded into dW ahead of time, so those paths save only the per-row log-sum-exp and recompute
+the logits tile in backward.
+
+Elementwise work (log-softmax, divergence, its gradient) runs on row blocks of
+``ROW_BLOCK_BYTES`` so the ~15 passes over each block hit cache instead of DRAM.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+TILE_BUDGET_BYTES = 128 * 2**20
+"""Upper bound on the fp32 bytes of the [B, V] buffers that live at once for one token tile."""
+ROW_BLOCK_BYTES = 512 * 2**10
+"""Target fp32 bytes per row block for the elementwise passes on CPU (about L2-sized)."""
+GRAD_IN_FORWARD = True
+"""Scalar-upstream divergence: compute dX/dW in forward (4 GEMMs) rather than recompute (6)."""
+MIN_TILE = 16
+
+last_plan: dict = {}
+"""Tile sizes used by the most recent call (inspected by tests that forbid [N, V] buffers)."""
+
+
+def plan_token_tile(n: int, vocab: int, buffers: int, tile: Optional[int] = None) -> int:
+    """Rows per token tile so that ``buffers`` fp32 [B, V] tensors fit the budget."""
+    if tile is None:
+        tile = max(MIN_TILE, TILE_BUDGET_BYTES // (4 * vocab * buffers))
+        if tile >= 64:
+            tile = tile // 64 * 64  # GEMM-friendly
+    return max(1, min(int(tile), max(n, 1)))
+
+
+def _row_block(rows: int, vocab: int, device: torch.device) -> int:
+    if device.type != "cpu":
+        return rows  # one launch per op on GPU; caches are not the bottleneck there
+    return max(1, min(rows, ROW_BLOCK_BYTES // (4 * vocab)))
+
+
+def _gemm_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """CPU: always fp32 (half GEMMs are slow and inexact there).  GPU: the input dtype."""
+    return torch.float32 if device.type == "cpu" else dtype
+
+
+class _Head:
+    """One lm_head (weight, bias) in GEMM dtype plus the logit transform z' = cap(z)/T."""
+
+    def __init__(self, weight, bias, temperature, softcap, dtype):
+        self.w = weight.to(dtype)
+        self.b = None if bias is None else bias.to(dtype)
+        self.inv_t = 1.0 / float(temperature)
+        self.softcap = None if softcap is None else float(softcap)
+        self.dtype = dtype
+
+    def logits(self, x: torch.Tensor, need_fac: bool = True):
+        """fp32 scaled logits [r, V] and, with softcap and ``need_fac``, d z'/d z (else None)."""
+        z = torch.mm(x, self.w.t()) if self.b is None else torch.addmm(self.b, x, self.w.t())
+        z = z.float()  # no copy when already fp32
+        fac = None
+        if self.softcap is not None:
+            z.div_(self.softcap).tanh_()
+            if need_fac:
+                fac = torch.mul(z, z).neg_().add_(1.0).mul_(self.inv_t)  # (1 - tanh^2) / T
+            z.mul_(self.softcap * self.inv_t)
+        elif self.inv_t != 1.0:
+            z.mul_(self.inv_t)
+        return z, fac
+
+    def chain(self, grad_scaled: torch.Tensor, fac) -> torch.Tensor:
+        """d/dz' -> d/dz (in place)."""
+        if fac is not None:
+            return grad_scaled.mul_(fac)
+        if self.inv_t != 1.0:
+            grad_scaled.mul_(self.inv_t)
+        return grad_scaled
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vecdot(a, b)
+
+
+def _log_softmax_(z: torch.Tensor) -> torch.Tensor:
+    """In place: z <- log_softmax(z); returns softmax(z) as a new buffer.
+
+    Computed as (z - max) - log(sum(exp(z - max))) rather than z - logsumexp(z): with
+    |z| ~ 1e4 the rounded logsumexp (absolute error ~|z|*eps) would swamp small log-probs.
+    The exponentials are reused for the probabilities, so this costs one exp pass.
+    """
+    z.sub_(z.amax(dim=1, keepdim=True))
+    e = torch.exp(z)
+    total = e.sum(dim=1, keepdim=True)
+    z.sub_(total.log())
+    return e.div_(total)
+
+
+def divergence_rows(s: torch.Tensor, t: torch.Tensor, beta: float, want_grad: bool):
+    """Per-row generalized JSD and d loss / d s for one block of scaled logits.
+
+    ``s`` (student) and ``t`` (teacher) are fp32 ``[r, V]`` and are overwritten.  Returns
+    ``(loss [r], grad [r, V] or None)``; ``grad`` may alias ``s`` or ``t``.
+
+    With g = dL/dq (q = softmax(s)), dL/ds = q * (g - <q, g>).  Forward KL reduces to q - p;
+    for beta > 0, g = (1 - beta) * (log q - log m) (m = p when beta = 1); constants in g cancel.
+    """
+    q = _log_softmax_(s)  # s = log q
+    p = _log_softmax_(t)  # t = log p
+    if beta == 0.0:
+        loss = _rowdot(p, t) - _rowdot(p, s)
+        if not want_grad:
+            return loss, None
+        return loss, q.sub_(p)
+    if beta == 1.0:
+        d = t.neg_().add_(s)  # log q - log p
+        if not want_grad:
+            return _rowdot(q, d), None
+        loss = _center_(d, q)
+        return loss, d.mul_(q)
+    # Mixture terms through x = log p - log q + log(beta/(1-beta)):
+    #   log q - log m = -log(1-beta) - softplus(x),  log p - log m = -log(beta) - softplus(-x)
+    # so no log of a (possibly underflowing) sum of probabilities is ever taken, and
+    # the gradient keeps full relative precision when q >> p or p >> q.
+    x = t.sub_(s).add_(math.log(beta / (1.0 - beta)))
+    sp = torch.nn.functional.softplus(x)
+    entropy = -beta * math.log(beta) - (1.0 - beta) * math.log(1.0 - beta)
+    loss = entropy - beta * (_rowdot(p, sp) - _rowdot(p, x)) - (1.0 - beta) * _rowdot(q, sp)
+    if not want_grad:
+        return loss, None
+    g = sp.mul_(beta - 1.0)  # (1-beta)(log q - log m) up to a per-row constant
+    _center_(g, q)
+    return loss, g.mul_(q)
+
+
+def _center_(g: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """In place g <- g - <q, g> per row, with one refinement step; returns <q, g>.
+
+    When q is nearly one-hot, <q, g> is within rounding of g at the argmax and the true
+    difference (a small number times large |g|) would be lost; subtracting a first estimate
+    and then the (now accurate) residual keeps it.  One extra read pass.
+    """
+    c = _rowdot(q, g)
+    g.sub_(c.unsqueeze(1))
+    r = _rowdot(q, g)
+    g.sub_(r.unsqueeze(1))
+    return c + r
+
+
+def _divergence_tile(sh: _Head, th: _Head, xs, xt, beta, want_grad, row_scale=None):
+    """Loss rows for one token tile and, if wanted, d(sum_r w_r loss_r)/d(raw student logits)."""
+    s, fac = sh.logits(xs, need_fac=want_grad)
+    t, _ = th.logits(xt, need_fac=False)
+    rows, vocab = s.shape
+    loss = torch.empty(rows, dtype=torch.float32, device=s.device)
+    rb = _row_block(rows, vocab, s.device)
+    for r0 in range(0, rows, rb):
+        r1 = min(rows, r0 + rb)
+        l, g = divergence_rows(s[r0:r1], t[r0:r1], beta, want_grad)
+        loss[r0:r1] = l
+        if want_grad:
+            if row_scale is not None:
+                g.mul_(row_scale[r0:r1].unsqueeze(1))
+            if g.data_ptr() != s[r0:r1].data_ptr():
+                s[r0:r1].copy_(g)
+            sh.chain(s[r0:r1], None if fac is None else fac[r0:r1])
+    del t
+    return loss, (s if want_grad else None)
+
+
+class _GradAcc:
+    """Accumulates d/dX rows, dW and db of one head from per-tile logit gradients."""
+
+    def __init__(self, head: _Head, n: int, x: torch.Tensor, need_x: bool, need_w: bool, need_b: bool):
+        self.head, self.x = head, x
+        self.dx = torch.empty(n, x.shape[1], dtype=torch.float32, device=x.device) if need_x else None
+        self.dw = torch.zeros_like(head.w, dtype=torch.float32) if need_w else None
+        self.db = torch.zeros(head.w.shape[0], dtype=torch.float32, device=x.device) if need_b else None
+
+    def add(self, i0: int, i1: int, g: torch.Tensor) -> None:
+        gg = g.to(self.head.dtype)
+        if self.dx is not None:
+            self.dx[i0:i1] = torch.mm(gg, self.head.w)
+        if self.dw is not None:
+            if self.head.dtype == torch.float32:
+                self.dw.addmm_(gg.t(), self.x[i0:i1])
+            else:
+                self.dw += torch.mm(gg.t(), self.x[i0:i1]).float()
+        if self.db is not None:
+            self.db += g.sum(0)
+
+
+class DivergenceFunction(torch.autograd.Function):
+    """Sum (or per-row values) of the divergence over already-compacted rows."""
+
+    @staticmethod
+    def forward(ctx, xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile):
+        dev = xs.device
+        dtype = _gemm_dtype(dev, ws.dtype)
+        n = xs.shape[0]
+        sh = _Head(ws, bs, temperature, softcap, dtype)
+        th = _Head(wt, bt, temperature, softcap, dtype)
+        xs_c, xt_c = xs.to(dtype), xt.to(dtype)
+        need = ctx.needs_input_grad
+        any_grad = need[0] or need[1] or need[2]
+        eager = any_grad and not per_row and GRAD_IN_FORWARD
+        B = plan_token_tile(n, ws.shape[0], 3 if any_grad else 2, tile)
+        last_plan.clear()
+        last_plan.update(op="divergence", n=n, vocab=ws.shape[0], token_tile=B, grad_in_forward=eager)
+        acc = _GradAcc(sh, n, xs_c, need[0], need[1], need[2]) if eager else None
+        loss = torch.empty(n, dtype=torch.float32, device=dev)
+        for i0 in range(0, n, B):
+            i1 = min(n, i0 + B)
+            l, g = _divergence_tile(sh, th, xs_c[i0:i1], xt_c[i0:i1], beta, eager)
+            loss[i0:i1] = l
+            if eager:
+                acc.add(i0, i1, g)
+            del g
+        ctx.meta = (beta, temperature, softcap, per_row, B, eager, xs.dtype, ws.dtype)
+        if eager:
+            ctx.grads = (acc.dx, acc.dw, acc.db)
+            ctx.save_for_backward()
+        elif any_grad:
+            ctx.save_for_backward(xs, ws, bs, xt, wt, bt)
+        return loss if per_row else loss.sum()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        beta, temperature, softcap, per_row, B, eager, x_dtype, w_dtype = ctx.meta
+        need = ctx.needs_input_grad
+        if eager:
+            dx, dw, db = ctx.grads
+            ctx.grads = None  # scaled in place below; a second backward would be wrong
+            if dx is None and dw is None and db is None:
+                raise RuntimeError("DivergenceFunction: backward called twice (retain_graph) is not supported")
+            out = [None if t is None else t.mul_(grad_out) for t in (dx, dw, db)]
+        else:
+            xs, ws, bs, xt, wt, bt = ctx.saved_tensors
+            dtype = _gemm_dtype(xs.device, ws.dtype)
+            sh = _Head(ws, bs, temperature, softcap, dtype)
+            th = _Head(wt, bt, temperature, softcap, dtype)
+            xs_c, xt_c = xs.to(dtype), xt.to(dtype)
+            n = xs.shape[0]
+            acc = _GradAcc(sh, n, xs_c, need[0], need[1], need[2])
+            scale = grad_out.float() if per_row else grad_out.float().expand(n)
+            for i0 in range(0, n, B):
+                i1 = min(n, i0 + B)
+                _, g = _divergence_tile(sh, th, xs_c[i0:i1], xt_c[i0:i1], beta, True, scale[i0:i1])
+                acc.add(i0, i1, g)
+                del g
+            out = [acc.dx, acc.dw, acc.db]
+        dx, dw, db = out
+        return (
+            None if dx is None else dx.to(x_dtype),
+            None if dw is None else dw.to(w_dtype),
+            None if db is None else db.to(w_dtype),
+            None, None, None, None, None, None, None, None,
+        )
+
+
+def _logprob_tile(head: _Head, x, y):
+    z, _ = head.logits(x, need_fac=False)
+    lse = torch.logsumexp(z, dim=1)
+    zy = z.gather(1, y.unsqueeze(1)).squeeze(1)
+    return zy - lse, lse
+
+
+class LogprobsFunction(torch.autograd.Function):
+    """Per-row z_y - logsumexp(z) over already-compacted rows (targets all valid)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, y, temperature, softcap, tile):
+        dev = x.device
+        dtype = _gemm_dtype(dev, w.dtype)
+        head = _Head(w, b, temperature, softcap, dtype)
+        xc = x.to(dtype)
+        n = x.shape[0]
+        B = plan_token_tile(n, w.shape[0], 2, tile)
+        last_plan.clear()
+        last_plan.update(op="logprobs", n=n, vocab=w.shape[0], token_tile=B, grad_in_forward=False)
+        out = torch.empty(n, dtype=torch.float32, device=dev)
+        lse = torch.empty(n, dtype=torch.float32, device=dev)
+        for i0 in range(0, n, B):
+            i1 = min(n, i0 + B)
+            out[i0:i1], lse[i0:i1] = _logprob_tile(head, xc[i0:i1], y[i0:i1])
+        ctx.meta = (temperature, softcap, B)
+        ctx.save_for_backward(x, w, b, y, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        temperature, softcap, B = ctx.meta
+        x, w, b, y, lse = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dtype = _gemm_dtype(x.device, w.dtype)
+        head = _Head(w, b, temperature, softcap, dtype)
+        xc = x.to(dtype)
+        n = x.shape[0]
+        acc = _GradAcc(head, n, xc, need[0], need[1], need[2])
+        g_all = grad_out.float()
+        for i0 in range(0, n, B):
+            i1 = min(n, i0 + B)
+            z, fac = head.logits(xc[i0:i1])
+            g = g_all[i0:i1]
+            rb = _row_block(i1 - i0, z.shape[1], z.device)
+            for r0 in range(0, i1 - i0, rb):
+                r1 = min(i1 - i0, r0 + rb)
+                blk = z[r0:r1]
+                # d(z_y - lse)/dz' = onehot(y) - softmax(z'), times the upstream gradient
+                blk.sub_(lse[i0 + r0:i0 + r1].unsqueeze(1)).exp_().mul_(-g[r0:r1].unsqueeze(1))
+                blk.scatter_add_(1, y[i0 + r0:i0 + r1].unsqueeze(1), g[r0:r1].unsqueeze(1))
+                head.chain(blk, None if fac is None else fac[r0:r1])
+            acc.add(i0, i1, z)
+            del z, fac
+        return (
+            None if acc.dx is None else acc.dx.to(x.dtype),
+            None if acc.dw is None else acc.dw.to(w.dtype),
+            None if acc.db is None else acc.db.to(w.dtype),
+            None, None, None, None,
+        )
+
+
+def divergence(xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile=None):
+    """Compacted rows in, sum (or per-row [n]) of the unscaled divergence out."""
+    return DivergenceFunction.apply(xs, ws, bs, xt, wt, bt, float(beta), float(temperature), softcap, per_row, tile)
+
+
+def logprobs(x, w, b, y, temperature, softcap, tile=None):
+    return LogprobsFunction.apply(x, w, b, y, float(temperature), softcap, tile)
