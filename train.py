@@ -1,4 +1,5 @@
 """charlit training entry point: ``python train.py method=self_distill`` (see README)."""
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from charlit.config import register_configs, rewrite_persona_path
 def main(cfg: DictConfig) -> None:
     from charlit.run import train
 
-    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
+        if os.environ.get("CHARLIT_FULL_ERROR"):
+            raise
+        print(f"charlit: error: {err}\n(set CHARLIT_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

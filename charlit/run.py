@@ -103,7 +103,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def build_summary(cfg, config, objective, trainer, run_dir, final_dir, wall, constitution) -> dict:
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics = dict(objective.last_train_metrics)
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1})
     history = objective.val_history
     if history:
         for key in ("val/divergence", "val/persona_gain", "val/persona_progress"):

@@ -56,6 +56,7 @@ class CharacterObjective(L.LightningModule):
             seed=int(ctx.cfg.seed) + 7919)
         self.val_history: list[dict] = []   # one entry per validation run: step + aggregated metrics
         self.baselines: dict[str, float] = {}
+        self.last_train_metrics: dict[str, float] = {}   # the latest value of every train/* metric
         self._val_acc: dict | None = None
         self._step_start = 0.0
 
@@ -81,18 +82,19 @@ class CharacterObjective(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss, metrics, n_tokens = self.compute_loss(batch)
         elapsed = max(time.perf_counter() - self._step_start, 1e-9)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=1)
-        for key, value in metrics.items():
-            self.log(f"train/{key}", value, batch_size=1)
-        self.log("train/tokens", float(n_tokens), batch_size=1)
-        self.log("train/tokens_per_s", n_tokens / elapsed, batch_size=1)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
+        logged = {"train/loss": loss.detach().item(), **{f"train/{k}": float(v) for k, v in metrics.items()},
+                  "train/tokens": float(n_tokens), "train/tokens_per_s": n_tokens / elapsed,
+                  "train/lr": self.optimizers().param_groups[0]["lr"]}
+        for key, value in logged.items():
+            self.log(key, value, batch_size=1, prog_bar=key == "train/loss")
+        self.last_train_metrics.update(logged)
         return loss
 
     def on_before_optimizer_step(self, optimizer):
         grads = [p.grad.detach().float().norm() for p in self.policy.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
         self.log("train/grad_norm", norm, batch_size=1)
+        self.last_train_metrics["train/grad_norm"] = float(norm)
 
     def configure_optimizers(self):
         optim = self.run_cfg.optim
