@@ -56,6 +56,27 @@ def _gemm_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else dtype
 
 
+class _Workspace:
+    """Reusable [B, V] fp32 buffers, one per name, so tiles do not re-fault fresh pages.
+
+    On CPU every new multi-megabyte tensor is a fresh mmap whose pages are zero-filled on
+    first touch; re-using one buffer per role removes that cost.  On GPU the caching
+    allocator already does this, so ``get`` returns None there (allocate normally).
+    """
+
+    def __init__(self, rows: int, vocab: int, device: torch.device):
+        self.rows, self.vocab, self.device = rows, vocab, device
+        self.bufs: dict = {}
+
+    def get(self, name: str, rows: int):
+        if self.device.type != "cpu":
+            return None
+        buf = self.bufs.get(name)
+        if buf is None:
+            buf = self.bufs[name] = torch.empty(self.rows, self.vocab, dtype=torch.float32, device=self.device)
+        return buf[:rows]
+
+
 class _Head:
     """One lm_head (weight, bias) in GEMM dtype plus the logit transform z' = cap(z)/T."""
 
@@ -66,15 +87,24 @@ class _Head:
         self.softcap = None if softcap is None else float(softcap)
         self.dtype = dtype
 
-    def logits(self, x: torch.Tensor, need_fac: bool = True):
-        """fp32 scaled logits [r, V] and, with softcap and ``need_fac``, d z'/d z (else None)."""
-        z = torch.mm(x, self.w.t()) if self.b is None else torch.addmm(self.b, x, self.w.t())
-        z = z.float()  # no copy when already fp32
+    def logits(self, x: torch.Tensor, need_fac: bool = True, out=None, fac_out=None):
+        """fp32 scaled logits [r, V] and, with softcap and ``need_fac``, d z'/d z (else None).
+
+        ``out``/``fac_out``: optional fp32 buffers (only used when the GEMM dtype is fp32).
+        """
+        if out is None or self.dtype != torch.float32:
+            z = torch.mm(x, self.w.t()) if self.b is None else torch.addmm(self.b, x, self.w.t())
+            z = z.float()  # no copy when already fp32
+        elif self.b is None:
+            z = torch.mm(x, self.w.t(), out=out)
+        else:
+            z = torch.addmm(self.b, x, self.w.t(), out=out)
         fac = None
         if self.softcap is not None:
             z.div_(self.softcap).tanh_()
             if need_fac:
-                fac = torch.mul(z, z).neg_().add_(1.0).mul_(self.inv_t)  # (1 - tanh^2) / T
+                fac = torch.mul(z, z, out=fac_out) if fac_out is not None else torch.mul(z, z)
+                fac.neg_().add_(1.0).mul_(self.inv_t)  # (1 - tanh^2) / T
             z.mul_(self.softcap * self.inv_t)
         elif self.inv_t != 1.0:
             z.mul_(self.inv_t)
@@ -158,10 +188,11 @@ def _center_(g: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return c + r
 
 
-def _divergence_tile(sh: _Head, th: _Head, xs, xt, beta, want_grad, row_scale=None):
+def _divergence_tile(sh: _Head, th: _Head, xs, xt, beta, want_grad, work: _Workspace, row_scale=None):
     """Loss rows for one token tile and, if wanted, d(sum_r w_r loss_r)/d(raw student logits)."""
-    s, fac = sh.logits(xs, need_fac=want_grad)
-    t, _ = th.logits(xt, need_fac=False)
+    r = xs.shape[0]
+    s, fac = sh.logits(xs, need_fac=want_grad, out=work.get("s", r), fac_out=work.get("fac", r) if sh.softcap else None)
+    t, _ = th.logits(xt, need_fac=False, out=work.get("t", r))
     rows, vocab = s.shape
     loss = torch.empty(rows, dtype=torch.float32, device=s.device)
     rb = _row_block(rows, vocab, s.device)
@@ -191,7 +222,10 @@ class _GradAcc:
     def add(self, i0: int, i1: int, g: torch.Tensor) -> None:
         gg = g.to(self.head.dtype)
         if self.dx is not None:
-            self.dx[i0:i1] = torch.mm(gg, self.head.w)
+            if self.head.dtype == torch.float32:
+                torch.mm(gg, self.head.w, out=self.dx[i0:i1])
+            else:
+                self.dx[i0:i1] = torch.mm(gg, self.head.w)
         if self.dw is not None:
             if self.head.dtype == torch.float32:
                 self.dw.addmm_(gg.t(), self.x[i0:i1])
@@ -215,14 +249,15 @@ class DivergenceFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         any_grad = need[0] or need[1] or need[2]
         eager = any_grad and not per_row and GRAD_IN_FORWARD
-        B = plan_token_tile(n, ws.shape[0], 3 if any_grad else 2, tile)
+        B = plan_token_tile(n, ws.shape[0], 3 if (softcap is not None and any_grad) else 2, tile)
         last_plan.clear()
         last_plan.update(op="divergence", n=n, vocab=ws.shape[0], token_tile=B, grad_in_forward=eager)
         acc = _GradAcc(sh, n, xs_c, need[0], need[1], need[2]) if eager else None
         loss = torch.empty(n, dtype=torch.float32, device=dev)
+        work = _Workspace(B, ws.shape[0], dev)
         for i0 in range(0, n, B):
             i1 = min(n, i0 + B)
-            l, g = _divergence_tile(sh, th, xs_c[i0:i1], xt_c[i0:i1], beta, eager)
+            l, g = _divergence_tile(sh, th, xs_c[i0:i1], xt_c[i0:i1], beta, eager, work)
             loss[i0:i1] = l
             if eager:
                 acc.add(i0, i1, g)
@@ -254,9 +289,10 @@ class DivergenceFunction(torch.autograd.Function):
             n = xs.shape[0]
             acc = _GradAcc(sh, n, xs_c, need[0], need[1], need[2])
             scale = grad_out.float() if per_row else grad_out.float().expand(n)
+            work = _Workspace(B, ws.shape[0], xs.device)
             for i0 in range(0, n, B):
                 i1 = min(n, i0 + B)
-                _, g = _divergence_tile(sh, th, xs_c[i0:i1], xt_c[i0:i1], beta, True, scale[i0:i1])
+                _, g = _divergence_tile(sh, th, xs_c[i0:i1], xt_c[i0:i1], beta, True, work, scale[i0:i1])
                 acc.add(i0, i1, g)
                 del g
             out = [acc.dx, acc.dw, acc.db]
@@ -269,8 +305,8 @@ class DivergenceFunction(torch.autograd.Function):
         )
 
 
-def _logprob_tile(head: _Head, x, y):
-    z, _ = head.logits(x, need_fac=False)
+def _logprob_tile(head: _Head, x, y, out):
+    z, _ = head.logits(x, need_fac=False, out=out)
     lse = torch.logsumexp(z, dim=1)
     zy = z.gather(1, y.unsqueeze(1)).squeeze(1)
     return zy - lse, lse
@@ -286,14 +322,15 @@ class LogprobsFunction(torch.autograd.Function):
         head = _Head(w, b, temperature, softcap, dtype)
         xc = x.to(dtype)
         n = x.shape[0]
-        B = plan_token_tile(n, w.shape[0], 2, tile)
+        B = plan_token_tile(n, w.shape[0], 2 if softcap is not None else 1, tile)
         last_plan.clear()
         last_plan.update(op="logprobs", n=n, vocab=w.shape[0], token_tile=B, grad_in_forward=False)
         out = torch.empty(n, dtype=torch.float32, device=dev)
         lse = torch.empty(n, dtype=torch.float32, device=dev)
+        work = _Workspace(B, w.shape[0], dev)
         for i0 in range(0, n, B):
             i1 = min(n, i0 + B)
-            out[i0:i1], lse[i0:i1] = _logprob_tile(head, xc[i0:i1], y[i0:i1])
+            out[i0:i1], lse[i0:i1] = _logprob_tile(head, xc[i0:i1], y[i0:i1], work.get("z", i1 - i0))
         ctx.meta = (temperature, softcap, B)
         ctx.save_for_backward(x, w, b, y, lse)
         return out
@@ -309,9 +346,10 @@ class LogprobsFunction(torch.autograd.Function):
         n = x.shape[0]
         acc = _GradAcc(head, n, xc, need[0], need[1], need[2])
         g_all = grad_out.float()
+        work = _Workspace(B, w.shape[0], x.device)
         for i0 in range(0, n, B):
             i1 = min(n, i0 + B)
-            z, fac = head.logits(xc[i0:i1])
+            z, fac = head.logits(xc[i0:i1], out=work.get("z", i1 - i0), fac_out=work.get("fac", i1 - i0) if head.softcap else None)
             g = g_all[i0:i1]
             rb = _row_block(i1 - i0, z.shape[1], z.device)
             for r0 in range(0, i1 - i0, rb):
