@@ -76,6 +76,9 @@ class CharacterObjective(L.LightningModule):
         self.reference.to(self.device)
 
     # ---- training ---------------------------------------------------------------------------
+    def on_train_start(self):
+        self.policy.train()  # validation before fit leaves submodules in eval mode
+
     def on_train_batch_start(self, batch, batch_idx):
         self._step_start = time.perf_counter()
 
