@@ -56,8 +56,9 @@ def build_objective(cfg: DictConfig):
     constitution = constitution_from_cfg(cfg)
     objective_cls = get_objective(str(cfg.method.name))
     loaded = load_model(cfg.model)
-    datamodule = build_datamodule(cfg.data, constitution, loaded.tokenizer, objective_cls.data_kind,
-                                  seed=int(cfg.seed), method=str(cfg.method.name))
+    datamodule = build_datamodule(cfg.data, constitution, loaded.tokenizer, objective_cls.accepted_data_kinds(),
+                                  seed=int(cfg.seed), method=str(cfg.method.name),
+                                  conversation_format=objective_cls.conversation_format)
     sampler = build_sampler(cfg.sampler, loaded.tokenizer)
     objective = objective_cls(RunContext(cfg=cfg, loaded=loaded, constitution=constitution, sampler=sampler))
     return objective, datamodule

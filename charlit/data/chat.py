@@ -8,18 +8,53 @@ from __future__ import annotations
 from charlit.data.constitution import Constitution
 
 
-def student_messages(prompt: str) -> list[dict]:
-    return [{"role": "user", "content": prompt}]
+def as_messages(prompt: str | list[dict]) -> list[dict]:
+    """A prompt as a message list: a string is one user turn; a list (a conversation so far, ending with a
+    user turn) is returned as a copy."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [dict(m) for m in prompt]
 
 
-def teacher_messages(prompt: str, constitution: Constitution) -> list[dict]:
-    return [{"role": "system", "content": constitution.system_prompt()}, {"role": "user", "content": prompt}]
+def student_messages(prompt: str | list[dict]) -> list[dict]:
+    return as_messages(prompt)
+
+
+def with_system(messages: list[dict], system: str) -> list[dict]:
+    """``messages`` with ``system`` as the system prompt; an existing system message is kept after it."""
+    messages = [dict(m) for m in messages]
+    if messages and messages[0].get("role") == "system":
+        return [{"role": "system", "content": f"{system}\n\n{messages[0]['content']}"}, *messages[1:]]
+    return [{"role": "system", "content": system}, *messages]
+
+
+def teacher_messages(prompt: str | list[dict], constitution: Constitution, exemplars: list[dict] | None = None) -> list[dict]:
+    """The teacher's view: the constitution as system prompt, then optional exemplar turns, then the prompt."""
+    messages = as_messages(prompt)
+    system = [m for m in messages[:1] if m.get("role") == "system"]
+    rest = messages[len(system):]
+    return with_system([*system, *(exemplars or []), *rest], constitution.system_prompt())
 
 
 def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of ``messages`` followed by the assistant generation prompt."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def render_response_ids(tokenizer, context: list[dict], response: dict) -> tuple[list[int], list[int]]:
+    """Token ids of ``context`` (with the generation prompt) and of the assistant ``response`` that follows it.
+
+    The response ids run to the end of the rendered turn, so they include the template's end-of-turn token.
+    """
+    before = tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
+    through = tokenizer.apply_chat_template([*context, response], tokenize=False)
+    context_ids = tokenizer(before, add_special_tokens=False)["input_ids"]
+    full = tokenizer(through, add_special_tokens=False)["input_ids"]
+    if not through.startswith(before) or full[: len(context_ids)] != context_ids:
+        raise ValueError("The chat template does not render conversations prefix-consistently; "
+                         "cannot separate the response tokens from the prompt.")
+    return context_ids, full[len(context_ids):]
 
 
 def conversation_ids_and_labels(tokenizer, messages: list[dict], max_length: int | None = None) -> tuple[list[int], list[int]]:

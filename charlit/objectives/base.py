@@ -1,6 +1,8 @@
 """The base LightningModule every objective extends: optimiser, held-out validation, shared metrics.
 
-A subclass sets ``data_kind`` (what its batches hold: ``prompts`` or ``conversations``) and implements
+A subclass sets ``data_kind`` (what its batches hold: ``prompts``, ``conversations`` or ``pairs``; or
+``data_kinds``, a tuple, when it accepts several), ``conversation_format`` for conversations (``tokens``,
+``all_turns`` or ``last_turn``, see :mod:`charlit.data.datamodule`) and implements
 ``compute_loss(batch) -> (loss, metrics, n_tokens)``. Everything else (grad norm, learning rate,
 tokens/s, ``val/divergence``, ``val/persona_gain``, sample tables) is shared.
 """
@@ -39,6 +41,12 @@ def sampling_params(cfg) -> SamplingParams:
 class CharacterObjective(L.LightningModule):
     name: ClassVar[str] = "base"
     data_kind: ClassVar[str] = "prompts"
+    data_kinds: ClassVar[tuple[str, ...]] = ()          # accepted kinds when more than one; () = (data_kind,)
+    conversation_format: ClassVar[str] = "tokens"
+
+    @classmethod
+    def accepted_data_kinds(cls) -> tuple[str, ...]:
+        return tuple(cls.data_kinds) or (cls.data_kind,)
 
     def __init__(self, ctx: RunContext):
         super().__init__()

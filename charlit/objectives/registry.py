@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 _REGISTRY: dict[str, type] = {}
-_BUILTINS = ("charlit.objectives.sft", "charlit.objectives.self_distill")
+_BUILTINS = ("charlit.objectives.sft", "charlit.objectives.self_distill", "charlit.objectives.dpo",
+             "charlit.objectives.distill", "charlit.objectives.on_policy_distill")
 ENTRY_POINT_GROUP = "charlit.objectives"
 
 

@@ -1,8 +1,13 @@
 """The teacher interface: hidden states aligned with the student's response tokens plus the head to apply.
 
 Teachers return hidden states and an lm_head, never logits, so every objective feeds them straight into
-the fused divergence op. ``weights`` picks which parameters a same-network teacher runs with:
-``frozen`` (the starting model: with LoRA the adapter disabled) or ``live`` (current weights, no grad).
+the fused divergence op. A prompt is a string (one user turn) or a conversation so far (a message list
+ending with a user turn); responses are token ids, scored after the teacher's own rendering of the prompt.
+
+``weights`` picks which parameters a same-network teacher runs with, always under ``no_grad`` and
+sharing the policy's weights (no copy): ``frozen`` (the starting model: with LoRA the adapter disabled;
+with full fine-tuning the frozen reference copy the base class keeps anyway), ``live`` (current weights)
+or ``ema`` (an exponential moving average of the trainable parameters, see :mod:`charlit.teachers.ema`).
 """
 from __future__ import annotations
 
@@ -12,13 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
-from charlit.data.chat import render_prompt_ids, teacher_messages
+from charlit.data.chat import render_prompt_ids, student_messages, teacher_messages
 from charlit.data.constitution import Constitution
 from charlit.models.heads import lm_head
 from charlit.models.reference import FrozenReference
 from charlit.objectives.sequences import response_hidden
+from charlit.teachers.ema import EmaWeights
 
-TEACHER_WEIGHTS = ("frozen", "live")
+TEACHER_WEIGHTS = ("frozen", "live", "ema")
 
 
 @dataclass
@@ -29,34 +35,55 @@ class TeacherOutput:
     softcap: float | None
 
 
+def head_output(hidden: torch.Tensor, model) -> TeacherOutput:
+    """Package teacher hidden states with ``model``'s lm_head, all detached."""
+    head = lm_head(model)
+    return TeacherOutput(hidden=hidden.detach(), weight=head.weight.detach(),
+                         bias=None if head.bias is None else head.bias.detach(), softcap=head.softcap)
+
+
 class Teacher(ABC):
-    def __init__(self, policy, reference: FrozenReference, tokenizer, constitution: Constitution, weights: str = "frozen"):
+    def __init__(self, policy, reference: FrozenReference, tokenizer, constitution: Constitution,
+                 weights: str = "frozen", ema_decay: float = 0.99):
         if weights not in TEACHER_WEIGHTS:
             raise ValueError(f"teacher weights={weights!r} is not valid; choose one of {', '.join(TEACHER_WEIGHTS)}.")
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.constitution, self.weights = constitution, weights
+        self.ema = EmaWeights(policy, ema_decay) if weights == "ema" else None
 
     @contextmanager
     def network(self):
-        """The module the teacher runs: the frozen reference or the live policy, always without gradients."""
+        """The module the teacher runs (frozen reference, live policy or EMA-swapped policy), without gradients."""
         with torch.no_grad():
             if self.weights == "frozen":
                 with self.reference.model() as model:
                     yield model
-            else:
-                was_training = self.policy.training
-                self.policy.eval()
-                try:
+                return
+            was_training = self.policy.training
+            self.policy.eval()
+            try:
+                if self.ema is not None:
+                    with self.ema.swapped():
+                        yield self.policy
+                else:
                     yield self.policy
-                finally:
-                    self.policy.train(was_training)
+            finally:
+                self.policy.train(was_training)
 
-    def context_ids(self, prompt: str) -> list[int]:
-        """The teacher's rendered context for a user prompt (the constitution as system prompt by default)."""
+    def context_ids(self, prompt) -> list[int]:
+        """The teacher's rendered context for a prompt (the constitution as system prompt by default)."""
         return render_prompt_ids(self.tokenizer, teacher_messages(prompt, self.constitution))
 
+    def bare_context_ids(self, prompt) -> list[int]:
+        """The student's rendering of the same prompt (no constitution)."""
+        return render_prompt_ids(self.tokenizer, student_messages(prompt))
+
+    def to(self, device) -> "Teacher":
+        """Move anything the teacher owns (same-network teachers own nothing)."""
+        return self
+
     @abstractmethod
-    def score(self, prompts: list[str], responses: list[list[int]]) -> TeacherOutput:
+    def score(self, prompts: list, responses: list[list[int]]) -> TeacherOutput:
         ...
 
 
@@ -67,16 +94,24 @@ class SelfTeacher(Teacher):
         contexts = [self.context_ids(p) for p in prompts]
         with self.network() as model:
             hidden = response_hidden(model, contexts, responses, self.tokenizer.pad_token_id)
-            head = lm_head(model)
-            return TeacherOutput(hidden=hidden.detach(), weight=head.weight.detach(),
-                                 bias=None if head.bias is None else head.bias.detach(), softcap=head.softcap)
+            return head_output(hidden, model)
 
 
-TEACHERS = {"self": SelfTeacher}
+def _registry() -> dict[str, type]:
+    from charlit.teachers.amplified import AmplifiedTeacher
+    from charlit.teachers.external import ExternalTeacher
+    from charlit.teachers.fewshot import FewShotTeacher
+
+    return {"self": SelfTeacher, "fewshot": FewShotTeacher, "amplified": AmplifiedTeacher, "external": ExternalTeacher}
 
 
-def build_teacher(cfg, policy, reference, tokenizer, constitution, weights: str = "frozen") -> Teacher:
+def build_teacher(cfg, policy, reference, tokenizer, constitution, weights: str = "frozen",
+                  ema_decay: float = 0.99) -> Teacher:
+    """The teacher the ``teacher`` config group describes (``cfg.name``: self, fewshot, amplified, external)."""
+    teachers = _registry()
     name = cfg.get("name", "self")
-    if name not in TEACHERS:
-        raise ValueError(f"teacher={name!r} is not available; valid choices: {', '.join(sorted(TEACHERS))}.")
-    return TEACHERS[name](policy, reference, tokenizer, constitution, weights=weights)
+    if name not in teachers:
+        raise ValueError(f"teacher={name!r} is not available; valid choices: {', '.join(sorted(teachers))}.")
+    cls = teachers[name]
+    return cls.from_config(cfg, policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay) \
+        if hasattr(cls, "from_config") else cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)

@@ -74,3 +74,28 @@ def test_sft_loss_matches_cross_entropy_on_assistant_tokens():
                                                   ignore_index=-100, reduction="sum") / n_tokens
     assert n_tokens == int((targets != -100).sum())
     torch.testing.assert_close(loss.double(), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_teacher_moves_after_each_optimizer_step_and_teaches_with_ema_weights():
+    import lightning as L
+
+    objective, datamodule = _tiny("self_distill", "method.teacher_weights=ema", "method.ema_decay=0.75",
+                                  "optim.warmup_steps=0", "optim.lr=1e-2")
+    ema = objective.teacher.ema
+    start = [p.detach().clone() for _, p in ema.params]
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(objective, datamodule=datamodule)
+    assert trainer.global_step == 1
+    moved = False
+    for s, p0, (_, p) in zip(ema.shadow, start, ema.params):
+        torch.testing.assert_close(s, 0.75 * p0 + 0.25 * p.detach(), rtol=1e-6, atol=1e-7)
+        moved |= not torch.equal(p0, p.detach())
+    assert moved
+    # the teacher's forward sees the EMA weights, the policy keeps its own afterwards
+    with objective.teacher.network() as model:
+        assert all(torch.equal(p, s) for (_, p), s in zip(ema.params, ema.shadow))
+    assert not all(torch.equal(p, s) for (_, p), s in zip(ema.params, ema.shadow))
+    checkpoint = {}
+    objective.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["ema_teacher"]["shadow"]) == {n for n, _ in ema.params}

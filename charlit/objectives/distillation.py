@@ -1,0 +1,89 @@
+"""Shared machinery for objectives that learn from a teacher's next-token distributions
+(``self_distill``, ``distill``, ``on_policy_distill``): building the teacher, rendering the student's
+contexts, on-policy sampling, scoring one set of responses with both networks, the fused divergence, and
+the EMA teacher's bookkeeping (update after every optimizer step, saved in Lightning checkpoints).
+
+Method settings read here: ``beta`` (0 forward KL ``KL(p‖q)``, 1 reverse KL ``KL(q‖p)``, else generalized
+JSD), ``temperature`` (the loss temperature; sampling uses ``sampler.temperature``), ``scale_by_t2``,
+``teacher_weights`` (``frozen`` | ``live`` | ``ema``) and ``ema_decay``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from charlit.data.chat import render_prompt_ids, student_messages
+from charlit.kernels import fused_linear_divergence
+from charlit.models.heads import LMHead, lm_head
+from charlit.objectives.base import CharacterObjective, sampling_params
+from charlit.objectives.sequences import response_hidden
+from charlit.teachers import TeacherOutput, build_teacher
+
+
+@dataclass
+class Scored:
+    """One batch of responses seen by both networks, row-aligned (example-major response tokens)."""
+    student: torch.Tensor        # [N, H] student hidden states (with grad)
+    head: LMHead                 # the student's lm_head
+    teacher: TeacherOutput       # [N, H] teacher hidden states + its head, no grad
+    n_tokens: int
+
+
+class TeacherObjective(CharacterObjective):
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        method = self.method_cfg
+        self.teacher = build_teacher(ctx.cfg.teacher, self.policy, self.reference, self.tokenizer, self.constitution,
+                                     weights=str(method.get("teacher_weights", "frozen")),
+                                     ema_decay=float(method.get("ema_decay", 0.99)))
+        self.train_sampling = sampling_params(ctx.cfg.sampler)
+        self._ema_step = 0
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.teacher.to(self.device)
+
+    # ---- the student's side ----------------------------------------------------------------
+    def student_contexts(self, prompts: list) -> list[list[int]]:
+        """The student's rendering of each prompt (a string or a message list): never the constitution."""
+        return [render_prompt_ids(self.tokenizer, student_messages(p)) for p in prompts]
+
+    def sample(self, contexts: list[list[int]]) -> list[list[int]]:
+        """On-policy responses to ``contexts`` (seeded by step, so a resumed run repeats them)."""
+        seed = int(self.run_cfg.seed) * 100_003 + int(self.global_step)
+        return self.sampler.generate(self.policy, contexts, self.train_sampling, seed=seed)
+
+    # ---- both sides ------------------------------------------------------------------------
+    def score(self, prompts: list, contexts: list[list[int]], responses: list[list[int]]) -> Scored:
+        """Teacher (its own context for ``prompts``) and student (``contexts``) on the same response tokens."""
+        teacher = self.teacher.score(prompts, responses)
+        student = response_hidden(self.policy, contexts, responses, self.tokenizer.pad_token_id)
+        return Scored(student=student, head=lm_head(self.policy), teacher=teacher,
+                      n_tokens=sum(len(r) for r in responses))
+
+    def divergence(self, scored: Scored, beta: float | None = None) -> torch.Tensor:
+        """The per-token β-divergence over the full vocabulary, normalised by the global batch's token count."""
+        method = self.method_cfg
+        return fused_linear_divergence(
+            scored.student, scored.head.weight, scored.teacher.hidden, scored.teacher.weight,
+            beta=float(method.beta if beta is None else beta), temperature=float(method.temperature),
+            scale_by_t2=bool(method.get("scale_by_t2", False)), num_items=self.global_num_items(scored.n_tokens),
+            student_bias=scored.head.bias, teacher_bias=scored.teacher.bias, softcap=scored.head.softcap,
+        )
+
+    # ---- EMA teacher -----------------------------------------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        """After each optimizer step (global_step advanced; once per accumulation window) move the EMA."""
+        if self.teacher.ema is not None and int(self.global_step) != self._ema_step:
+            self.teacher.ema.update()
+            self._ema_step = int(self.global_step)
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.teacher.ema is not None:
+            checkpoint["ema_teacher"] = self.teacher.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint):
+        if self.teacher.ema is not None and "ema_teacher" in checkpoint:
+            self.teacher.ema.load_state_dict(checkpoint["ema_teacher"])
+            self._ema_step = int(checkpoint.get("global_step", 0))

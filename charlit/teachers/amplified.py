@@ -1,0 +1,44 @@
+"""The amplified teacher: contrast the teacher with and without the constitution, ``t_ctx + α(t_ctx − t_bare)``.
+
+Teacher and student share the lm_head and logits are linear in the final hidden state
+(``t = W·h + b``), so the amplified logits are the head applied to one combined hidden state::
+
+    W·((1+α)·h_ctx − α·h_bare) + b  =  (1+α)·t_ctx − α·t_bare  =  t_ctx + α·(t_ctx − t_bare)
+
+(the bias is unchanged: ``(1+α)·b − α·b = b``). ``h_ctx`` is the teacher network's hidden state with the
+constitution in context, ``h_bare`` the same network's on the student's bare prompt, both at the positions
+predicting each response token, so the fused divergence op still never builds ``[tokens, vocab]``.
+``α = 0`` is exactly ``teacher=self``; ``α > 0`` sharpens what the constitution changes; ``α < 0`` dampens it.
+A soft-capped head (``softcap·tanh(z/softcap)``) is not linear, so it is refused.
+"""
+from __future__ import annotations
+
+from charlit.models.heads import lm_head
+from charlit.objectives.sequences import response_hidden
+from charlit.teachers.base import SelfTeacher, head_output
+
+
+class AmplifiedTeacher(SelfTeacher):
+    def __init__(self, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99, alpha: float = 1.0):
+        super().__init__(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
+        self.alpha = float(alpha)
+        softcap = lm_head(policy).softcap
+        if softcap:
+            raise ValueError(f"teacher=amplified needs logits linear in the hidden state, but this model soft-caps its "
+                             f"logits (final_logit_softcapping={softcap}); use teacher=self or teacher=fewshot.")
+
+    @classmethod
+    def from_config(cls, cfg, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
+        return cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay,
+                   alpha=float(cfg.get("alpha", 1.0)))
+
+    def score(self, prompts, responses):
+        ctx = [self.context_ids(p) for p in prompts]
+        bare = [self.bare_context_ids(p) for p in prompts]
+        pad = self.tokenizer.pad_token_id
+        with self.network() as model:
+            h_ctx = response_hidden(model, ctx, responses, pad)
+            if self.alpha == 0.0:
+                return head_output(h_ctx, model)
+            h_bare = response_hidden(model, bare, responses, pad)
+            return head_output((1.0 + self.alpha) * h_ctx - self.alpha * h_bare, model)
