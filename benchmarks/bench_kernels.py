@@ -12,7 +12,7 @@ Every (shape, N, case) runs in a fresh subprocess (``--worker``) so peak memory 
   ``memory_allocated()`` at the same point.
 
 Time = min over ``--reps`` of one forward+backward (synchronised on GPU).  The floor is the
-bare GEMMs of the same shapes measured in the same subprocess right after the case (4 GEMMs
+bare GEMMs of the same shapes, timed in the same subprocess alternately with the case (4 GEMMs
 of 2*N*H*V for divergence: student fwd, teacher fwd, dX, dW; 3 for log-probs), run in 1024-
 row tiles so the floor never allocates [N, V]; "ratio" = case time / floor time.  On a shared
 CPU, compare ratios from one run, not absolute seconds across runs.
@@ -100,8 +100,8 @@ def _naive_jsd(s_logits, t_logits, beta, temperature=1.0):
     return per.mean()
 
 
-def _gemm_floor(xs, ws, xt, wt, ngemm, sync, reps):
-    """Time of the bare GEMMs (tiled by 1024 rows so [N, V] is never allocated)."""
+def _gemm_floor(xs, ws, xt, wt, ngemm, sync):
+    """The bare GEMMs (tiled by 1024 rows so [N, V] is never allocated), as a callable."""
     import torch
 
     n = xs.shape[0]
@@ -116,13 +116,7 @@ def _gemm_floor(xs, ws, xt, wt, ngemm, sync, reps):
             dw.addmm_(s.t().to(ws.dtype), xs[i:i + 1024])
         sync()
 
-    run()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return run
 
 
 def worker(spec: dict) -> dict:
@@ -195,28 +189,36 @@ def worker(spec: dict) -> dict:
     one()  # warm-up: compilation, lazy init
     xs.grad = ws.grad = None
     _trim()
-    times = []
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        for _ in range(reps):
+    floor_fn = _gemm_floor(xs.detach(), ws.detach(), xt, wt, ngemm, sync)
+    floor_fn()  # warm-up of the floor
+    _trim()
+    # case and floor alternate so that load from other processes hits both alike
+    times, floors, peak = [], [], 0
+    for _ in range(reps):
+        xs.grad = ws.grad = None
+        _trim()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
             t0 = time.perf_counter()
             one()
             times.append(time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        base = _rss_bytes()
-        with _PeakSampler() as smp:
-            for _ in range(reps):
+            peak = max(peak, torch.cuda.max_memory_allocated() - base)
+        else:
+            base = _rss_bytes()
+            with _PeakSampler() as smp:
                 t0 = time.perf_counter()
                 one()
                 times.append(time.perf_counter() - t0)
-        peak = smp.peak - base
-    xs.grad = ws.grad = None
-    _trim()
-    with torch.no_grad():
-        floor = _gemm_floor(xs.detach(), ws.detach(), xt, wt, ngemm, sync, max(1, min(reps, 2)))
-    return dict(time_s=min(times), floor_s=floor, ratio=min(times) / floor, peak_extra_mb=peak / 2**20, ngemm=ngemm)
+            peak = max(peak, smp.peak - base)
+        xs.grad = ws.grad = None
+        _trim()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            floor_fn()
+        floors.append(time.perf_counter() - t0)
+    return dict(time_s=min(times), floor_s=min(floors), ratio=min(times) / min(floors), peak_extra_mb=peak / 2**20,
+                ngemm=ngemm, times=times, floors=floors)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -309,7 +311,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", default=",".join(DIV_CASES + DPO_CASES), help="comma list of cases")
     ap.add_argument("--beta", type=float, default=0.5, help="divergence beta (0 fwd KL, 1 rev KL, else JSD)")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
-    ap.add_argument("--reps", type=int, default=None, help="timed iterations per case (default 3; 1 when N*H*V > 5e10 on CPU)")
+    ap.add_argument("--reps", type=int, default=None, help="timed iterations per case (default 3; 2 when N*H*V > 1e11 on CPU)")
     ap.add_argument("--mem-limit-gb", type=float, default=8.0, help="skip materialising cases needing more")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per case")
     ap.add_argument("--tag", default=None, help="output file stem under benchmarks/results/")
@@ -347,7 +349,7 @@ def main(argv=None) -> None:
     rows = []
     t_start = time.time()
     for job in jobs:
-        reps = args.reps or (1 if job["n"] * job["vocab"] * job["hidden"] > 5e10 and device == "cpu" else 3)
+        reps = args.reps or (2 if job["n"] * job["vocab"] * job["hidden"] > 1e11 and device == "cpu" else 3)
         spec = dict(job, device=device, dtype=dtype, beta=args.beta, reps=reps)
         why = _available(job["case"], device) or _too_big(job["case"], job["n"], job["vocab"], args.mem_limit_gb)
         res = dict(status=f"skipped: {why}") if why else run_case(spec, args.timeout)

@@ -48,9 +48,9 @@ def _f(x):
 
 class CudaDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row):
+    def forward(ctx, xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, grad_enabled):
         load()
-        need = ctx.needs_input_grad[:3]
+        need = tuple(bool(g and grad_enabled) for g in ctx.needs_input_grad[:3])
         eager = any(need) and not per_row
         tile = _tile(xs.shape[0], ws.shape[0])
         cap = -1.0 if softcap is None else float(softcap)
@@ -82,7 +82,7 @@ class CudaDivergence(torch.autograd.Function):
             None if dx is None or not need[0] else dx.to(x_dtype),
             None if dw is None or not need[1] else dw.to(w_dtype),
             None if db is None or not need[2] else db.to(w_dtype),
-            None, None, None, None, None, None, None,
+            None, None, None, None, None, None, None, None,
         )
 
 
@@ -112,7 +112,9 @@ class CudaLogprobs(torch.autograd.Function):
 
 
 def divergence(xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile=None):
-    return CudaDivergence.apply(xs, ws, bs, xt, wt, bt, float(beta), float(temperature), softcap, per_row)
+    return CudaDivergence.apply(
+        xs, ws, bs, xt, wt, bt, float(beta), float(temperature), softcap, per_row, torch.is_grad_enabled()
+    )
 
 
 def logprobs(x, w, b, y, temperature, softcap, tile=None):
