@@ -11,11 +11,12 @@ and bias are computed *in the forward pass*, tile by tile, and merely scaled in 
 That is 4 GEMMs of 2*N*H*V (student logits, teacher logits, dX, dW) instead of 6 for
 "recompute in backward" (see ``GRAD_IN_FORWARD`` and ``benchmarks/bench_grad_mode.py``).  A
 per-position upstream gradient (``reduction="none"``, and always for log-probs) cannot be
-folded into dW ahead of time, so those paths save only the per-row log-sum-exp and recompute
-the logits tile in backward.
+folded into dW ahead of time, so those paths keep only the inputs (plus the per-row
+log-sum-exp for log-probs) and recompute each logits tile in backward: 6 GEMMs for the
+divergence, 4 for log-probs.
 
-Elementwise work (log-softmax, divergence, its gradient) runs on row blocks of
-``ROW_BLOCK_BYTES`` so the ~15 passes over each block hit cache instead of DRAM.
+Elementwise work (log-softmax, divergence, its gradient) runs in place on the tile buffers,
+optionally in row blocks of ``ROW_BLOCK_BYTES`` (see there for why the default is the tile).
 """
 from __future__ import annotations
 
