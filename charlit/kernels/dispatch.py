@@ -2,7 +2,7 @@
 *compacted* rows (see ``torch_chunked.divergence`` / ``torch_chunked.logprobs``)."""
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 
 import torch

@@ -11,11 +11,12 @@ and bias are computed *in the forward pass*, tile by tile, and merely scaled in 
 That is 4 GEMMs of 2*N*H*V (student logits, teacher logits, dX, dW) instead of 6 for
 "recompute in backward" (see ``GRAD_IN_FORWARD`` and ``benchmarks/bench_grad_mode.py``).  A
 per-position upstream gradient (``reduction="none"``, and always for log-probs) cannot be
-folded into dW ahead of time, so those paths save only the per-row log-sum-exp and recompute
-the logits tile in backward.
+folded into dW ahead of time, so those paths keep only the inputs (plus the per-row
+log-sum-exp for log-probs) and recompute each logits tile in backward: 6 GEMMs for the
+divergence, 4 for log-probs.
 
-Elementwise work (log-softmax, divergence, its gradient) runs on row blocks of
-``ROW_BLOCK_BYTES`` so the ~15 passes over each block hit cache instead of DRAM.
+Elementwise work (log-softmax, divergence, its gradient) runs in place on the tile buffers,
+optionally in row blocks of ``ROW_BLOCK_BYTES`` (see there for why the default is the tile).
 """
 from __future__ import annotations
 
@@ -24,10 +25,16 @@ from typing import Optional
 
 import torch
 
-TILE_BUDGET_BYTES = 128 * 2**20
+TILE_BUDGET_BYTES = 256 * 2**20
 """Upper bound on the fp32 bytes of the [B, V] buffers that live at once for one token tile."""
-ROW_BLOCK_BYTES = 512 * 2**10
-"""Target fp32 bytes per row block for the elementwise passes on CPU (about L2-sized)."""
+ROW_BLOCK_BYTES = 1 << 62
+"""fp32 bytes per row block for the elementwise passes on CPU.  Default: the whole tile.
+
+Cache-sized blocks (~0.5 MiB) are marginally faster on an idle machine, but each eager op is
+an OpenMP parallel region ending in a barrier; with the cores shared (load > cores) every
+barrier can wait a scheduler slice for a descheduled thread, and at 0.5 MiB blocks that made
+the loss 4.9x the GEMM floor versus 1.7x for whole tiles (H 576, V 49152, load ~6 on 2 cores).
+"""
 GRAD_IN_FORWARD = True
 """Scalar-upstream divergence: compute dX/dW in forward (4 GEMMs) rather than recompute (6)."""
 MIN_TILE = 16
@@ -123,7 +130,7 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(a, b)
 
 
-def _log_softmax_(z: torch.Tensor) -> torch.Tensor:
+def _log_softmax_(z: torch.Tensor, out=None) -> torch.Tensor:
     """In place: z <- log_softmax(z); returns softmax(z) as a new buffer.
 
     Computed as (z - max) - log(sum(exp(z - max))) rather than z - logsumexp(z): with
@@ -131,13 +138,13 @@ def _log_softmax_(z: torch.Tensor) -> torch.Tensor:
     The exponentials are reused for the probabilities, so this costs one exp pass.
     """
     z.sub_(z.amax(dim=1, keepdim=True))
-    e = torch.exp(z)
+    e = torch.exp(z) if out is None else torch.exp(z, out=out)
     total = e.sum(dim=1, keepdim=True)
     z.sub_(total.log())
     return e.div_(total)
 
 
-def divergence_rows(s: torch.Tensor, t: torch.Tensor, beta: float, want_grad: bool):
+def divergence_rows(s: torch.Tensor, t: torch.Tensor, beta: float, want_grad: bool, q_out=None, p_out=None):
     """Per-row generalized JSD and d loss / d s for one block of scaled logits.
 
     ``s`` (student) and ``t`` (teacher) are fp32 ``[r, V]`` and are overwritten.  Returns
@@ -146,8 +153,8 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, beta: float, want_grad: bo
     With g = dL/dq (q = softmax(s)), dL/ds = q * (g - <q, g>).  Forward KL reduces to q - p;
     for beta > 0, g = (1 - beta) * (log q - log m) (m = p when beta = 1); constants in g cancel.
     """
-    q = _log_softmax_(s)  # s = log q
-    p = _log_softmax_(t)  # t = log p
+    q = _log_softmax_(s, q_out)  # s = log q
+    p = _log_softmax_(t, p_out)  # t = log p
     if beta == 0.0:
         loss = _rowdot(p, t) - _rowdot(p, s)
         if not want_grad:
@@ -198,7 +205,9 @@ def _divergence_tile(sh: _Head, th: _Head, xs, xt, beta, want_grad, work: _Works
     rb = _row_block(rows, vocab, s.device)
     for r0 in range(0, rows, rb):
         r1 = min(rows, r0 + rb)
-        l, g = divergence_rows(s[r0:r1], t[r0:r1], beta, want_grad)
+        qb, pb = work.get("q", rows), work.get("p", rows)
+        l, g = divergence_rows(s[r0:r1], t[r0:r1], beta, want_grad,
+                               None if qb is None else qb[r0:r1], None if pb is None else pb[r0:r1])
         loss[r0:r1] = l
         if want_grad:
             if row_scale is not None:
@@ -239,17 +248,18 @@ class DivergenceFunction(torch.autograd.Function):
     """Sum (or per-row values) of the divergence over already-compacted rows."""
 
     @staticmethod
-    def forward(ctx, xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile):
+    def forward(ctx, xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile, grad_enabled):
         dev = xs.device
         dtype = _gemm_dtype(dev, ws.dtype)
         n = xs.shape[0]
         sh = _Head(ws, bs, temperature, softcap, dtype)
         th = _Head(wt, bt, temperature, softcap, dtype)
         xs_c, xt_c = xs.to(dtype), xt.to(dtype)
-        need = ctx.needs_input_grad
+        # needs_input_grad ignores torch.no_grad(); without this, eval would pay for dX/dW
+        need = tuple(bool(g and grad_enabled) for g in ctx.needs_input_grad[:3])
         any_grad = need[0] or need[1] or need[2]
         eager = any_grad and not per_row and GRAD_IN_FORWARD
-        B = plan_token_tile(n, ws.shape[0], 3 if (softcap is not None and any_grad) else 2, tile)
+        B = plan_token_tile(n, ws.shape[0], 4 + (1 if (softcap is not None and any_grad) else 0), tile)
         last_plan.clear()
         last_plan.update(op="divergence", n=n, vocab=ws.shape[0], token_tile=B, grad_in_forward=eager)
         acc = _GradAcc(sh, n, xs_c, need[0], need[1], need[2]) if eager else None
@@ -301,7 +311,7 @@ class DivergenceFunction(torch.autograd.Function):
             None if dx is None else dx.to(x_dtype),
             None if dw is None else dw.to(w_dtype),
             None if db is None else db.to(w_dtype),
-            None, None, None, None, None, None, None, None,
+            None, None, None, None, None, None, None, None, None,
         )
 
 
@@ -371,7 +381,9 @@ class LogprobsFunction(torch.autograd.Function):
 
 def divergence(xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile=None):
     """Compacted rows in, sum (or per-row [n]) of the unscaled divergence out."""
-    return DivergenceFunction.apply(xs, ws, bs, xt, wt, bt, float(beta), float(temperature), softcap, per_row, tile)
+    return DivergenceFunction.apply(
+        xs, ws, bs, xt, wt, bt, float(beta), float(temperature), softcap, per_row, tile, torch.is_grad_enabled()
+    )
 
 
 def logprobs(x, w, b, y, temperature, softcap, tile=None):

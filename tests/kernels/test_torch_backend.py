@@ -194,7 +194,7 @@ def test_never_materialises_tokens_by_vocab():
     n, v, h = 512, 4096, 32
     inputs = make_div_inputs(n, h, v)
     old = torch_chunked.TILE_BUDGET_BYTES
-    torch_chunked.TILE_BUDGET_BYTES = 2 * 4 * v * 16  # 16-row tiles
+    torch_chunked.TILE_BUDGET_BYTES = 4 * 4 * v * 16  # 16-row tiles (4 live [B, V] buffers)
     try:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
             run_div(inputs, backend="torch", beta=0.3)
@@ -206,9 +206,10 @@ def test_never_materialises_tokens_by_vocab():
             run_logprobs(x, w, torch.randint(0, v, (n,)), backend="torch")
     finally:
         torch_chunked.TILE_BUDGET_BYTES = old
+    assert torch_chunked.last_plan["token_tile"] <= 64  # log-probs keep fewer live buffers
     biggest = max(max(e.cpu_memory_usage for e in p.events()) for p in (prof, prof2))
     nv_bytes = n * v * 4
-    assert 0 < biggest < nv_bytes / 8, (biggest, nv_bytes)
+    assert 0 < biggest <= nv_bytes / 8, (biggest, nv_bytes)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
@@ -228,7 +229,8 @@ def test_logprobs_matches_reference(temperature):
 
 def test_logprobs_extreme_and_all_ignored():
     n, h, v = 20, 16, 700
-    x, w = torch.randn(n, h) * 4e3, torch.randn(v, h) / 4
+    # integer inputs: exact fp32 logits with |z| ~ 1e4 (see extreme_inputs)
+    x, w = torch.randint(-1000, 1001, (n, h)).float(), torch.randint(-3, 4, (v, h)).float()
     y = torch.randint(0, v, (n,))
     out, g = run_logprobs(x, w, y, backend="torch")
     ref, rg = run_logprobs(x, w, y, backend="reference")
@@ -248,3 +250,12 @@ def test_logprobs_half_and_leading_shape():
     assert out.shape == (2, 9) and out.dtype == torch.float32
     assert rel_err(out, ref) <= 1e-5
     assert rel_err(g["weight"], rg["weight"]) <= 1e-2
+
+
+def test_no_grad_mode_skips_gradient_work():
+    inputs = make_div_inputs(8, 16, 50)
+    with torch.no_grad():
+        loss = fused_linear_divergence(**inputs, backend="torch")
+    assert not torch_chunked.last_plan["grad_in_forward"]
+    ref = fused_linear_divergence(**inputs, backend="reference")
+    assert rel_err(loss, ref) <= TOL
