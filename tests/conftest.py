@@ -2,10 +2,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "offline")
+# Without CUDA, Triton kernels only run in the interpreter, and @triton.jit decides interpreted vs
+# compiled when charlit.kernels.triton is first imported: set it before any test module imports charlit.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def compose(overrides=()):

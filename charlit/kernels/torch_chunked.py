@@ -316,10 +316,13 @@ class DivergenceFunction(torch.autograd.Function):
 
 
 def _logprob_tile(head: _Head, x, y, out):
+    """Per-row log-prob plus the row max and log-sum of the shifted exps, kept apart: at |z| ~ 1e4 a
+    single fp32 lse loses ~1e-3 absolute, which the backward's softmax would inherit."""
     z, _ = head.logits(x, need_fac=False, out=out)
-    lse = torch.logsumexp(z, dim=1)
+    zmax = z.max(dim=1).values
     zy = z.gather(1, y.unsqueeze(1)).squeeze(1)
-    return zy - lse, lse
+    log_sum = torch.log(torch.exp(z - zmax.unsqueeze(1)).sum(dim=1))
+    return (zy - zmax) - log_sum, zmax, log_sum
 
 
 class LogprobsFunction(torch.autograd.Function):
@@ -336,19 +339,20 @@ class LogprobsFunction(torch.autograd.Function):
         last_plan.clear()
         last_plan.update(op="logprobs", n=n, vocab=w.shape[0], token_tile=B, grad_in_forward=False)
         out = torch.empty(n, dtype=torch.float32, device=dev)
-        lse = torch.empty(n, dtype=torch.float32, device=dev)
+        zmax = torch.empty(n, dtype=torch.float32, device=dev)
+        log_sum = torch.empty(n, dtype=torch.float32, device=dev)
         work = _Workspace(B, w.shape[0], dev)
         for i0 in range(0, n, B):
             i1 = min(n, i0 + B)
-            out[i0:i1], lse[i0:i1] = _logprob_tile(head, xc[i0:i1], y[i0:i1], work.get("z", i1 - i0))
+            out[i0:i1], zmax[i0:i1], log_sum[i0:i1] = _logprob_tile(head, xc[i0:i1], y[i0:i1], work.get("z", i1 - i0))
         ctx.meta = (temperature, softcap, B)
-        ctx.save_for_backward(x, w, b, y, lse)
+        ctx.save_for_backward(x, w, b, y, zmax, log_sum)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         temperature, softcap, B = ctx.meta
-        x, w, b, y, lse = ctx.saved_tensors
+        x, w, b, y, zmax, log_sum = ctx.saved_tensors
         need = ctx.needs_input_grad
         dtype = _gemm_dtype(x.device, w.dtype)
         head = _Head(w, b, temperature, softcap, dtype)
@@ -366,7 +370,8 @@ class LogprobsFunction(torch.autograd.Function):
                 r1 = min(i1 - i0, r0 + rb)
                 blk = z[r0:r1]
                 # d(z_y - lse)/dz' = onehot(y) - softmax(z'), times the upstream gradient
-                blk.sub_(lse[i0 + r0:i0 + r1].unsqueeze(1)).exp_().mul_(-g[r0:r1].unsqueeze(1))
+                blk.sub_(zmax[i0 + r0:i0 + r1].unsqueeze(1)).sub_(log_sum[i0 + r0:i0 + r1].unsqueeze(1))
+                blk.exp_().mul_(-g[r0:r1].unsqueeze(1))
                 blk.scatter_add_(1, y[i0 + r0:i0 + r1].unsqueeze(1), g[r0:r1].unsqueeze(1))
                 head.chain(blk, None if fac is None else fac[r0:r1])
             acc.add(i0, i1, z)
