@@ -1,0 +1,199 @@
+"""End-to-end training-step benchmark: charlit's ``dpo`` and ``on_policy_distill`` against TRL's
+``DPOTrainer`` and ``GKDTrainer`` on the same model, data, batch, precision and LoRA settings.
+
+Every case runs in a fresh subprocess (``--worker CASE``) so its peak RSS (``ru_maxrss``) is its own.
+A step is timed from the trainer's step-begin hook to its step-end hook (forward, backward, optimizer;
+generation included for on-policy cases); the first ``--warmup`` steps are dropped and the median of
+the rest is reported. Shared settings: the bundled SmolLM2-135M-Instruct in fp32 (``bf16=False``), LoRA
+r16/α32 on all linear layers, lr 5e-5, gradient checkpointing off for both (TRL turns it on by default;
+that would also disable the KV cache in GKD's generation), no evaluation, no checkpoint saving.
+
+* DPO: 2 pairs per step from ``charlit/data/pairs/pirate.jsonl`` (conversational prompt/chosen/rejected),
+  sigmoid loss, β 0.1, reference = the base with the LoRA adapter disabled (both frameworks).
+* On-policy distillation: 4 prompts per step, 64 new tokens sampled at temperature 1, reverse KL (β 1)
+  over the full vocabulary, λ 1 (every step on-policy). TRL's GKD scores with a separate teacher model
+  (here a second copy of the same base, with the prompt as given); charlit's teacher is the same network
+  with the adapter disabled and the constitution as a teacher-only system prompt (a longer context).
+
+Usage: ``python benchmarks/bench_trl_step.py [--steps 5] [--cases charlit_dpo,trl_dpo,charlit_gkd,trl_gkd]``
+(needs ``pip install trl datasets`` for the TRL cases; they are reported as skipped without it).
+Writes ``benchmarks/results/trl_step.{csv,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+CASES = ("charlit_dpo", "trl_dpo", "charlit_gkd", "trl_gkd")
+LR, LORA_R, LORA_ALPHA = 5e-5, 16, 32
+DPO_PAIRS, GKD_PROMPTS, GKD_NEW_TOKENS = 2, 4, 64
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _charlit(method_overrides: list[str], steps: int) -> list[float]:
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+
+    from charlit.config import register_configs
+    from charlit.run import build_objective
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "logger=none", "val.every_n_steps=0", f"optim.lr={LR}", "optim.warmup_steps=0",
+            f"model.lora.r={LORA_R}", f"model.lora.alpha={LORA_ALPHA}", f"trainer.max_steps={steps}",
+            "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", *method_overrides])
+    objective, datamodule = build_objective(cfg)
+    times: list[float] = []
+
+    class StepTimer(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            times.append(time.perf_counter() - self.t0)
+
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[StepTimer()],
+                        **{k: v for k, v in cfg.trainer.items()})
+    trainer.fit(objective, datamodule=datamodule)
+    return times
+
+
+def _trl_common(out_dir: str, steps: int, batch: int) -> dict:
+    return dict(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch, learning_rate=LR,
+                lr_scheduler_type="constant", warmup_steps=0, bf16=False, fp16=False, use_cpu=True,
+                gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[],
+                dataloader_num_workers=0, seed=0)
+
+
+def _trl(kind: str, steps: int) -> list[float]:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from charlit.data.prompts import load_prompt_set, read_jsonl
+    from charlit.models.bundled import converted_dir
+
+    source = str(converted_dir())
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        if kind == "dpo":
+            from trl import DPOConfig, DPOTrainer
+
+            rows = read_jsonl(REPO / "charlit" / "data" / "pairs" / "pirate.jsonl")
+            data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+            args = DPOConfig(**_trl_common(out_dir, steps, DPO_PAIRS), beta=0.1, max_length=1024)
+            trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                                 peft_config=lora, callbacks=[StepTimer()])
+        else:
+            from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+            teacher = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+            prompts = load_prompt_set("general_train")
+            # GKD's collator needs a full conversation; with lmbda=1 the assistant turn is replaced by a sample.
+            data = Dataset.from_list([{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Sure."}]}
+                                      for p in prompts])
+            args = GKDConfig(**_trl_common(out_dir, steps, GKD_PROMPTS), lmbda=1.0, beta=1.0, temperature=1.0,
+                             max_new_tokens=GKD_NEW_TOKENS, max_length=512)
+            trainer = GKDTrainer(model=model, teacher_model=teacher, args=args, train_dataset=data,
+                                 processing_class=tokenizer, peft_config=lora, callbacks=[StepTimer()])
+        trainer.train()
+    return times
+
+
+def worker(case: str, steps: int) -> dict:
+    if case == "charlit_dpo":
+        times = _charlit(["method=dpo", f"data.batch_size={DPO_PAIRS}", "data.max_length=1024"], steps)
+    elif case == "charlit_gkd":
+        times = _charlit(["method=on_policy_distill", "data=prompts", "method.lmbda=1.0", "method.beta=1.0",
+                          f"data.batch_size={GKD_PROMPTS}", f"sampler.max_new_tokens={GKD_NEW_TOKENS}",
+                          "sampler.temperature=1.0"], steps)
+    elif case in ("trl_dpo", "trl_gkd"):
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            return {"case": case, "status": "skipped: pip install trl datasets"}
+        times = _trl(case.split("_")[1], steps)
+    else:
+        raise ValueError(f"Unknown case {case!r}; choose from {', '.join(CASES)}.")
+    return {"case": case, "status": "ok", "step_times_s": times, "peak_rss_mb": _peak_rss_mb()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="training steps per case (first --warmup dropped)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--tag", default="trl_step")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args.worker, args.steps)), flush=True)
+        return
+
+    rows = []
+    for case in args.cases.split(","):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--worker", case, "--steps", str(args.steps)], cwd=REPO,
+                              capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            rows.append({"case": case, "status": f"failed (rc {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"})
+        else:
+            result = json.loads(line[len("RESULT "):])
+            kept = result.get("step_times_s", [])[args.warmup:]
+            if kept:
+                result["median_step_s"] = statistics.median(kept)
+            rows.append(result)
+        print(f"{case}: {rows[-1].get('median_step_s', rows[-1]['status'])} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    by_case = {r["case"]: r for r in rows}
+    for ours, theirs in (("charlit_dpo", "trl_dpo"), ("charlit_gkd", "trl_gkd")):
+        a, b = by_case.get(ours, {}), by_case.get(theirs, {})
+        if "median_step_s" in a and "median_step_s" in b:
+            a["speedup_vs_trl"] = b["median_step_s"] / a["median_step_s"]
+            a["rss_vs_trl"] = a["peak_rss_mb"] / b["peak_rss_mb"]
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fields = ["case", "status", "median_step_s", "peak_rss_mb", "speedup_vs_trl", "rss_vs_trl"]
+    with open(RESULTS / f"{args.tag}.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| case | median s/step | peak RSS MB | speed-up vs TRL | RSS vs TRL | status |", "|---|---|---|---|---|---|"]
+    fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['case']} | {fmt(r.get('median_step_s'), '.2f')} | {fmt(r.get('peak_rss_mb'), '.0f')} | "
+                     f"{fmt(r.get('speedup_vs_trl'), '.2f')} | {fmt(r.get('rss_vs_trl'), '.2f')} | {r['status']} |")
+    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
