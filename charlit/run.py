@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -134,6 +133,5 @@ def build_summary(cfg, config, objective, trainer, run_dir, final_dir, wall, con
             "persona": constitution.source,
         },
         "argv": sys.argv[1:],
-        "pid": os.getpid(),
         "config": config,
     }

@@ -2,7 +2,6 @@
 text, normalised over the global batch's assistant tokens."""
 from __future__ import annotations
 
-import torch
 
 from charlit.kernels import fused_linear_logprobs
 from charlit.models.heads import final_hidden, lm_head

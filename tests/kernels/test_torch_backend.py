@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
+from charlit.kernels import fused_linear_divergence
 from charlit.kernels import torch_chunked
 
 from .helpers import make_div_inputs, rel_err, run_div, run_logprobs

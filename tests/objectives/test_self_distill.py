@@ -93,7 +93,7 @@ def test_ema_teacher_moves_after_each_optimizer_step_and_teaches_with_ema_weight
         moved |= not torch.equal(p0, p.detach())
     assert moved
     # the teacher's forward sees the EMA weights, the policy keeps its own afterwards
-    with objective.teacher.network() as model:
+    with objective.teacher.network():
         assert all(torch.equal(p, s) for (_, p), s in zip(ema.params, ema.shadow))
     assert not all(torch.equal(p, s) for (_, p), s in zip(ema.params, ema.shadow))
     checkpoint = {}
