@@ -9,6 +9,7 @@ import copy
 from contextlib import contextmanager
 
 import torch
+from charlit.models.modes import eval_mode
 
 
 class FrozenReference:
@@ -30,13 +31,8 @@ class FrozenReference:
         if self._copy is not None:
             yield self._copy
             return
-        was_training = self._policy.training
-        self._policy.eval()
-        try:
-            with self._policy.disable_adapter():
-                yield self._policy
-        finally:
-            self._policy.train(was_training)
+        with eval_mode(self._policy), self._policy.disable_adapter():
+            yield self._policy
 
     def to(self, device):
         if self._copy is not None:

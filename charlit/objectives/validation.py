@@ -19,6 +19,7 @@ from charlit.data.chat import render_prompt_ids, student_messages, teacher_messa
 from charlit.eval.likelihood_judge import persona_gain
 from charlit.kernels import fused_linear_divergence
 from charlit.models.heads import lm_head
+from charlit.models.modes import eval_mode
 from charlit.objectives.sequences import response_hidden
 from charlit.sampling import SamplingParams
 from charlit.teachers.base import SelfTeacher
@@ -52,13 +53,9 @@ class HeldOutValidation:
         replies = self.sampler.generate(self.policy, bare_ctx, self.params, seed=seed, desc="val generate")
 
         teacher = self.teacher.score(prompts, replies)
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
+        with eval_mode(self.policy):
             student_hidden = response_hidden(self.policy, bare_ctx, replies, self.tokenizer.pad_token_id)
             head = lm_head(self.policy)
-        finally:
-            self.policy.train(was_training)
         tokens = student_hidden.shape[0]
         div_sum = fused_linear_divergence(
             student_hidden, head.weight, teacher.hidden, teacher.weight, beta=self.beta, temperature=self.temperature,

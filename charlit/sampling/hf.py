@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from charlit.models.modes import eval_mode
 from charlit.sampling.base import Sampler, SamplingParams
 
 
@@ -38,32 +39,27 @@ class HFSampler(Sampler):
         stop_ids = end_token_ids(self.tokenizer, model)
         pad_id = self.tokenizer.pad_token_id
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         chunks = [prompts[i: i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         bar = tqdm(chunks, desc=desc or "generate", unit="batch", disable=len(chunks) < 2, leave=False)
         out: list[list[int]] = []
-        try:
-            with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-                if seed is not None:
-                    torch.manual_seed(seed)
-                for chunk in bar:
-                    width = max(len(p) for p in chunk)
-                    input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                    attention = torch.zeros((len(chunk), width), dtype=torch.long)
-                    for row, ids in enumerate(chunk):  # left padding: every prompt ends where generation starts
-                        input_ids[row, width - len(ids):] = torch.tensor(ids)
-                        attention[row, width - len(ids):] = 1
-                    sampling = params.temperature > 0
-                    generated = model.generate(
-                        input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                        max_new_tokens=params.max_new_tokens, do_sample=sampling,
-                        temperature=params.temperature if sampling else None,
-                        top_p=params.top_p if sampling else None, top_k=params.top_k if sampling else None,
-                        eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True,
-                    )
-                    for row in generated[:, width:].tolist():
-                        out.append(trim_response(row, set(stop_ids)))
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for chunk in bar:
+                width = max(len(p) for p in chunk)
+                input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                attention = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, ids in enumerate(chunk):  # left padding: every prompt ends where generation starts
+                    input_ids[row, width - len(ids):] = torch.tensor(ids)
+                    attention[row, width - len(ids):] = 1
+                sampling = params.temperature > 0
+                generated = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                    max_new_tokens=params.max_new_tokens, do_sample=sampling,
+                    temperature=params.temperature if sampling else None,
+                    top_p=params.top_p if sampling else None, top_k=params.top_k if sampling else None,
+                    eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True,
+                )
+                for row in generated[:, width:].tolist():
+                    out.append(trim_response(row, set(stop_ids)))
         return out

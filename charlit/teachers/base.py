@@ -20,6 +20,7 @@ import torch
 from charlit.data.chat import render_prompt_ids, student_messages, teacher_messages
 from charlit.data.constitution import Constitution
 from charlit.models.heads import lm_head
+from charlit.models.modes import eval_mode
 from charlit.models.reference import FrozenReference
 from charlit.objectives.sequences import response_hidden
 from charlit.teachers.ema import EmaWeights
@@ -59,16 +60,12 @@ class Teacher(ABC):
                 with self.reference.model() as model:
                     yield model
                 return
-            was_training = self.policy.training
-            self.policy.eval()
-            try:
+            with eval_mode(self.policy):
                 if self.ema is not None:
                     with self.ema.swapped():
                         yield self.policy
                 else:
                     yield self.policy
-            finally:
-                self.policy.train(was_training)
 
     def context_ids(self, prompt) -> list[int]:
         """The teacher's rendered context for a prompt (the constitution as system prompt by default)."""
