@@ -31,6 +31,7 @@ def peak_rss_mb() -> float:
 
 def _trainer_kwargs(cfg: DictConfig) -> dict:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs["use_distributed_sampler"] = False   # charlit's loaders shard global batches themselves (data/loader.py)
     every = int(cfg.val.every_n_steps)
     if every > 0:
         kwargs.update(val_check_interval=every, check_val_every_n_epoch=None)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from charlit.data.chat import conversation_ids_and_labels, render_response_ids
 from charlit.data.constitution import Constitution
+from charlit.data.loader import train_loader
 from charlit.data.prompts import dedupe, load_prompt_set, read_jsonl
 
 CONVERSATION_DIR = Path(__file__).parent / "conversations"
@@ -59,9 +60,7 @@ class PromptDataModule(_HeldOutMixin, L.LightningDataModule):
         self.batch_size, self.val_batch_size, self.seed = batch_size, val_batch_size, seed
 
     def train_dataloader(self):
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=len(self.train) >= self.batch_size,
-                          collate_fn=_as_list, generator=generator)
+        return train_loader(self.train, self.batch_size, self.seed, _as_list, self.trainer)
 
 
 def load_conversations(path: Path) -> list[list[dict]]:
@@ -102,9 +101,7 @@ class ConversationDataModule(_HeldOutMixin, L.LightningDataModule):
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
     def train_dataloader(self):
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.examples, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate,
-                          generator=generator, drop_last=len(self.examples) >= self.batch_size)
+        return train_loader(self.examples, self.batch_size, self.seed, self.collate, self.trainer)
 
 
 def conversation_turns(conversations: list[list[dict]], which: str = "all") -> list[tuple[list[dict], dict]]:
@@ -129,9 +126,7 @@ class ExampleDataModule(_HeldOutMixin, L.LightningDataModule):
         self.batch_size, self.val_batch_size, self.seed = batch_size, val_batch_size, seed
 
     def train_dataloader(self):
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.examples, batch_size=self.batch_size, shuffle=True, collate_fn=_as_list,
-                          generator=generator, drop_last=len(self.examples) >= self.batch_size)
+        return train_loader(self.examples, self.batch_size, self.seed, _as_list, self.trainer)
 
 
 def turn_examples(tokenizer, conversations: list[list[dict]], which: str, max_length: int) -> list[dict]:
