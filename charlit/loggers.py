@@ -57,7 +57,8 @@ def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str):
     if name == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
-        logger = CSVLogger(save_dir=str(run_dir), name="csv", version="")
+        # flushed every step so a killed run keeps its metrics up to the kill
+        logger = CSVLogger(save_dir=str(run_dir), name="csv", version="", flush_logs_every_n_steps=1)
         logger.log_hyperparams(config)
         return logger
     if name == "wandb":

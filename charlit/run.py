@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from charlit.checkpointing import AtomicCheckpointIO, config_fingerprint, find_resume, mark_run
 from charlit.data.constitution import Constitution, resolve_persona
 from charlit.data.datamodule import build_datamodule
 from charlit.loggers import build_logger, plain_config
@@ -64,25 +65,40 @@ def build_objective(cfg: DictConfig):
     return objective, datamodule
 
 
+def resolve_run_dir(cfg: DictConfig, run_dir: Path, config: dict):
+    """The run dir to write to and the checkpoint to resume from (None: a fresh run); see charlit.checkpointing."""
+    fingerprint = config_fingerprint(config)
+    resume = find_resume(cfg.get("resume", "auto"), run_dir, fingerprint)
+    if resume is not None and resume.run_dir != run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "resumed.json").write_text(json.dumps({"continued_in": str(resume.run_dir)}))
+        run_dir = resume.run_dir
+    if resume is not None:
+        print(f"[charlit] resuming {run_dir} from {resume.checkpoint} (resume=never starts fresh)", flush=True)
+    mark_run(run_dir, fingerprint)
+    return run_dir, resume.checkpoint if resume else None
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    config = plain_config(cfg)
+    run_dir, checkpoint_path = resolve_run_dir(cfg, run_dir, config)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     objective, datamodule = build_objective(cfg)
     constitution = objective.constitution
 
-    config = plain_config(cfg)
     run_name = f"{cfg.method.name}-{cfg.teacher.name}-{cfg.data.name}-{constitution.name}"
     logger = build_logger(cfg.logger, run_dir, config, run_name)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=int(cfg.output.checkpoint_every_n_steps) or None)
-    trainer = L.Trainer(logger=logger, callbacks=[checkpoint], default_root_dir=str(run_dir), **_trainer_kwargs(cfg))
+    trainer = L.Trainer(logger=logger, callbacks=[checkpoint], default_root_dir=str(run_dir),
+                        plugins=[AtomicCheckpointIO()], **_trainer_kwargs(cfg))
 
     has_val = int(cfg.val.every_n_steps) > 0
-    if has_val:
+    if has_val and checkpoint_path is None:   # a resumed run restores its start-of-run validation
         trainer.validate(objective, datamodule=datamodule, verbose=False)
-    trainer.fit(objective, datamodule=datamodule)
+    trainer.fit(objective, datamodule=datamodule, ckpt_path=checkpoint_path)
     if has_val and (not objective.val_history or objective.val_history[-1]["step"] != trainer.global_step):
         trainer.validate(objective, datamodule=datamodule, verbose=False)
 

@@ -97,7 +97,8 @@ class CharacterObjective(L.LightningModule):
                   "train/tokens": float(n_tokens), "train/tokens_per_s": n_tokens / elapsed,
                   "train/lr": self.optimizers().param_groups[0]["lr"]}
         for key, value in logged.items():
-            self.log(key, value, batch_size=1, prog_bar=key == "train/loss")
+            # the loss is averaged over ranks: with global-batch normalisation that is the global batch's loss
+            self.log(key, value, batch_size=1, prog_bar=key == "train/loss", sync_dist=key == "train/loss")
         self.last_train_metrics.update(logged)
         return loss
 
@@ -132,6 +133,15 @@ class CharacterObjective(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints: a resumed run keeps its validation history and baselines ---------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["charlit"] = {"val_history": self.val_history, "baselines": self.baselines}
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("charlit", {})
+        self.val_history = list(state.get("val_history", []))
+        self.baselines = dict(state.get("baselines", {}))
 
     # ---- validation -------------------------------------------------------------------------
     def on_validation_epoch_start(self):

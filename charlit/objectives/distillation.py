@@ -80,10 +80,12 @@ class TeacherObjective(CharacterObjective):
             self._ema_step = int(self.global_step)
 
     def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
         if self.teacher.ema is not None:
             checkpoint["ema_teacher"] = self.teacher.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint):
+        super().on_load_checkpoint(checkpoint)
         if self.teacher.ema is not None and "ema_teacher" in checkpoint:
             self.teacher.ema.load_state_dict(checkpoint["ema_teacher"])
             self._ema_step = int(checkpoint.get("global_step", 0))
