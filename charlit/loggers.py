@@ -50,7 +50,10 @@ def wandb_mode(requested: str) -> str:
     return requested
 
 
-def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str):
+def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str, group: str | None = None,
+                 tags: list[str] | None = None):
+    """The configured logger; ``group``/``tags`` (a sweep's shared group, method/teacher/... tags) apply to W&B,
+    where ``logger.group`` and ``logger.tags`` from the config take precedence / are added."""
     name = cfg.name
     if name == "none":
         return False
@@ -65,9 +68,13 @@ def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str):
         from lightning.pytorch.loggers import WandbLogger
 
         mode = wandb_mode(str(cfg.get("mode", "auto")))
-        logger = WandbLogger(project=cfg.project, name=run_name, group=cfg.get("group"), tags=list(cfg.get("tags") or []),
+        id_file = run_dir / "wandb_run_id"   # a resumed run (charlit.checkpointing) continues its W&B run
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        logger = WandbLogger(project=cfg.project, name=run_name, group=cfg.get("group") or group,
+                             tags=[*(tags or []), *list(cfg.get("tags") or [])], id=run_id, resume="allow" if run_id else None,
                              save_dir=str(run_dir), mode=mode, config=config, job_type=cfg.get("job_type"))
         run = logger.experiment  # start now so the run dir is known
+        id_file.write_text(run.id)
         if mode == "offline":
             offline_dir = Path(run.dir).parent
             print(f"[charlit] W&B offline (no API key configured): run saved in {offline_dir}; "

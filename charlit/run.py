@@ -19,10 +19,21 @@ from charlit.models import load_model
 from charlit.objectives import get_objective
 from charlit.objectives.base import RunContext
 from charlit.sampling import build_sampler
+from charlit.sweeps.publish import sweep_group
 
 
 def constitution_from_cfg(cfg: DictConfig) -> Constitution:
     return resolve_persona(cfg.persona.path or cfg.persona.name)
+
+
+def hydra_sweep_group() -> str | None:
+    """The shared W&B group of a multirun's jobs (None for a single run or outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return sweep_group(HydraConfig.get().sweep.dir)
 
 
 def peak_rss_mb() -> float:
@@ -88,7 +99,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     constitution = objective.constitution
 
     run_name = f"{cfg.method.name}-{cfg.teacher.name}-{cfg.data.name}-{constitution.name}"
-    logger = build_logger(cfg.logger, run_dir, config, run_name)
+    tags = [f"method:{cfg.method.name}", f"teacher:{cfg.teacher.name}", f"data:{cfg.data.name}", f"persona:{constitution.name}"]
+    logger = build_logger(cfg.logger, run_dir, config, run_name, group=hydra_sweep_group(), tags=tags)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=int(cfg.output.checkpoint_every_n_steps) or None)
@@ -128,6 +140,8 @@ def build_summary(cfg, config, objective, trainer, run_dir, final_dir, wall, con
             if key in history[0]:
                 metrics[f"{key}_start"] = history[0][key]
                 metrics[f"{key}_end"] = history[-1][key]
+            if f"{key}_ci95" in history[-1]:
+                metrics[f"{key}_end_ci95"] = history[-1][f"{key}_ci95"]
         metrics.update(objective.baselines)
         if "val/divergence_start" in metrics and metrics["val/divergence_start"] > 0:
             metrics["val/divergence_change"] = metrics["val/divergence_end"] / metrics["val/divergence_start"] - 1

@@ -163,9 +163,12 @@ class CharacterObjective(L.LightningModule):
         acc = self._val_acc
         if self.trainer.sanity_checking or acc is None or not acc["gains"]:
             return
+        gains = torch.cat(acc["gains"]).double()
         metrics = {
             "val/divergence": acc["div"] / max(acc["tokens"], 1),
-            "val/persona_gain": torch.cat(acc["gains"]).mean().item(),
+            "val/persona_gain": gains.mean().item(),
+            # half-width of the normal-approximation 95% interval over held-out prompts
+            "val/persona_gain_ci95": 1.96 * gains.std().item() / len(gains) ** 0.5 if len(gains) > 1 else float("nan"),
         }
         if acc["bare"]:
             self.baselines = {
@@ -176,6 +179,7 @@ class CharacterObjective(L.LightningModule):
         span = self.baselines["val/persona_gain_prompted"] - self.baselines["val/persona_gain_bare"]
         if abs(span) > 1e-12:
             metrics["val/persona_progress"] = (metrics["val/persona_gain"] - self.baselines["val/persona_gain_bare"]) / span
+            metrics["val/persona_progress_ci95"] = metrics["val/persona_gain_ci95"] / abs(span)
         for key, value in metrics.items():
             self.log(key, value, batch_size=1, sync_dist=False)
         self.val_history.append({"step": int(self.global_step), **metrics})
