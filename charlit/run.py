@@ -19,6 +19,7 @@ from charlit.models import load_model
 from charlit.objectives import get_objective
 from charlit.objectives.base import RunContext
 from charlit.sampling import build_sampler
+from charlit.strategies import build_strategy
 from charlit.sweeps.publish import sweep_group
 
 
@@ -41,8 +42,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _trainer_kwargs(cfg: DictConfig) -> dict:
+def _trainer_kwargs(cfg: DictConfig, model) -> dict:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs["strategy"] = build_strategy(kwargs, model, bool(cfg.model.get("gradient_checkpointing", False)))
+    kwargs.pop("fsdp", None)
     kwargs["use_distributed_sampler"] = False   # charlit's loaders shard global batches themselves (data/loader.py)
     every = int(cfg.val.every_n_steps)
     if every > 0:
@@ -105,7 +108,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=int(cfg.output.checkpoint_every_n_steps) or None)
     trainer = L.Trainer(logger=logger, callbacks=[checkpoint], default_root_dir=str(run_dir),
-                        plugins=[AtomicCheckpointIO()], **_trainer_kwargs(cfg))
+                        plugins=[AtomicCheckpointIO()], **_trainer_kwargs(cfg, objective.policy))
 
     has_val = int(cfg.val.every_n_steps) > 0
     if has_val and checkpoint_path is None:   # a resumed run restores its start-of-run validation
