@@ -1,5 +1,4 @@
 """charlit training entry point: ``python train.py method=self_distill`` (see README)."""
-import os
 import sys
 from pathlib import Path
 
@@ -7,6 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from charlit.cli import bad_input_exits
 from charlit.config import register_configs, rewrite_persona_path
 
 
@@ -14,13 +14,8 @@ from charlit.config import register_configs, rewrite_persona_path
 def main(cfg: DictConfig) -> None:
     from charlit.run import train
 
-    try:
+    with bad_input_exits():
         train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback
-        if os.environ.get("CHARLIT_FULL_ERROR"):
-            raise
-        print(f"charlit: error: {err}\n(set CHARLIT_FULL_ERROR=1 for the traceback)", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

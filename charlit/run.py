@@ -66,11 +66,23 @@ def save_final(objective, out_dir: Path) -> Path:
     return out_dir
 
 
+def check_context_window(cfg: DictConfig, model) -> None:
+    """Refuse lengths the model cannot attend over, before any data is read or generated."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for key, value in (("data.max_length", cfg.data.get("max_length")), ("sampler.max_new_tokens", cfg.sampler.get("max_new_tokens"))):
+        if value is not None and int(value) > int(limit):
+            raise ValueError(f"{key}={value} is longer than the model's context window ({cfg.model.name_or_path}: "
+                             f"max_position_embeddings={limit}); set {key}<={limit}.")
+
+
 def build_objective(cfg: DictConfig):
     """The objective (LightningModule) and data module a config describes."""
     constitution = constitution_from_cfg(cfg)
     objective_cls = get_objective(str(cfg.method.name))
     loaded = load_model(cfg.model)
+    check_context_window(cfg, loaded.model)
     datamodule = build_datamodule(cfg.data, constitution, loaded.tokenizer, objective_cls.accepted_data_kinds(),
                                   seed=int(cfg.seed), method=str(cfg.method.name),
                                   conversation_format=objective_cls.conversation_format)

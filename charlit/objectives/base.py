@@ -92,6 +92,11 @@ class CharacterObjective(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, metrics, n_tokens = self.compute_loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"train/loss is {loss.item()} at step {self.global_step} (method={self.name}); stopped before the "
+                f"optimizer step, and the checkpoints already written are kept. Lower optim.lr (now {self.run_cfg.optim.lr}), "
+                f"keep trainer.gradient_clip_val on, or check the data; resume=<run dir> continues from the last checkpoint.")
         elapsed = max(time.perf_counter() - self._step_start, 1e-9)
         logged = {"train/loss": loss.detach().item(), **{f"train/{k}": float(v) for k, v in metrics.items()},
                   "train/tokens": float(n_tokens), "train/tokens_per_s": n_tokens / elapsed,
