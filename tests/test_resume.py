@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
@@ -28,7 +29,8 @@ def _final_weights(cwd, method):
 
 @pytest.mark.parametrize("method", ["sft", "self_distill"])
 def test_kill_9_then_rerun_resumes_to_the_uninterrupted_result(tmp_path, method):
-    extra = ["sampler.max_new_tokens=8", "data.batch_size=4"] if method == "self_distill" else []
+    # self_distill runs with LoRA: its checkpoints hold only the adapter (the frozen base is reloaded)
+    extra = ["sampler.max_new_tokens=8", "data.batch_size=4", "model.lora.r=4"] if method == "self_distill" else []
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     killed.mkdir()
     clean.mkdir()
@@ -45,6 +47,9 @@ def test_kill_9_then_rerun_resumes_to_the_uninterrupted_result(tmp_path, method)
     assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
     time.sleep(1.1)   # the rerun gets its own timestamped run dir
 
+    if method == "self_distill":
+        saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert saved and all("lora_" in name for name in saved)
     rerun = _run(killed, method, *extra)
     assert f"resuming {run_dir}" in rerun.stdout
     assert (run_dir / "summary.json").is_file() and not list(killed.glob(f"outputs/{method}/*/final/*.tmp*"))

@@ -139,14 +139,24 @@ class CharacterObjective(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ---- checkpoints: a resumed run keeps its validation history and baselines ---------------
+    # ---- checkpoints ------------------------------------------------------------------------
+    # A checkpoint holds what training changes: trainable weights (with LoRA, the adapter: MBs, not the
+    # ~600 MB base), optimizer, validation history and baselines. Frozen weights come from the model the run
+    # loads; resume=auto only resumes runs with the same config, hence the same base model.
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["charlit"] = {"val_history": self.val_history, "baselines": self.baselines}
+        frozen = {name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint["charlit"] = {"val_history": self.val_history, "baselines": self.baselines,
+                                 "frozen_weights_omitted": len(frozen)}
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("charlit", {})
         self.val_history = list(state.get("val_history", []))
         self.baselines = dict(state.get("baselines", {}))
+        saved = checkpoint["state_dict"]
+        for name, param in self.named_parameters(remove_duplicate=False):   # strict loading still catches any other mismatch
+            if not param.requires_grad and name not in saved:
+                saved[name] = param.detach()
 
     # ---- validation -------------------------------------------------------------------------
     def on_validation_epoch_start(self):
