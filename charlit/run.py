@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from charlit.data.constitution import Constitution, resolve_persona
 from charlit.data.datamodule import build_datamodule
+from charlit.data.pipeline import prepare_data
+from charlit.data.pipeline.card import log_card_to_wandb
 from charlit.loggers import build_logger, plain_config
 from charlit.models import load_model
 from charlit.objectives import get_objective
@@ -66,6 +68,7 @@ def build_objective(cfg: DictConfig):
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg, dataset = prepare_data(cfg)  # generates the data variant's dataset first unless it is cached
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     objective, datamodule = build_objective(cfg)
     constitution = objective.constitution
@@ -73,6 +76,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     config = plain_config(cfg)
     run_name = f"{cfg.method.name}-{cfg.teacher.name}-{cfg.data.name}-{constitution.name}"
     logger = build_logger(cfg.logger, run_dir, config, run_name)
+    if dataset is not None and logger and type(logger).__name__ == "WandbLogger":
+        log_card_to_wandb(dataset.card, logger.experiment)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=int(cfg.output.checkpoint_every_n_steps) or None)
