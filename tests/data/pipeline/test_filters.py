@@ -1,0 +1,63 @@
+"""Reply filters, near-duplicate detection and the length histogram, against hand-computed values."""
+import pytest
+
+from charlit.data.pipeline.card import length_histogram
+from charlit.data.pipeline.filters import (DropCounter, FilterSettings, char_ngrams, jaccard, near_duplicate_of, normalise,
+                                           reply_problem)
+from charlit.data.pipeline.generator import Reply
+
+
+def _reply(text="A fine answer.", n=10, finished=True, broken=False):
+    return Reply(text=text, n_tokens=n, finished=finished, format_break=broken)
+
+
+@pytest.mark.parametrize("reply, settings, expected", [
+    (_reply(), FilterSettings(), None),
+    (_reply(text=""), FilterSettings(), "empty"),
+    (_reply(finished=False), FilterSettings(), "unfinished"),
+    (_reply(finished=False), FilterSettings(drop_unfinished=False), None),
+    (_reply(broken=True), FilterSettings(), "format_break"),
+    (_reply(broken=True), FilterSettings(drop_format_breaks=False), None),
+    (_reply(n=3), FilterSettings(min_tokens=4), "too_short"),
+    (_reply(n=4), FilterSettings(min_tokens=4), None),
+    (_reply(n=11), FilterSettings(max_tokens=10), "too_long"),
+    (_reply(text="", finished=False, broken=True), FilterSettings(), "empty"),          # first reason wins
+    (_reply(finished=False, broken=True, n=1), FilterSettings(), "unfinished"),
+])
+def test_reply_problem(reply, settings, expected):
+    assert reply_problem(reply, settings) == expected
+
+
+def test_filter_settings_from_cfg_checks_keys_and_range():
+    assert FilterSettings.from_cfg({"min_tokens": "2", "drop_duplicates": False}) == FilterSettings(min_tokens=2,
+                                                                                                    drop_duplicates=False)
+    with pytest.raises(ValueError, match="unknown keys \\['min_len'\\]"):
+        FilterSettings.from_cfg({"min_len": 2})
+    with pytest.raises(ValueError, match="min_tokens=9 is above max_tokens=8"):
+        FilterSettings.from_cfg({"min_tokens": 9, "max_tokens": 8})
+
+
+def test_char_ngram_jaccard_by_hand():
+    assert normalise("  Hello,   WORLD! ") == "hello world"
+    assert char_ngrams("abcd") == {"abc", "bcd"}
+    # "abcd" → {abc, bcd}; "abce" → {abc, bce}: one shared of three
+    assert jaccard(char_ngrams("abcd"), char_ngrams("abce")) == pytest.approx(1 / 3)
+    existing = [char_ngrams("How do I boil an egg?"), char_ngrams("What is the capital of France?")]
+    assert near_duplicate_of("how do I boil an EGG", existing, 0.6) == 0
+    assert near_duplicate_of("Explain photosynthesis to a child.", existing, 0.6) is None
+
+
+def test_length_histogram_matches_manual_counts():
+    hist = length_histogram([1, 2, 2, 3, 8, 9, 16], bins=4)
+    assert hist["edges"] == [1, 5, 9, 13, 17]          # width ceil(16/4) = 4
+    assert hist["counts"] == [4, 1, 1, 1]
+    assert sum(hist["counts"]) == 7
+    assert length_histogram([5, 5], bins=8) == {"edges": [5, 6], "counts": [2]}
+    assert length_histogram([]) == {"edges": [], "counts": []}
+
+
+def test_drop_counter_adds_up():
+    c = DropCounter()
+    for reason in ["unfinished", None, "duplicate", "unfinished", None]:
+        c.drop(reason) if reason else c.keep()
+    assert c.as_dict() == {"generated": 5, "kept": 2, "dropped": {"duplicate": 1, "unfinished": 2}}
