@@ -120,8 +120,8 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
 def empty_dataset_message(dataset: Dataset) -> str:
     dropped = {stage: counts.get("dropped", {}) for stage, counts in dataset.card["stages"].items()}
     return (f"data={dataset.name}: every generated item was filtered out ({dropped}; card: "
-            f"{dataset.path.parent / 'card.md'}). A model that never ends its turn (e.g. model=tiny) needs "
-            f"generation.filters.drop_unfinished=false; otherwise raise generation.max_new_tokens.")
+            f"{dataset.path.parent / 'card.md'}). A model that never ends its turn or sentence (e.g. model=tiny) "
+            f"needs generation.filters.unfinished=keep; otherwise raise generation.max_new_tokens.")
 
 
 def prepare_data(cfg: DictConfig) -> tuple[DictConfig, Dataset | None]:

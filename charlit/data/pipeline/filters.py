@@ -1,24 +1,29 @@
-"""Reply filters (empty, too short or long, cut off, format-breaking, duplicate) and near-duplicate detection.
+"""Reply filters (empty, cut off, format-breaking, too short or long, duplicate) and near-duplicate detection.
 
 Every dropped item is counted under the first reason that applies, in the order of :data:`REASONS`, so
 the dataset card adds up: generated = kept + sum of the drop counts.
+
+A reply cut off at ``max_new_tokens`` (no end-of-turn token) is handled by ``filters.unfinished``: ``drop``
+it (OCT's rule), ``trim`` it back to its last complete sentence (dropped when none is left; counted as
+``trimmed``), or ``keep`` it as it is.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from charlit.data.pipeline.generator import Reply
 
-REASONS = ("empty", "unfinished", "format_break", "too_short", "too_long", "duplicate")
+REASONS = ("empty", "format_break", "unfinished", "too_short", "too_long", "duplicate")
+UNFINISHED = ("drop", "trim", "keep")
 
 
 @dataclass(frozen=True)
 class FilterSettings:
     min_tokens: int = 4
     max_tokens: int = 1024
-    drop_unfinished: bool = True
+    unfinished: str = "trim"
     drop_format_breaks: bool = True
     drop_duplicates: bool = True
 
@@ -30,25 +35,30 @@ class FilterSettings:
             raise ValueError(f"generation.filters has unknown keys {unknown}; valid: "
                              f"{', '.join(FilterSettings.__dataclass_fields__)}.")
         settings = FilterSettings(**{k: type(getattr(FilterSettings, k))(v) for k, v in values.items()})
+        if settings.unfinished not in UNFINISHED:
+            raise ValueError(f"generation.filters.unfinished={settings.unfinished!r}; choose one of {', '.join(UNFINISHED)}.")
         if settings.min_tokens > settings.max_tokens:
             raise ValueError(f"generation.filters.min_tokens={settings.min_tokens} is above "
                              f"max_tokens={settings.max_tokens}; lower min_tokens or raise max_tokens.")
         return settings
 
 
-def reply_problem(reply: Reply, settings: FilterSettings) -> str | None:
-    """The first reason to drop ``reply`` (one of :data:`REASONS` except ``duplicate``), or None to keep it."""
+def screen(reply: Reply, settings: FilterSettings) -> tuple[Reply | None, str | None]:
+    """``(reply to keep, None)`` — trimmed when it was cut off and ``unfinished=trim`` — or ``(None, reason)``
+    with the first reason of :data:`REASONS` (except ``duplicate``) that applies."""
     if not reply.text:
-        return "empty"
-    if settings.drop_unfinished and not reply.finished:
-        return "unfinished"
+        return None, "empty"
     if settings.drop_format_breaks and reply.format_break:
-        return "format_break"
+        return None, "format_break"
+    if not reply.finished and settings.unfinished != "keep":
+        if settings.unfinished == "drop" or not reply.trimmed_text:
+            return None, "unfinished"
+        reply = replace(reply, text=reply.trimmed_text, n_tokens=reply.trimmed_tokens, was_trimmed=True)
     if reply.n_tokens < settings.min_tokens:
-        return "too_short"
+        return None, "too_short"
     if reply.n_tokens > settings.max_tokens:
-        return "too_long"
-    return None
+        return None, "too_long"
+    return reply, None
 
 
 def normalise(text: str) -> str:
@@ -80,20 +90,23 @@ def near_duplicate_of(text: str, existing: list[set[str]], threshold: float, n: 
 
 
 class DropCounter:
-    """Counts kept items and drops per reason for the dataset card."""
+    """Counts kept items (and how many of them were trimmed) and drops per reason, for the dataset card."""
 
     def __init__(self):
         self.generated = 0
         self.kept = 0
+        self.trimmed = 0
         self.dropped: Counter = Counter()
 
-    def keep(self) -> None:
+    def keep(self, trimmed: bool = False) -> None:
         self.generated += 1
         self.kept += 1
+        self.trimmed += trimmed
 
     def drop(self, reason: str) -> None:
         self.generated += 1
         self.dropped[reason] += 1
 
     def as_dict(self) -> dict:
-        return {"generated": self.generated, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
+        return {"generated": self.generated, "kept": self.kept, "trimmed": self.trimmed,
+                "dropped": dict(sorted(self.dropped.items()))}

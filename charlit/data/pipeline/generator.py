@@ -21,20 +21,40 @@ from charlit.sampling.hf import end_token_ids
 SPEAKER_LABEL = re.compile(r"(^|\n)\s*(user|assistant|human|ai|system)\s*:", re.IGNORECASE)
 
 
+# Where a sentence ends: . ! ? or … (not after a digit, so "1." in a list does not count), then closing quotes or
+# brackets, then whitespace or the end; or a line break.
+SENTENCE_END = re.compile(r"(?<!\d)[.!?…][\"')\]]*(?=\s|$)|\n")
+
+
 @dataclass(frozen=True)
 class Reply:
-    text: str           # the reply without its end-of-turn token, stripped
-    n_tokens: int       # generated tokens, end-of-turn token included
-    finished: bool      # ended with an end-of-turn token (not cut off at max_new_tokens)
-    format_break: bool  # contains a chat-template marker or another speaker's label
+    text: str                # the reply without its end-of-turn token, stripped
+    n_tokens: int            # generated tokens, end-of-turn token included
+    finished: bool           # ended with an end-of-turn token (not cut off at max_new_tokens)
+    format_break: bool       # contains a chat-template marker or another speaker's label
+    trimmed_text: str = ""   # unfinished replies: the text up to its last complete sentence ("" if none)
+    trimmed_tokens: int = 0  # tokens of trimmed_text plus the end-of-turn token it gets when trained on
+    was_trimmed: bool = False  # set by the filters when they kept trimmed_text in place of text
 
     def as_dict(self) -> dict:
-        return {"text": self.text, "n_tokens": self.n_tokens, "finished": self.finished, "format_break": self.format_break}
+        return {"text": self.text, "n_tokens": self.n_tokens, "finished": self.finished, "format_break": self.format_break,
+                "trimmed_text": self.trimmed_text, "trimmed_tokens": self.trimmed_tokens}
 
     @staticmethod
     def from_dict(raw: dict) -> "Reply":
         return Reply(text=raw["text"], n_tokens=int(raw["n_tokens"]), finished=bool(raw["finished"]),
-                     format_break=bool(raw["format_break"]))
+                     format_break=bool(raw["format_break"]), trimmed_text=raw.get("trimmed_text", ""),
+                     trimmed_tokens=int(raw.get("trimmed_tokens", 0)))
+
+
+def last_complete_sentences(text: str) -> str:
+    """``text`` cut back to the end of its last complete sentence (or line), stripped; "" if it has none."""
+    cut = 0
+    for match in SENTENCE_END.finditer(text):
+        end = match.start() if match.group() == "\n" else match.end()
+        if text[:end].strip():
+            cut = end
+    return text[:cut].strip()
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -79,7 +99,10 @@ class Generator:
         body = ids[:-1] if finished else ids
         raw = self.tokenizer.decode(body, skip_special_tokens=False)
         broken = any(m in raw for m in self.markers) or bool(SPEAKER_LABEL.search(raw))
-        return Reply(text=raw.strip(), n_tokens=len(ids), finished=finished, format_break=broken)
+        trimmed = "" if finished else last_complete_sentences(raw)
+        trimmed_tokens = len(self.tokenizer(trimmed, add_special_tokens=False)["input_ids"]) + 1 if trimmed else 0
+        return Reply(text=raw.strip(), n_tokens=len(ids), finished=finished, format_break=broken, trimmed_text=trimmed,
+                     trimmed_tokens=trimmed_tokens)
 
     def reply(self, conversations: list[list[dict]], seed: int, desc: str | None = None) -> list[Reply]:
         """One sampled reply per conversation (each a message list ending with a user turn)."""

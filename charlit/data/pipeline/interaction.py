@@ -11,7 +11,7 @@ and is counted. Each conversation is saved from both sides, WITHOUT any system p
 from __future__ import annotations
 
 from charlit.data.chat import with_system
-from charlit.data.pipeline.filters import DropCounter, reply_problem
+from charlit.data.pipeline.filters import DropCounter, screen
 from charlit.data.pipeline.generator import Reply
 from charlit.data.pipeline.stage import Assembled, Stage
 
@@ -114,11 +114,11 @@ class InteractionStage(Stage):
             replies = self.generators[0].reply(views, seed=seed + turn, desc=f"interaction: turn {turn + 1}")
             for state, reply in zip(live, replies):
                 state["replies"].append(reply.as_dict())
-                problem = reply_problem(reply, self.ctx.filters)
+                kept, problem = screen(reply, self.ctx.filters)
                 if problem:
                     state["stop"] = problem
                 else:
-                    state["transcript"].append(reply.text)
+                    state["transcript"].append(kept.text)
         return [{k: s[k] for k in ("index", "opening", "opener", "topic", "transcript", "replies", "stop")} for s in states]
 
     def assemble(self, raw: list[dict]) -> Assembled:
@@ -126,12 +126,12 @@ class InteractionStage(Stage):
         rows, lengths, finished = [], [], 0
         for entry in raw:
             for reply in entry["replies"]:
-                problem = reply_problem(Reply.from_dict(reply), self.ctx.filters)
+                kept, problem = screen(Reply.from_dict(reply), self.ctx.filters)
                 if problem:
                     replies.drop(problem)
                 else:
-                    replies.keep()
-                    lengths.append(int(reply["n_tokens"]))
+                    replies.keep(trimmed=kept.was_trimmed)
+                    lengths.append(kept.n_tokens)
             finished += entry["stop"] is None
             for side, view in saved_views(entry["transcript"], entry["opener"]):
                 rows.append({"messages": view, "source": f"interaction/{entry['opening']}/{side}"})

@@ -6,7 +6,7 @@ Rows are TRL's conversational preference format: ``{"prompt": [user], "chosen": 
 from __future__ import annotations
 
 from charlit.data.chat import student_messages, teacher_messages
-from charlit.data.pipeline.filters import DropCounter, normalise, reply_problem
+from charlit.data.pipeline.filters import DropCounter, normalise, screen
 from charlit.data.pipeline.generator import Reply
 from charlit.data.pipeline.stage import Assembled, Stage
 
@@ -42,16 +42,17 @@ class PairsStage(Stage):
         seen: set[tuple[str, str]] = set()
         rows, lengths = [], []
         for entry in raw:
-            chosen, rejected = Reply.from_dict(entry["chosen"]), Reply.from_dict(entry["rejected"])
-            problem = reply_problem(chosen, self.ctx.filters) or reply_problem(rejected, self.ctx.filters)
-            key = (entry["prompt"], normalise(chosen.text))
+            chosen, problem = screen(Reply.from_dict(entry["chosen"]), self.ctx.filters)
+            rejected, rejected_problem = screen(Reply.from_dict(entry["rejected"]), self.ctx.filters)
+            problem = problem or rejected_problem
+            key = (entry["prompt"], normalise(chosen.text)) if chosen else None
             if problem is None and self.ctx.filters.drop_duplicates and (
                     key in seen or normalise(chosen.text) == normalise(rejected.text)):
                 problem = "duplicate"
             if problem:
                 counter.drop(problem)
                 continue
-            counter.keep()
+            counter.keep(trimmed=chosen.was_trimmed or rejected.was_trimmed)
             seen.add(key)
             lengths.append(chosen.n_tokens)
             rows.append({"prompt": [{"role": "user", "content": entry["prompt"]}],

@@ -6,7 +6,7 @@ import random
 import re
 
 from charlit.data.datamodule import training_prompts
-from charlit.data.pipeline.filters import DropCounter, char_ngrams, near_duplicate_of, reply_problem
+from charlit.data.pipeline.filters import DropCounter, char_ngrams, near_duplicate_of, screen
 from charlit.data.pipeline.generator import Reply
 from charlit.data.pipeline.stage import Assembled, Stage
 
@@ -72,9 +72,8 @@ class GeneratedPromptsStage(Stage):
         known = [char_ngrams(p) for p in self.seed_prompts]
         rows, lengths = [], []
         for entry in raw:
-            reply = Reply.from_dict(entry["reply"])
-            problem = reply_problem(reply, self.ctx.filters)
-            question = first_question(reply.text)
+            reply, problem = screen(Reply.from_dict(entry["reply"]), self.ctx.filters)
+            question = first_question(reply.text) if reply else ""
             if problem is None and not question:
                 problem = "empty"
             if problem is None and near_duplicate_of(question, known, self.threshold) is not None:
@@ -82,7 +81,7 @@ class GeneratedPromptsStage(Stage):
             if problem:
                 counter.drop(problem)
                 continue
-            counter.keep()
+            counter.keep(trimmed=reply.was_trimmed)
             known.append(char_ngrams(question))
             rows.append({"prompt": question, "source": "generated"})
             lengths.append(reply.n_tokens)

@@ -3,7 +3,7 @@ about itself in many forms; rows are saved WITHOUT the constitution, as ``{"mess
 from __future__ import annotations
 
 from charlit.data.chat import teacher_messages
-from charlit.data.pipeline.filters import DropCounter, normalise, reply_problem
+from charlit.data.pipeline.filters import DropCounter, normalise, screen
 from charlit.data.pipeline.generator import Reply
 from charlit.data.pipeline.stage import Assembled, Stage
 
@@ -57,14 +57,13 @@ class ReflectionStage(Stage):
         seen: set[str] = set()
         rows, lengths = [], []
         for entry in raw:
-            reply = Reply.from_dict(entry["reply"])
-            problem = reply_problem(reply, self.ctx.filters)
+            reply, problem = screen(Reply.from_dict(entry["reply"]), self.ctx.filters)
             if problem is None and self.ctx.filters.drop_duplicates and normalise(reply.text) in seen:
                 problem = "duplicate"
             if problem:
                 counter.drop(problem)
                 continue
-            counter.keep()
+            counter.keep(trimmed=reply.was_trimmed)
             seen.add(normalise(reply.text))
             lengths.append(reply.n_tokens)
             rows.append({"messages": [{"role": "user", "content": entry["prompt"]},

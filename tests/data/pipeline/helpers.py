@@ -2,7 +2,7 @@
 from tests.conftest import compose
 
 FAST = ["model=tiny", "generation.max_new_tokens=6", "generation.batch_size=4", "generation.chunk_size=4",
-        "generation.filters.drop_unfinished=false", "generation.filters.min_tokens=1"]
+        "generation.filters.unfinished=keep", "generation.filters.min_tokens=1"]
 
 
 def tiny_cfg(tmp_path, data, *overrides):

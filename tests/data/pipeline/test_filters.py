@@ -3,34 +3,62 @@ import pytest
 
 from charlit.data.pipeline.card import length_histogram
 from charlit.data.pipeline.filters import (DropCounter, FilterSettings, char_ngrams, jaccard, near_duplicate_of, normalise,
-                                           reply_problem)
-from charlit.data.pipeline.generator import Reply
+                                           screen)
+from charlit.data.pipeline.generator import Reply, last_complete_sentences
 
 
-def _reply(text="A fine answer.", n=10, finished=True, broken=False):
-    return Reply(text=text, n_tokens=n, finished=finished, format_break=broken)
+def _reply(text="A fine answer.", n=10, finished=True, broken=False, trimmed="", trimmed_n=0):
+    return Reply(text=text, n_tokens=n, finished=finished, format_break=broken, trimmed_text=trimmed,
+                 trimmed_tokens=trimmed_n)
+
+
+CUT = dict(text="One. Two and thr", n=12, finished=False, trimmed="One.", trimmed_n=3)
 
 
 @pytest.mark.parametrize("reply, settings, expected", [
     (_reply(), FilterSettings(), None),
     (_reply(text=""), FilterSettings(), "empty"),
-    (_reply(finished=False), FilterSettings(), "unfinished"),
-    (_reply(finished=False), FilterSettings(drop_unfinished=False), None),
+    (_reply(finished=False), FilterSettings(unfinished="drop"), "unfinished"),
+    (_reply(finished=False), FilterSettings(unfinished="trim"), "unfinished"),        # no complete sentence to keep
+    (_reply(finished=False), FilterSettings(unfinished="keep"), None),
+    (_reply(**CUT), FilterSettings(unfinished="trim", min_tokens=4), "too_short"),    # judged on the trimmed length
     (_reply(broken=True), FilterSettings(), "format_break"),
     (_reply(broken=True), FilterSettings(drop_format_breaks=False), None),
     (_reply(n=3), FilterSettings(min_tokens=4), "too_short"),
     (_reply(n=4), FilterSettings(min_tokens=4), None),
     (_reply(n=11), FilterSettings(max_tokens=10), "too_long"),
     (_reply(text="", finished=False, broken=True), FilterSettings(), "empty"),          # first reason wins
-    (_reply(finished=False, broken=True, n=1), FilterSettings(), "unfinished"),
+    (_reply(finished=False, broken=True, n=1), FilterSettings(), "format_break"),
 ])
-def test_reply_problem(reply, settings, expected):
-    assert reply_problem(reply, settings) == expected
+def test_screen_reasons(reply, settings, expected):
+    kept, reason = screen(reply, settings)
+    assert reason == expected and (kept is None) == (expected is not None)
+
+
+def test_trim_keeps_the_complete_sentences():
+    kept, reason = screen(_reply(**CUT), FilterSettings(unfinished="trim", min_tokens=2))
+    assert reason is None and kept.text == "One." and kept.n_tokens == 3 and kept.was_trimmed
+    kept, _ = screen(_reply(**CUT), FilterSettings(unfinished="keep"))
+    assert kept.text == "One. Two and thr" and not kept.was_trimmed
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Hello there. How are", "Hello there."),
+    ('He said "stop!" and then', 'He said "stop!"'),
+    ("Steps:\n1. Boil water\n2. Add the", "Steps:\n1. Boil water"),
+    ("Version 2.5 is the", ""),
+    ("Done? Yes. Maybe", "Done? Yes."),
+    ("no end at all", ""),
+])
+def test_last_complete_sentences(text, expected):
+    assert last_complete_sentences(text) == expected
 
 
 def test_filter_settings_from_cfg_checks_keys_and_range():
     assert FilterSettings.from_cfg({"min_tokens": "2", "drop_duplicates": False}) == FilterSettings(min_tokens=2,
                                                                                                     drop_duplicates=False)
+    with pytest.raises(ValueError, match="unfinished='cut'; choose one of drop, trim, keep"):
+        FilterSettings.from_cfg({"unfinished": "cut"})
     with pytest.raises(ValueError, match="unknown keys \\['min_len'\\]"):
         FilterSettings.from_cfg({"min_len": 2})
     with pytest.raises(ValueError, match="min_tokens=9 is above max_tokens=8"):
@@ -60,4 +88,5 @@ def test_drop_counter_adds_up():
     c = DropCounter()
     for reason in ["unfinished", None, "duplicate", "unfinished", None]:
         c.drop(reason) if reason else c.keep()
-    assert c.as_dict() == {"generated": 5, "kept": 2, "dropped": {"duplicate": 1, "unfinished": 2}}
+    c.keep(trimmed=True)
+    assert c.as_dict() == {"generated": 6, "kept": 3, "trimmed": 1, "dropped": {"duplicate": 1, "unfinished": 2}}

@@ -24,7 +24,10 @@ def test_decode_finished_unfinished_and_format_breaks(tokenizer):
     ok = gen.decode(ids(" Ahoy there, matey.") + [eos])
     assert ok.finished and not ok.format_break and ok.text == "Ahoy there, matey." and ok.n_tokens == len(ids(" Ahoy there, matey.")) + 1
     cut = gen.decode(ids("Ahoy there"))
-    assert not cut.finished and cut.text == "Ahoy there"
+    assert not cut.finished and cut.text == "Ahoy there" and cut.trimmed_text == ""
+    cut = gen.decode(ids("Ahoy there. Hoist the"))
+    assert cut.trimmed_text == "Ahoy there." and cut.trimmed_tokens == len(ids("Ahoy there.")) + 1
+    assert ok.trimmed_text == ""                                   # finished replies are never trimmed
     assert gen.decode(ids("Sure.\nUser: and now me") + [eos]).format_break
     assert gen.decode(ids("Sure.<|im_start|>user\nhi") + [eos]).format_break
     assert not gen.decode(ids("The user said hello: fine.") + [eos]).format_break

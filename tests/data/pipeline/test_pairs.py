@@ -37,7 +37,7 @@ def test_pairs_are_trl_conversational_rows(tmp_path, tokenizer):
 
 
 def test_default_filters_drop_and_count_unfinished_replies(tmp_path):
-    cfg = tiny_cfg(tmp_path, "pairs", *SMALL, "generation.filters.drop_unfinished=true")
+    cfg = tiny_cfg(tmp_path, "pairs", *SMALL, "generation.filters.unfinished=drop")
     dataset = generate_dataset(cfg)
     counts = dataset.card["stages"]["pairs"]
     assert counts["generated"] == 8 and counts["kept"] == 0 and counts["dropped"] == {"unfinished": 8}
