@@ -100,3 +100,12 @@ def test_duplicate_pairs_are_dropped_and_counted(tmp_path, pirate):
         out = PairsStage(ctx, None, None, ["p", "q"], 2).assemble(raw)
         assert len(out.rows) == kept and out.counts["kept"] == kept
         assert out.counts["dropped"] == ({"duplicate": 2} if drop else {})
+
+
+def test_a_new_stage_code_version_makes_a_new_dataset(tmp_path, monkeypatch):
+    from charlit.data.pipeline.pairs import PairsStage
+
+    before = generate_dataset(tiny_cfg(tmp_path, "pairs", "data.generate.prompts.num=2"))
+    monkeypatch.setattr(PairsStage, "version", PairsStage.version + 1)
+    after = generate_dataset(tiny_cfg(tmp_path, "pairs", "data.generate.prompts.num=2"))
+    assert after.path != before.path and after.path.parent.parent == before.path.parent.parent
