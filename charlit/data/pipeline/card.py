@@ -47,10 +47,12 @@ def card_markdown(card: dict) -> str:
     if gen["new_tokens"]:
         lines.append(f"- generation: {gen['new_tokens']} new tokens in {gen['seconds']:.1f} s "
                      f"({gen['tokens_per_s']} tokens/s)")
-    lines += ["", "## Counts per stage", "", "| stage | generated | kept | dropped (reason: count) |", "|---|---|---|---|"]
+    lines += ["", "## Counts per stage", "", "| stage | generated | kept | of which trimmed | dropped (reason: count) |",
+              "|---|---|---|---|---|"]
     for stage, counts in card["stages"].items():
         dropped = ", ".join(f"{r}: {n}" for r, n in counts.get("dropped", {}).items()) or "none"
-        lines.append(f"| {stage} | {counts.get('generated', 0)} | {counts.get('kept', 0)} | {dropped} |")
+        lines.append(f"| {stage} | {counts.get('generated', 0)} | {counts.get('kept', 0)} | {counts.get('trimmed', 0)} "
+                     f"| {dropped} |")
     hist = card["reply_tokens"]["histogram"]
     lines += ["", f"## Reply length (tokens; mean {card['reply_tokens']['mean']:.1f} over {card['reply_tokens']['count']})", ""]
     if hist["counts"]:
@@ -75,6 +77,7 @@ def log_card_to_wandb(card: dict, run) -> None:
     for stage, counts in card["stages"].items():
         run.summary[f"data/{stage}/generated"] = counts.get("generated", 0)
         run.summary[f"data/{stage}/kept"] = counts.get("kept", 0)
+        run.summary[f"data/{stage}/trimmed"] = counts.get("trimmed", 0)
         for reason, n in counts.get("dropped", {}).items():
             run.summary[f"data/{stage}/dropped/{reason}"] = n
     samples = wandb.Table(columns=["row"], data=[[json.dumps(r, ensure_ascii=False)] for r in card["samples"]])

@@ -6,7 +6,7 @@ ROWS = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant"
 
 def _card():
     return build_card("reflection", "abc", "/x/data.jsonl", ROWS,
-                      {"reflection": {"generated": 6, "kept": 4, "dropped": {"unfinished": 1, "format_break": 1}}},
+                      {"reflection": {"generated": 6, "kept": 4, "trimmed": 2, "dropped": {"unfinished": 1, "format_break": 1}}},
                       [10, 20, 30, 40], new_tokens=200, seconds=4.0, settings={"seed": 0})
 
 
@@ -16,7 +16,7 @@ def test_card_contents_and_markdown():
     assert card["generation"]["tokens_per_s"] == 50.0
     assert card["reply_tokens"]["mean"] == 25.0 and sum(card["reply_tokens"]["histogram"]["counts"]) == 4
     md = card_markdown(card)
-    assert "| reflection | 6 | 4 | unfinished: 1, format_break: 1 |" in md
+    assert "| reflection | 6 | 4 | 2 | unfinished: 1, format_break: 1 |" in md
     assert "200 new tokens in 4.0 s (50.0 tokens/s)" in md and md.count("### Sample") == 3
 
 
@@ -28,7 +28,7 @@ def test_card_is_logged_to_an_offline_wandb_run(tmp_path, monkeypatch):
     try:
         log_card_to_wandb(_card(), run)
         assert run.summary["data/reflection/rows"] == 4
-        assert run.summary["data/reflection/kept"] == 4 and run.summary["data/reflection/dropped/unfinished"] == 1
+        assert run.summary["data/reflection/kept"] == 4 and run.summary["data/reflection/trimmed"] == 2 and run.summary["data/reflection/dropped/unfinished"] == 1
         assert run.summary["data/reflection/tokens_per_s"] == 50.0
     finally:
         wandb.finish()
