@@ -7,6 +7,7 @@ into a combined, equally cached dataset (``introspection`` = reflection + intera
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -135,6 +136,6 @@ def prepare_data(cfg: DictConfig) -> tuple[DictConfig, Dataset | None]:
         raise ValueError(empty_dataset_message(dataset))
     print(f"[charlit] data={cfg.data.name}: {rows} rows at {dataset.path} (card: {dataset.path.parent / 'card.md'})",
           flush=True)
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)  # the caller's config is left as it was
     OmegaConf.update(cfg, "data.path", str(dataset.path), merge=False)
     return cfg, dataset

@@ -43,3 +43,17 @@ def test_generate_config_composes_train_with_no_logger():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = hydra_compose(config_name="generate", overrides=["data=pairs"])
     assert cfg.logger.name == "none" and cfg.generation.chunk_size == 8 and cfg.data.name == "pairs"
+
+
+def test_prepare_data_points_a_copy_of_the_config_at_the_dataset(tmp_path):
+    from charlit.data.pipeline import prepare_data
+
+    cfg = compose(["method=sft", "data=reflection", "model=tiny", "generation.max_new_tokens=4",
+                   "generation.filters.unfinished=keep", "generation.filters.min_tokens=1",
+                   "data.generate.reflection.types=[diary,values]", "data.generate.reflection.per_type=1",
+                   f"generation.cache_dir={tmp_path}"])
+    prepared, dataset = prepare_data(cfg)
+    assert prepared.data.path == str(dataset.path) and dataset.card["rows"] == 2
+    assert cfg.data.path is None                                    # the caller's config is untouched
+    unchanged, none = prepare_data(prepared)                        # a given path is used as is
+    assert none is None and unchanged.data.path == str(dataset.path)
