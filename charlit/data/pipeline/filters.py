@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 from charlit.data.pipeline.generator import Reply
 
-REASONS = ("empty", "format_break", "unfinished", "too_short", "too_long", "duplicate")
+REASONS = ("empty", "format_break", "unfinished", "too_short", "too_long", "repetitive", "duplicate")
+_SENTENCE = re.compile(r"[^.!?…\n]+[.!?…]*")
 UNFINISHED = ("drop", "trim", "keep")
 
 
@@ -26,6 +27,7 @@ class FilterSettings:
     unfinished: str = "trim"
     drop_format_breaks: bool = True
     drop_duplicates: bool = True
+    max_repeats: int = 0      # > 0: drop a reply in which one sentence occurs this many times (degenerate loops)
 
     @staticmethod
     def from_cfg(cfg) -> "FilterSettings":
@@ -58,7 +60,16 @@ def screen(reply: Reply, settings: FilterSettings) -> tuple[Reply | None, str | 
         return None, "too_short"
     if reply.n_tokens > settings.max_tokens:
         return None, "too_long"
+    if settings.max_repeats > 0 and most_repeated_sentence(reply.text) >= settings.max_repeats:
+        return None, "repetitive"
     return reply, None
+
+
+def most_repeated_sentence(text: str) -> int:
+    """How often the most frequent sentence (or line) of ``text`` occurs, compared in normalised form."""
+    counts = Counter(normalise(s) for s in _SENTENCE.findall(text))
+    counts.pop("", None)
+    return max(counts.values(), default=0)
 
 
 def normalise(text: str) -> str:

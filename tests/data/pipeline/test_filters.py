@@ -29,6 +29,9 @@ CUT = dict(text="One. Two and thr", n=12, finished=False, trimmed="One.", trimme
     (_reply(n=11), FilterSettings(max_tokens=10), "too_long"),
     (_reply(text="", finished=False, broken=True), FilterSettings(), "empty"),          # first reason wins
     (_reply(finished=False, broken=True, n=1), FilterSettings(), "format_break"),
+    (_reply(text="I'm sorry. I'm sorry!\nI am fine. i'm SORRY."), FilterSettings(max_repeats=3), "repetitive"),
+    (_reply(text="I'm sorry. I'm sorry!\nI am fine. i'm SORRY."), FilterSettings(max_repeats=4), None),
+    (_reply(text="I'm sorry. I'm sorry. I'm sorry."), FilterSettings(), None),               # off by default
 ])
 def test_screen_reasons(reply, settings, expected):
     kept, reason = screen(reply, settings)
@@ -90,3 +93,11 @@ def test_drop_counter_adds_up():
         c.drop(reason) if reason else c.keep()
     c.keep(trimmed=True)
     assert c.as_dict() == {"generated": 6, "kept": 3, "trimmed": 1, "dropped": {"duplicate": 1, "unfinished": 2}}
+
+
+def test_most_repeated_sentence_by_hand():
+    from charlit.data.pipeline.filters import most_repeated_sentence
+
+    assert most_repeated_sentence("A b. A b! c\nA B") == 3
+    assert most_repeated_sentence("One. Two. Three?") == 1
+    assert most_repeated_sentence("") == 0
