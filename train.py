@@ -12,10 +12,11 @@ from charlit.config import register_configs, rewrite_persona_path
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from charlit.recipes import is_recipe, run_recipe
     from charlit.run import train
 
     with bad_input_exits():
-        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        (run_recipe if is_recipe(cfg) else train)(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

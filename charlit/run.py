@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from charlit.checkpointing import AtomicCheckpointIO, config_fingerprint, find_resume, mark_run
 from charlit.data.constitution import Constitution, resolve_persona
 from charlit.data.datamodule import build_datamodule
+from charlit.data.pipeline import prepare_data
+from charlit.data.pipeline.card import log_card_to_wandb
 from charlit.loggers import build_logger, plain_config
 from charlit.models import load_model
 from charlit.objectives import get_objective
@@ -107,15 +109,18 @@ def resolve_run_dir(cfg: DictConfig, run_dir: Path, config: dict):
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
-    config = plain_config(cfg)
-    run_dir, checkpoint_path = resolve_run_dir(cfg, run_dir, config)
+    run_dir, checkpoint_path = resolve_run_dir(cfg, run_dir, plain_config(cfg))
+    cfg, dataset = prepare_data(cfg)  # generates the data variant's dataset first unless it is cached
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     objective, datamodule = build_objective(cfg)
     constitution = objective.constitution
 
+    config = plain_config(cfg)   # as trained: includes the generated dataset's path
     run_name = f"{cfg.method.name}-{cfg.teacher.name}-{cfg.data.name}-{constitution.name}"
     tags = [f"method:{cfg.method.name}", f"teacher:{cfg.teacher.name}", f"data:{cfg.data.name}", f"persona:{constitution.name}"]
     logger = build_logger(cfg.logger, run_dir, config, run_name, group=hydra_sweep_group(), tags=tags)
+    if dataset is not None and logger and type(logger).__name__ == "WandbLogger":
+        log_card_to_wandb(dataset.card, logger.experiment)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=int(cfg.output.checkpoint_every_n_steps) or None)

@@ -30,7 +30,7 @@ def _check(run_dir, method, teacher="self"):
 
 
 def test_dpo_cli_run_with_validation(tmp_path):
-    cmd = [sys.executable, "train.py", "method=dpo", *FAST, f"hydra.run.dir={tmp_path}"]
+    cmd = [sys.executable, "train.py", "method=dpo", "data.path=bundled", *FAST, f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _check(tmp_path, "dpo")["metrics"]

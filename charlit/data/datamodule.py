@@ -208,7 +208,9 @@ def _last_user(messages: list[dict]) -> str:
 
 
 def _resolve(cfg, directory: Path, persona: str, what: str) -> Path:
-    path = Path(cfg.path) if cfg.get("path") else directory / f"{persona}.jsonl"
+    """``data.path``: a JSONL file, or null / ``bundled`` for the persona's bundled set in ``directory``."""
+    given = cfg.get("path")
+    path = Path(given) if given and given != "bundled" else directory / f"{persona}.jsonl"
     if not path.is_file():
         bundled = ", ".join(sorted(p.stem for p in directory.glob("*.jsonl")))
         raise ValueError(f"No {what} at {path}: set data.path to a JSONL file of them (bundled sets exist for: {bundled}).")

@@ -41,4 +41,9 @@ def build_sampler(cfg, tokenizer) -> Sampler:
         from charlit.sampling.hf import HFSampler
 
         return HFSampler(tokenizer, batch_size=int(cfg.get("batch_size", 16)))
-    raise ValueError(f"sampler.name={name!r} is not available; valid choices: hf.")
+    if name == "vllm":
+        from charlit.sampling.vllm import VLLMSampler
+
+        return VLLMSampler(tokenizer, gpu_memory_utilization=float(cfg.get("gpu_memory_utilization", 0.5)),
+                           dtype=str(cfg.get("dtype", "auto")))
+    raise ValueError(f"sampler.name={name!r} is not available; valid choices: hf, vllm.")

@@ -51,3 +51,12 @@ def test_malformed_yaml_and_unknown_persona(tmp_path):
         load_constitution(path)
     with pytest.raises(ConstitutionError, match="pirate"):
         resolve_persona("no_such_persona")
+
+
+def test_persona_template_is_a_valid_constitution_outside_the_bundled_set():
+    from charlit.data.constitution import PERSONA_DIR
+
+    template = PERSONA_DIR.parent / "persona_template.yaml"
+    c = load_constitution(template)
+    assert c.name == "template" and len(c.traits) >= 8 and all(len(t.questions) >= 5 for t in c.traits)
+    assert "template" not in bundled_personas()

@@ -1,0 +1,65 @@
+"""Multi-stage training recipes: a data variant of ``kind: recipe`` lists stages, each a full training run.
+
+``data=pairs_introspection`` is OCT's recipe: DPO on generated pairs, then SFT on introspection data that
+the DPO-trained model writes (with the constitution in context), starting from that model. Each stage's
+config is composed like ``train.py <the user's overrides> <the stage's overrides>``; the user's ``data``
+and ``method`` overrides are left out (they name the recipe, not a stage), and a stage with
+``from_previous: true`` loads and generates with the previous stage's ``final/`` checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from charlit.run import train
+
+_NOT_PASSED_ON = ("data", "method")
+
+
+def is_recipe(cfg: DictConfig) -> bool:
+    return cfg.data.get("kind") == "recipe"
+
+
+def _user_overrides() -> list[str]:
+    out = []
+    for override in HydraConfig.get().overrides.task:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.split(".", 1)[0] not in _NOT_PASSED_ON:
+            out.append(override)
+    return out
+
+
+def stage_overrides(stage, user: list[str], previous_final: str | None) -> list[str]:
+    overrides = [*user, *stage.overrides]
+    if stage.get("from_previous"):
+        if previous_final is None:
+            raise ValueError(f"Recipe stage {stage.name!r} has from_previous=true but no earlier stage saved a "
+                             f"final/ checkpoint; keep output.save_final=true or set from_previous=false.")
+        overrides.append(f"model.name_or_path={previous_final}")
+    return overrides
+
+
+def run_recipe(cfg: DictConfig, run_dir: Path) -> list[dict]:
+    """Run every stage in order under ``run_dir/<i>_<stage name>/``; writes ``recipe.json`` with their summaries."""
+    stages = list(cfg.data.stages)
+    if not stages:
+        raise ValueError(f"data={cfg.data.name} is a recipe with no stages; list them under data.stages.")
+    user = _user_overrides()
+    summaries, previous_final = [], None
+    for i, stage in enumerate(stages):
+        overrides = stage_overrides(stage, user, previous_final)
+        print(f"[charlit] recipe {cfg.data.name}: stage {i + 1}/{len(stages)} {stage.name}: {' '.join(overrides)}",
+              flush=True)
+        stage_cfg = compose(config_name="train", overrides=overrides)
+        summary = train(stage_cfg, run_dir / f"{i}_{stage.name}")
+        summaries.append(summary)
+        previous_final = summary["paths"]["final"]
+    (run_dir / "recipe.json").write_text(json.dumps(
+        {"recipe": cfg.data.name, "stages": [{"name": s.name, "run_dir": x["paths"]["run_dir"], "data": x["data"],
+                                               "method": x["method"], "metrics": x["metrics"]}
+                                              for s, x in zip(stages, summaries)]}, indent=2, default=str))
+    return summaries
