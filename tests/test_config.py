@@ -2,7 +2,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from charlit.config import rewrite_persona_path
-from tests.conftest import compose
+from tests.conftest import REPO, compose
 
 
 def test_default_composition_is_self_distill_on_bundled_model():
@@ -43,3 +43,26 @@ def test_persona_path_rewrite(tmp_path):
     assert rewrite_persona_path([f"persona={path}", "x=1"]) == ["persona=file", f"persona.path={path}", "x=1"]
     cfg = compose([f"persona={path}"])
     assert cfg.persona.path == str(path)
+
+
+@pytest.mark.parametrize("trainer,strategy", [("ddp", "ddp"), ("fsdp", "fsdp"), ("deepspeed", "deepspeed_stage_2")])
+def test_scale_trainer_configs_compose(trainer, strategy):
+    cfg = compose([f"trainer={trainer}"])
+    assert cfg.trainer.strategy == strategy and cfg.trainer.max_steps == compose([]).trainer.max_steps
+    if trainer != "ddp":
+        assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_slurm_launcher_composes():
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=["hydra/launcher=submitit_slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+@pytest.mark.parametrize("arm,method,data", [("oct", "dpo", "pairs_introspection"), ("on_policy_distill", "on_policy_distill", "prompts"),
+                                             ("self_distill", "self_distill", "prompts")])
+def test_method_ablation_arms_compose(arm, method, data):
+    cfg = compose([f"+arm={arm}"])
+    assert (cfg.method.name, cfg.data.name) == (method, data)
