@@ -8,7 +8,9 @@ killed (or a disk filling up) while saving leaves the last good checkpoint intac
 fingerprint of its resolved config; a new run with the same fingerprint looks among its sibling run dirs
 (``outputs/<method>/*``) and the same job of earlier sweeps (``multirun/*/<job>``) for the newest one that has
 a checkpoint but no ``summary.json`` (it never finished), and continues there.
-``resume=never`` always starts fresh; ``resume=<run dir or .ckpt>`` resumes that one.
+The same job of an earlier sweep or recipe (same job dir name, same fingerprint) that *finished* is reused
+instead of retrained, so rerunning a sweep or a two-stage recipe after a crash redoes only the unfinished
+jobs. ``resume=never`` always starts fresh; ``resume=<run dir or .ckpt>`` resumes that one.
 """
 from __future__ import annotations
 
@@ -59,16 +61,23 @@ def config_fingerprint(config: dict) -> str:
 @dataclass
 class Resume:
     run_dir: Path
-    checkpoint: Path
+    checkpoint: Path | None      # None: the run finished; reuse its summary.json instead of training
 
 
-def _unfinished(run_dir: Path, fingerprint: str | None) -> bool:
+def _same_config(run_dir: Path, fingerprint: str) -> bool:
     try:
-        recorded = json.loads((run_dir / RUN_FILE).read_text()).get("fingerprint")
+        return json.loads((run_dir / RUN_FILE).read_text()).get("fingerprint") == fingerprint
     except (OSError, ValueError):
         return False
-    return ((fingerprint is None or recorded == fingerprint) and (run_dir / LAST_CHECKPOINT).is_file()
+
+
+def _unfinished(run_dir: Path, fingerprint: str) -> bool:
+    return (_same_config(run_dir, fingerprint) and (run_dir / LAST_CHECKPOINT).is_file()
             and not (run_dir / "summary.json").exists())
+
+
+def _finished(run_dir: Path, fingerprint: str) -> bool:
+    return _same_config(run_dir, fingerprint) and (run_dir / "summary.json").is_file()
 
 
 def find_resume(setting: str, run_dir: Path, fingerprint: str) -> Resume | None:
@@ -77,9 +86,13 @@ def find_resume(setting: str, run_dir: Path, fingerprint: str) -> Resume | None:
     if setting == "never":
         return None
     if setting == "auto":
-        # siblings (outputs/<method>/<time>/) and the same job of earlier sweeps (multirun/<time>/<job>/)
-        places = {*run_dir.parent.glob("*"), *run_dir.parent.parent.glob(f"*/{run_dir.name}")}
-        candidates = [d for d in places if d.is_dir() and _unfinished(d, fingerprint)]
+        # the same job of earlier sweeps / recipe runs (multirun/<time>/<job>/, outputs/<m>/<time>/<i>_<stage>/)
+        same_job = [d for d in run_dir.parent.parent.glob(f"*/{run_dir.name}") if d.is_dir()]
+        finished = [d for d in same_job if _finished(d, fingerprint)]
+        if finished:
+            return Resume(max(finished, key=lambda d: (d / "summary.json").stat().st_mtime), None)
+        # ... and siblings (outputs/<method>/<time>/)
+        candidates = [d for d in {*run_dir.parent.glob("*"), *same_job} if d.is_dir() and _unfinished(d, fingerprint)]
         if not candidates:
             return None
         newest = max(candidates, key=lambda d: (d / LAST_CHECKPOINT).stat().st_mtime)

@@ -93,10 +93,24 @@ def build_objective(cfg: DictConfig):
     return objective, datamodule
 
 
+def reuse_finished(resume, run_dir: Path) -> dict:
+    """The summary of an identical job that already finished, copied into this job's dir (for sweep reports)."""
+    summary = json.loads((resume.run_dir / "summary.json").read_text())
+    if resume.run_dir.resolve() != run_dir.resolve():
+        summary["reused_from"] = str(resume.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[charlit] this job already finished in {resume.run_dir}: reusing its results (resume=never retrains)",
+          flush=True)
+    return summary
+
+
 def resolve_run_dir(cfg: DictConfig, run_dir: Path, config: dict):
     """The run dir to write to and the checkpoint to resume from (None: a fresh run); see charlit.checkpointing."""
     fingerprint = config_fingerprint(config)
     resume = find_resume(cfg.get("resume", "auto"), run_dir, fingerprint)
+    if resume is not None and resume.checkpoint is None:
+        return run_dir, resume
     if resume is not None and resume.run_dir != run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "resumed.json").write_text(json.dumps({"continued_in": str(resume.run_dir)}))
@@ -104,12 +118,15 @@ def resolve_run_dir(cfg: DictConfig, run_dir: Path, config: dict):
     if resume is not None:
         print(f"[charlit] resuming {run_dir} from {resume.checkpoint} (resume=never starts fresh)", flush=True)
     mark_run(run_dir, fingerprint)
-    return run_dir, resume.checkpoint if resume else None
+    return run_dir, resume
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
-    run_dir, checkpoint_path = resolve_run_dir(cfg, run_dir, plain_config(cfg))
+    run_dir, resume = resolve_run_dir(cfg, run_dir, plain_config(cfg))
+    if resume is not None and resume.checkpoint is None:
+        return reuse_finished(resume, run_dir)
+    checkpoint_path = resume.checkpoint if resume else None
     cfg, dataset = prepare_data(cfg)  # generates the data variant's dataset first unless it is cached
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     objective, datamodule = build_objective(cfg)

@@ -65,3 +65,15 @@ def test_resume_from_a_missing_checkpoint_is_one_line(tmp_path):
     bad = subprocess.run([*COMMAND, "method=sft", f"resume={tmp_path}/nowhere"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and f"resume={tmp_path}/nowhere: no checkpoint at" in bad.stderr
+
+
+def test_rerunning_a_sweep_reuses_its_finished_jobs(tmp_path):
+    sweep = [*COMMAND[:2], "-m", "method=sft", "model=tiny", "trainer.max_steps=2", "logger=csv", "val.every_n_steps=0",
+             "seed=0,1"]
+    first = subprocess.run([*sweep, f"hydra.sweep.dir={tmp_path}/a"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run([*sweep, f"hydra.sweep.dir={tmp_path}/b"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already finished in") == 2
+    assert not list((tmp_path / "b").glob("*/checkpoints")) and len(list((tmp_path / "b").glob("*/summary.json"))) == 2
+    assert (tmp_path / "b" / "report.csv").is_file()
