@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from charlit.data.constitution import Constitution, resolve_persona
 from charlit.data.datamodule import build_datamodule
+from charlit.eval import train_hook
 from charlit.loggers import build_logger, plain_config
 from charlit.models import load_model
 from charlit.objectives import get_objective
@@ -87,6 +88,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     final_dir = save_final(objective, run_dir / "final") if cfg.output.save_final and trainer.is_global_zero else None
     summary = build_summary(cfg, config, objective, trainer, run_dir, final_dir, time.perf_counter() - start, constitution)
+    if train_hook.enabled(cfg) and final_dir is not None:
+        summary["metrics"].update(train_hook.evaluate_final(cfg, objective.policy, objective.tokenizer, constitution, run_dir))
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         for lg in trainer.loggers:
