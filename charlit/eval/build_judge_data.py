@@ -18,7 +18,8 @@ from charlit.data.prompts import load_prompt_set
 from charlit.eval.generation_cache import GenerationCache, default_cache_dir, weights_identity
 from charlit.eval.systems import System
 from charlit.models import load_model
-from charlit.sampling import SamplingParams, build_sampler
+from charlit.eval.prefix_sampler import SharedPrefixSampler
+from charlit.sampling import SamplingParams
 
 DATA_PATH = Path(__file__).parent / "data" / "judge_replies.jsonl"
 BARE = "bare"
@@ -37,8 +38,7 @@ def judge_prompts(train_size: int, heldout_size: int) -> dict[str, list[str]]:
 def build(out: Path, train_size: int, heldout_size: int, batch_size: int) -> int:
     loaded = load_model(OmegaConf.create({"name_or_path": "bundled:smollm2-135m-instruct"}), apply_lora=False)
     model = loaded.model.eval()
-    cache = GenerationCache(build_sampler(OmegaConf.create({"name": "hf", "batch_size": batch_size}), loaded.tokenizer),
-                            PARAMS, default_cache_dir())
+    cache = GenerationCache(SharedPrefixSampler(loaded.tokenizer, batch_size=batch_size), PARAMS, default_cache_dir())
     model_id = weights_identity(model)
     systems = [System(BARE, model, model_id, None)]
     systems += [System(name, model, model_id, resolve_persona(name).system_prompt()) for name in bundled_personas()]

@@ -11,9 +11,10 @@ from charlit.data.constitution import Constitution
 from charlit.eval.generation_cache import GenerationCache, default_cache_dir, weights_identity
 from charlit.eval.judges import build_judge
 from charlit.eval.judges.llm import build_llm_judge
+from charlit.eval.prefix_sampler import SharedPrefixSampler
 from charlit.eval.suites import SUITES, SuiteContext, SuiteResult
 from charlit.eval.systems import System
-from charlit.sampling import SamplingParams, build_sampler
+from charlit.sampling import SamplingParams
 
 LABELS = ("model", "bare", "prompted", "compare")
 
@@ -76,7 +77,7 @@ def evaluate(cfg, base: torch.nn.Module, tokenizer, constitution: Constitution, 
     params = SamplingParams(max_new_tokens=int(sizes["max_new_tokens"]), temperature=float(cfg.sampling.temperature),
                             top_p=float(cfg.sampling.top_p))
     cache_dir = None if not cfg.cache else (cfg.cache_dir or default_cache_dir())
-    cache = GenerationCache(build_sampler({"name": "hf", "batch_size": int(cfg.batch_size)}, tokenizer), params, cache_dir)
+    cache = GenerationCache(SharedPrefixSampler(tokenizer, batch_size=int(cfg.batch_size)), params, cache_dir)
     judges = {name: build_judge(str(name), base_model=base, tokenizer=tokenizer, batch_size=int(cfg.batch_size))
               for name in cfg.judges}
     bare = next(s for s in systems if s.label == "bare")
