@@ -24,7 +24,7 @@ from charlit.sampling import SamplingParams
 DATA_PATH = Path(__file__).parent / "data" / "judge_replies.jsonl"
 BARE = "bare"
 SEED = 2024
-PARAMS = SamplingParams(max_new_tokens=48, temperature=0.7, top_p=0.9)
+PARAMS = SamplingParams(max_new_tokens=40, temperature=0.7, top_p=0.9)
 
 
 def judge_prompts(train_size: int, heldout_size: int) -> dict[str, list[str]]:
@@ -58,9 +58,9 @@ def build(out: Path, train_size: int, heldout_size: int, batch_size: int) -> int
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DATA_PATH)
-    parser.add_argument("--train-size", type=int, default=24)
-    parser.add_argument("--heldout-size", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--train-size", type=int, default=20)
+    parser.add_argument("--heldout-size", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=10)
     args = parser.parse_args(argv)
     n = build(args.out, args.train_size, args.heldout_size, args.batch_size)
     print(f"[charlit] wrote {n} rows to {args.out}")

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from charlit.data.constitution import Constitution, bundled_personas, resolve_persona
 from charlit.eval.runner import Candidate, evaluate, headline
-from charlit.eval.writers import log_to_wandb, write_outputs
+from charlit.eval.writers import log_to_wandb, personas_table, write_outputs
 from charlit.loggers import plain_config, wandb_mode
 from charlit.models import load_model
 
@@ -106,5 +106,6 @@ def run_eval(cfg: DictConfig, out_dir: Path) -> list[dict]:
         reports.append(report)
     if len(constitutions) > 1:
         (out_dir / "eval.md").write_text("\n".join(tables))
+        (out_dir / "personas.md").write_text(personas_table(reports))
     print(tables[-1] if len(tables) == 1 else f"[charlit] all personas: {out_dir / 'eval.md'}", flush=True)
     return reports

@@ -107,3 +107,23 @@ def log_to_wandb(run, report: dict, numbers: dict[str, float], plots: list[Path]
             rows.append([suite, metric, *[per_label.get(label, {}).get("mean") for label in report["labels"]]])
     run.log({"eval_table": wandb.Table(columns=["suite", "metric", *report["labels"]], data=rows)})
     run.summary.update(numbers)
+
+
+HEADLINE = [("persona_id", "likelihood"), ("persona_id", "classifier_hit"), ("ood", "likelihood"), ("ood", "classifier_hit"),
+            ("multiturn", "likelihood_last_turn"), ("robustness", "suffix_likelihood"), ("robustness", "suffix_classifier_hit"),
+            ("robustness", "prefill_likelihood"), ("capability", "kl_to_base"), ("capability", "perplexity"),
+            ("capability", "mc_accuracy")]
+
+
+def personas_table(reports: list[dict]) -> str:
+    """One row per persona and headline metric, one column per system (``persona=all``)."""
+    labels = reports[0]["labels"]
+    lines = ["| persona | metric | " + " | ".join(COLUMN_TITLES[label] for label in labels) + " |",
+             "|---|---|" + "---|" * len(labels)]
+    for report in reports:
+        for suite, metric in HEADLINE:
+            per_label = report["suites"].get(suite, {}).get("metrics", {}).get(metric)
+            if per_label:
+                lines.append(f"| {report['persona']} | {suite}/{metric} | "
+                             + " | ".join(_cell(per_label.get(label)) for label in labels) + " |")
+    return "\n".join(lines) + "\n"

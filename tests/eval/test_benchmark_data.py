@@ -28,7 +28,7 @@ def test_eval_prompts_are_disjoint_from_training_validation_and_persona_question
 
 
 def test_judge_prompts_are_disjoint_from_eval_prompts_and_between_splits():
-    splits = judge_prompts(24, 12)
+    splits = judge_prompts(20, 10)
     assert not set(splits["train"]) & set(splits["heldout"])
     evals = {_norm(p) for p in benchmark_data.all_eval_prompts()}
     assert not evals & {_norm(p) for p in splits["train"] + splits["heldout"]}
