@@ -3,7 +3,8 @@
 A multinomial logistic regression (torch, seeded, L2-regularised, full-batch L-BFGS) over the bundled
 MiniLM embeddings, trained on the bundled replies of the default model prompted with each shipped
 constitution plus its bare replies (class ``bare``; see :mod:`charlit.eval.build_judge_data`). A reply's
-score under a constitution is the probability of that persona's class. The trained weights are cached,
+score under a constitution is the log-odds of that persona's class against ``bare`` (like the likelihood
+judge's gain: how much more the reply looks like the persona than like the unprompted model). The trained weights are cached,
 keyed by the data and the embedding model.
 """
 from __future__ import annotations
@@ -98,8 +99,12 @@ class ClassifierJudge(PersonaJudge):
         return self.classifier.classes.index(constitution.name)
 
     def score(self, replies: list[Reply], constitution: Constitution) -> list[float]:
-        column = self._column(constitution)
-        return self.classifier.probabilities([r.text for r in replies])[:, column].tolist() if replies else []
+        """Log-odds of the persona's class against ``bare``: ``log P(persona | reply) − log P(bare | reply)``."""
+        column, bare = self._column(constitution), self.classifier.classes.index(BARE)
+        if not replies:
+            return []
+        logp = self.classifier.probabilities([r.text for r in replies]).log()
+        return (logp[:, column] - logp[:, bare]).tolist()
 
     def hits(self, replies: list[Reply], constitution: Constitution) -> list[bool]:
         """Whether the persona is the classifier's top class for each reply."""
