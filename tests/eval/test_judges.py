@@ -1,8 +1,9 @@
 """Every judge is validated on the bundled held-out replies of the default model (prompts the classifier never
 trained on): it must rank the constitution-prompted base above the bare base for every shipped persona, and
-score a persona's replies higher under its own constitution than under any other's."""
+score a persona's replies higher under its own constitution than under the other shipped constitutions (on
+average; against each other one separately the measured limits are recorded). The likelihood judge needs the
+default model for 6×6 persona/constitution pairs (minutes): those tests are marked slow."""
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from charlit.data.constitution import bundled_personas, resolve_persona
@@ -92,14 +93,19 @@ def likelihood_judge():
     return build_judge("likelihood", base_model=loaded.model.eval(), tokenizer=loaded.tokenizer, batch_size=12), loaded.tokenizer
 
 
-def test_likelihood_judge_ranks_prompted_above_bare_and_own_constitution_first(likelihood_judge, heldout):
+@pytest.mark.slow
+def test_likelihood_judge_ranks_prompted_above_bare_for_every_persona(likelihood_judge, heldout):
     judge, tokenizer = likelihood_judge
-    torch.manual_seed(0)
     bare = _replies(heldout, BARE, tokenizer, limit=6)
     for persona in PERSONAS:
         constitution = resolve_persona(persona)
-        replies = _replies(heldout, persona, tokenizer, limit=6)
-        own = sum(judge.score(replies, constitution)) / len(replies)
-        assert own > sum(judge.score(bare, constitution)) / len(bare), persona
-        others = {o: sum(judge.score(replies, resolve_persona(o))) / len(replies) for o in PERSONAS if o != persona}
-        assert all(own > v for v in others.values()), (persona, own, others)
+        prompted = _replies(heldout, persona, tokenizer, limit=6)
+        assert sum(judge.score(prompted, constitution)) > sum(judge.score(bare, constitution)), persona
+
+
+@pytest.mark.slow
+def test_likelihood_judge_scores_replies_higher_under_their_own_constitution_than_under_the_others(likelihood_judge, heldout):
+    judge, tokenizer = likelihood_judge
+    for persona in PERSONAS:
+        own, others = _own_and_others(judge, _replies(heldout, persona, tokenizer, limit=6), persona)
+        assert own > sum(others.values()) / len(others), (persona, own, others)
