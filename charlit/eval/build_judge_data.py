@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from charlit.data.constitution import bundled_personas, resolve_persona
 from charlit.data.prompts import load_prompt_set
 from charlit.eval.generation_cache import GenerationCache, default_cache_dir, weights_identity
+from charlit.eval.prefix_sampler import SharedPrefixSampler
 from charlit.eval.systems import System
 from charlit.models import load_model
-from charlit.eval.prefix_sampler import SharedPrefixSampler
 from charlit.sampling import SamplingParams
 
 DATA_PATH = Path(__file__).parent / "data" / "judge_replies.jsonl"

@@ -60,15 +60,15 @@ def personas(cfg: DictConfig, ckpt: Checkpoint | None) -> list[Constitution]:
     return [resolve_persona(chosen.get("path") or chosen["name"])]
 
 
-def _candidate(path: str | None, what: str, tokenizer) -> tuple[Candidate | None, Checkpoint | None]:
+def _candidate(path: str | None, what: str, tokenizer) -> Candidate | None:
     if not path:
-        return None, None
+        return None
     ckpt = resolve_checkpoint(str(path), what)
     loaded = load_model(OmegaConf.create({"name_or_path": str(ckpt.model_dir)}), tokenizer=tokenizer, apply_lora=False)
     if loaded.model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ValueError(f"{what}={path!r} has a smaller vocabulary than the base model's tokenizer; "
                          f"evaluate it with the base model it was trained from (model=...).")
-    return Candidate(loaded.model, str(ckpt.model_dir)), ckpt
+    return Candidate(loaded.model, str(ckpt.model_dir))
 
 
 def _start_wandb(cfg: DictConfig, out_dir: Path, name: str):
@@ -88,8 +88,8 @@ def run_eval(cfg: DictConfig, out_dir: Path) -> list[dict]:
     ckpt = resolve_checkpoint(str(cfg.ckpt)) if cfg.ckpt else None
     constitutions = personas(cfg, ckpt)
     base = load_model(base_model_cfg(cfg, ckpt), apply_lora=False)
-    under_test, _ = _candidate(cfg.ckpt, "ckpt", base.tokenizer)
-    compare, _ = _candidate(cfg.compare, "compare", base.tokenizer)
+    under_test = _candidate(cfg.ckpt, "ckpt", base.tokenizer)
+    compare = _candidate(cfg.compare, "compare", base.tokenizer)
     reports, tables = [], []
     for constitution in constitutions:
         persona_dir = out_dir / constitution.name if len(constitutions) > 1 else out_dir

@@ -10,7 +10,6 @@ keyed by the data and the embedding model.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch

@@ -16,7 +16,7 @@ class LikelihoodJudge(PersonaJudge):
     def score(self, replies: list[Reply], constitution: Constitution) -> list[float]:
         out: list[float] = []
         for i in range(0, len(replies), self.batch_size):
-            chunk = [r for r in replies[i: i + self.batch_size]]
+            chunk = replies[i: i + self.batch_size]
             keep = [r for r in chunk if r.ids]
             gains = iter(persona_gain(self.model, self.tokenizer, constitution, [r.prompt for r in keep],
                                       [list(r.ids) for r in keep]).tolist()) if keep else iter(())
