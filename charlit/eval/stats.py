@@ -49,7 +49,7 @@ def wilson(successes: int, n: int, level: float = LEVEL) -> Estimate:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Estimate(p, centre - half, centre + half, n)
+    return Estimate(p, min(p, centre - half), max(p, centre + half), n)  # exact bounds at p = 0 or 1, despite rounding
 
 
 def bootstrap_ci(data: Sequence, statistic: Callable[[list], float], n_boot: int = 1000, seed: int = 0,

@@ -45,8 +45,8 @@ def _bar_plot(suite: str, body: dict, labels: list[str], path: Path) -> None:
         per_label = body["metrics"][metric]
         shown = [label for label in labels if label in per_label]
         means = [per_label[label]["mean"] for label in shown]
-        errors = [[m - per_label[label]["lo"] for m, label in zip(means, shown)],
-                  [per_label[label]["hi"] - m for m, label in zip(means, shown)]]
+        errors = [[max(0.0, m - per_label[label]["lo"]) for m, label in zip(means, shown)],
+                  [max(0.0, per_label[label]["hi"] - m) for m, label in zip(means, shown)]]
         ax.bar(range(len(shown)), means, yerr=errors, capsize=3, color=[f"C{labels.index(label)}" for label in shown])
         ax.set_xticks(range(len(shown)), [COLUMN_TITLES[label] for label in shown], rotation=30, ha="right", fontsize=7)
         ax.set_title(metric, fontsize=8)

@@ -27,6 +27,8 @@ def test_wilson_matches_the_textbook_value():
     assert (est.lo, est.hi) == pytest.approx((0.49016, 0.94331), abs=1e-4)
     zero = wilson(0, 20)
     assert zero.lo == pytest.approx(0.0, abs=1e-12) and zero.hi == pytest.approx(0.16113, abs=1e-4)
+    for n in range(1, 60):  # the bounds contain the estimate exactly at 0 and 1 (rounding must not invert them)
+        assert all(e.lo <= e.mean <= e.hi for e in (wilson(0, n), wilson(n, n)))
 
 
 def test_bootstrap_is_exact_on_constant_data_and_brackets_the_mean():
