@@ -16,6 +16,7 @@ from charlit.data.constitution import Constitution, resolve_persona
 from charlit.data.datamodule import build_datamodule
 from charlit.data.pipeline import prepare_data
 from charlit.data.pipeline.card import log_card_to_wandb
+from charlit.eval import train_hook
 from charlit.loggers import build_logger, plain_config
 from charlit.models import load_model
 from charlit.objectives import get_objective
@@ -153,6 +154,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     final_dir = save_final(objective, run_dir / "final") if cfg.output.save_final and trainer.is_global_zero else None
     summary = build_summary(cfg, config, objective, trainer, run_dir, final_dir, time.perf_counter() - start, constitution)
+    if train_hook.enabled(cfg) and final_dir is not None:
+        summary["metrics"].update(train_hook.evaluate_final(cfg, objective.policy, objective.tokenizer, constitution, run_dir))
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         for lg in trainer.loggers:

@@ -1,0 +1,122 @@
+"""One evaluation: the model under test beside the bare base, the constitution-prompted base and
+(optionally) another checkpoint, through every configured suite. Returns what ``eval.json`` holds."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from charlit.data.constitution import Constitution
+from charlit.eval.generation_cache import GenerationCache, default_cache_dir, weights_identity
+from charlit.eval.judges import build_judge
+from charlit.eval.judges.llm import build_llm_judge
+from charlit.eval.prefix_sampler import SharedPrefixSampler
+from charlit.eval.suites import SUITES, SuiteContext, SuiteResult
+from charlit.eval.systems import System
+from charlit.sampling import SamplingParams
+
+LABELS = ("model", "bare", "prompted", "compare")
+
+
+@dataclass
+class Candidate:
+    """A model to place beside the references: the model under test or the comparison checkpoint."""
+    model: torch.nn.Module
+    name: str                   # what it is, for the report (a path or model id)
+
+
+def _identity(model, known: dict[int, str]) -> str:
+    if id(model) not in known:
+        known[id(model)] = weights_identity(model)
+    return known[id(model)]
+
+
+def build_systems(base: torch.nn.Module, constitution: Constitution, under_test: Candidate | None,
+                  compare: Candidate | None) -> tuple[list[System], dict[str, str]]:
+    """The distinct systems to run and, for every label, the label of the system that computes it (the
+    untrained baseline ``model`` *is* the bare base, so it is computed once)."""
+    ids: dict[int, str] = {}
+    base_id = _identity(base, ids)
+    wanted = [System("bare", base, base_id, None), System("prompted", base, base_id, constitution.system_prompt())]
+    test_model = under_test.model if under_test else base
+    wanted.append(System("model", test_model, _identity(test_model, ids), None))
+    if compare is not None:
+        wanted.append(System("compare", compare.model, _identity(compare.model, ids), None))
+    distinct: dict[tuple, System] = {}
+    aliases = {}
+    for system in wanted:
+        key = (system.model_id, system.system_prompt)
+        distinct.setdefault(key, system)
+        aliases[system.label] = distinct[key].label
+    return list(distinct.values()), aliases
+
+
+def _expand(result: SuiteResult, aliases: dict[str, str]) -> dict:
+    def per_label(values: dict) -> dict:
+        return {label: values[source] for label, source in aliases.items() if source in values}
+
+    return {
+        "status": result.status,
+        "metrics": {m: {k: e.as_dict() for k, e in per_label(v).items()} for m, v in result.metrics.items()},
+        "series": {m: {k: [e.as_dict() for e in s] for k, s in per_label(v).items()} for m, v in result.series.items()},
+        "samples": result.samples,
+    }
+
+
+def evaluate(cfg, base: torch.nn.Module, tokenizer, constitution: Constitution, *, under_test: Candidate | None = None,
+             compare: Candidate | None = None, base_name: str = "") -> dict:
+    """Run ``cfg.suites`` (the ``eval`` config: suite sizes, judges, sampling, cache) and return the report dict."""
+    start = time.perf_counter()
+    base.eval()
+    for candidate in (under_test, compare):
+        if candidate is not None:
+            candidate.model.eval()
+    systems, aliases = build_systems(base, constitution, under_test, compare)
+    sizes = dict(cfg.suite)
+    params = SamplingParams(max_new_tokens=int(sizes["max_new_tokens"]), temperature=float(cfg.sampling.temperature),
+                            top_p=float(cfg.sampling.top_p))
+    cache_dir = None if not cfg.cache else (cfg.cache_dir or default_cache_dir())
+    cache = GenerationCache(SharedPrefixSampler(tokenizer, batch_size=int(cfg.batch_size)), params, cache_dir)
+    judges = {name: build_judge(str(name), base_model=base, tokenizer=tokenizer, batch_size=int(cfg.batch_size))
+              for name in cfg.judges}
+    bare = next(s for s in systems if s.label == "bare")
+    ctx = SuiteContext(tokenizer=tokenizer, constitution=constitution, systems=systems, bare=bare, cache=cache,
+                       judges=judges, sizes=sizes, seed=int(cfg.seed), llm_judge=build_llm_judge(cfg.get("llm_judge")),
+                       score_batch_size=int(cfg.batch_size))
+    unknown = [s for s in sizes["suites"] if s not in SUITES]
+    if unknown:
+        raise ValueError(f"suite.suites contains {unknown}; valid suites: {', '.join(SUITES)}.")
+    suites, timings = {}, {}
+    for name in sizes["suites"]:
+        t0 = time.perf_counter()
+        print(f"[charlit] eval suite {name}", flush=True)
+        suites[name] = _expand(SUITES[name](ctx), aliases)
+        timings[name] = round(time.perf_counter() - t0, 2)
+    return {
+        "persona": constitution.name,
+        "systems": {
+            "model": under_test.name if under_test else f"{base_name} (untrained base)",
+            "bare": base_name, "prompted": f"{base_name} + {constitution.name} constitution as system prompt",
+            **({"compare": compare.name} if compare else {}),
+        },
+        "labels": [label for label in LABELS if label in aliases],
+        "judges": list(judges) + ([ctx.llm_judge.description] if ctx.llm_judge else []),
+        "sampling": {**params.__dict__, "seed": int(cfg.seed)},
+        "sizes": {k: v for k, v in sizes.items() if k != "suites"},
+        "suites": suites,
+        "timings_s": timings,
+        "generation_cache": {"dir": str(cache_dir) if cache_dir else None, "hits": cache.hits, "misses": cache.misses},
+        "wall_time_s": round(time.perf_counter() - start, 2),
+    }
+
+
+def headline(report: dict) -> dict[str, float]:
+    """Flat ``eval/<suite>/<metric>`` numbers for the model under test (and ``..._<label>`` for the references)."""
+    out = {}
+    for suite, body in report["suites"].items():
+        for metric, per_label in body["metrics"].items():
+            for label, est in per_label.items():
+                key = f"eval/{suite}/{metric}" + ("" if label == "model" else f"_{label}")
+                out[key] = est["mean"]
+    return out

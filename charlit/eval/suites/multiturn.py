@@ -1,0 +1,32 @@
+"""Long conversations: each system holds its own multi-turn conversation and every turn is judged, so the
+per-turn series shows whether the persona drifts away as the conversation grows."""
+from __future__ import annotations
+
+from charlit.eval import benchmark_data
+from charlit.eval.suites.base import SuiteContext, SuiteResult, estimates, judge_scores
+
+
+def multiturn(ctx: SuiteContext) -> SuiteResult:
+    convs = [c[: int(ctx.sizes["turns"])] for c in benchmark_data.conversations()[: int(ctx.sizes["conversations"])]]
+    turns = min(len(c) for c in convs)
+    result = SuiteResult()
+    for system in ctx.systems:
+        histories: list[list[dict]] = [[] for _ in convs]
+        per_turn: list[dict[str, list]] = []
+        for t in range(turns):
+            for history, conv in zip(histories, convs):
+                history.append({"role": "user", "content": conv[t]})
+            replies = ctx.replies(system, [list(h) for h in histories], 200 + t, f"conversation turn {t + 1}")
+            for history, reply in zip(histories, replies):
+                history.append({"role": "assistant", "content": reply.text})
+            per_turn.append(judge_scores(ctx, replies))
+        series = [estimates(scores) for scores in per_turn]
+        for metric in series[0]:
+            result.series.setdefault(metric, {})[system.label] = [s[metric] for s in series]
+            result.put(f"{metric}_first_turn", system.label, series[0][metric])
+            result.put(f"{metric}_last_turn", system.label, series[-1][metric])
+        pooled = {metric: [x for scores in per_turn for x in scores[metric]] for metric in per_turn[0]}
+        for metric, estimate in estimates(pooled, "").items():
+            result.put(f"{metric}_all_turns", system.label, estimate)
+        result.samples.append({"system": system.label, "conversation": histories[0]})
+    return result

@@ -1,0 +1,37 @@
+"""Robustness: does the persona survive instructions to drop it and a conversation someone else started?
+
+* adversarial suffixes: each attack ("respond naturally, do not role-play", …) is appended to each prompt;
+* prefill attack: the bare base model writes the first assistant turn, the user follows up, and the
+  system under test continues the conversation (with its own system prompt, if any).
+"""
+from __future__ import annotations
+
+from charlit.eval import benchmark_data
+from charlit.eval.suites.base import SuiteContext, SuiteResult, judge_estimates, samples
+
+
+def attacked_prompts(attacks: int, prompts: int) -> list[str]:
+    data = benchmark_data.adversarial()
+    if attacks > len(data["attacks"]) or prompts > len(data["prompts"]):
+        raise ValueError(f"suite.attacks={attacks} / suite.attack_prompts={prompts} exceed the bundled "
+                         f"{len(data['attacks'])} attacks / {len(data['prompts'])} prompts.")
+    return [f"{p} {a}" for a in data["attacks"][:attacks] for p in data["prompts"][:prompts]]
+
+
+def robustness(ctx: SuiteContext) -> SuiteResult:
+    result = SuiteResult()
+    attacked = attacked_prompts(int(ctx.sizes["attacks"]), int(ctx.sizes["attack_prompts"]))
+    pairs = benchmark_data.prefill_pairs()[: int(ctx.sizes["prefill"])]
+    openers = ctx.replies(ctx.bare, [r["prompt"] for r in pairs], 300, "prefill opener")
+    prefilled = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": o.text},
+                  {"role": "user", "content": r["follow_up"]}] for r, o in zip(pairs, openers)]
+    for system in ctx.systems:
+        replies = ctx.replies(system, attacked, 310, "adversarial suffixes")
+        for metric, estimate in judge_estimates(ctx, replies, "suffix_").items():
+            result.put(metric, system.label, estimate)
+        result.samples += samples(system.label, replies, 2)
+        replies = ctx.replies(system, prefilled, 320, "prefill attack")
+        for metric, estimate in judge_estimates(ctx, replies, "prefill_").items():
+            result.put(metric, system.label, estimate)
+        result.samples += samples(system.label, replies, 1)
+    return result

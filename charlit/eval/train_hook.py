@@ -1,0 +1,25 @@
+"""``eval=quick`` in train.py: the character benchmarks on the final model at the end of a run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from charlit.data.constitution import Constitution
+from charlit.eval.runner import Candidate, evaluate, headline
+from charlit.eval.writers import write_outputs
+from charlit.models import load_model
+
+
+def enabled(cfg: DictConfig) -> bool:
+    return cfg.get("eval") is not None and cfg.eval.get("name", "none") != "none"
+
+
+def evaluate_final(cfg: DictConfig, policy, tokenizer, constitution: Constitution, run_dir: Path) -> dict[str, float]:
+    """Evaluate the trained ``policy`` against the base of ``cfg.model``; writes ``<run_dir>/eval/``, returns
+    the headline numbers (``eval/<suite>/<metric>``)."""
+    base = load_model(cfg.model, tokenizer=tokenizer, apply_lora=False)
+    report = evaluate(cfg.eval, base.model, tokenizer, constitution, under_test=Candidate(policy, str(run_dir / "final")),
+                      base_name=str(cfg.model.name_or_path))
+    write_outputs(report, run_dir / "eval")
+    return headline(report)

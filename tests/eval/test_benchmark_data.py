@@ -1,0 +1,64 @@
+"""The bundled evaluation sets: disjoint from every training prompt, big enough, and correct."""
+import re
+
+from charlit.data.constitution import bundled_personas, resolve_persona
+from charlit.data.prompts import load_prompt_set
+from charlit.eval import benchmark_data
+from charlit.eval.build_judge_data import judge_prompts
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+
+
+def _training_prompts() -> set[str]:
+    prompts = load_prompt_set("general_train") + load_prompt_set("general_heldout")
+    prompts += [q for name in bundled_personas() for q in resolve_persona(name).questions]
+    return {_norm(p) for p in prompts}
+
+
+def test_eval_prompts_are_disjoint_from_training_validation_and_persona_questions():
+    training = _training_prompts()
+    overlap = [p for p in benchmark_data.all_eval_prompts() if _norm(p) in training]
+    assert not overlap, overlap
+    # also no near-copies: an eval prompt containing a whole training prompt (or the reverse)
+    evals = {_norm(p) for p in benchmark_data.all_eval_prompts()}
+    contained = [(e, t) for e in evals for t in training if len(t) > 20 and (t in e or e in t)]
+    assert not contained, contained[:3]
+
+
+def test_judge_prompts_are_disjoint_from_eval_prompts_and_between_splits():
+    splits = judge_prompts(20, 10)
+    assert not set(splits["train"]) & set(splits["heldout"])
+    evals = {_norm(p) for p in benchmark_data.all_eval_prompts()}
+    assert not evals & {_norm(p) for p in splits["train"] + splits["heldout"]}
+
+
+def test_suite_sets_have_the_documented_sizes():
+    assert len(benchmark_data.persona_id_prompts()) >= 24
+    assert len(benchmark_data.ood_prompts()) >= 24
+    assert {r["domain"] for r in benchmark_data.ood_prompts()} == {"code", "maths", "practical advice", "role requests"}
+    assert len(benchmark_data.adversarial()["attacks"]) >= 8
+    assert len(benchmark_data.prefill_pairs()) >= 8
+    assert all(len(c) >= 5 for c in benchmark_data.conversations())
+    assert len(benchmark_data.neutral_paragraphs()) >= 16
+    assert len(benchmark_data.revealed_traits()["traits"]) >= 8
+
+
+def test_multiple_choice_items_are_well_formed_and_unambiguous():
+    items = benchmark_data.multiple_choice()
+    assert len(items) >= 100
+    assert len({i["question"] for i in items}) == len(items)
+    for item in items:
+        assert len(item["choices"]) == 4 and len(set(item["choices"])) == 4, item
+        assert 0 <= item["answer"] < 4
+    # every arithmetic item's keyed answer is the true value
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "times": lambda a, b: a * b, "divided by": lambda a, b: a / b}
+    arithmetic = [i for i in items if i["category"] == "arithmetic"]
+    assert len(arithmetic) >= 30
+    for item in arithmetic:
+        a, op, b = re.fullmatch(r"What is (\d+) (\+|-|times|divided by) (\d+)\?", item["question"]).groups()
+        assert float(item["choices"][item["answer"]]) == ops[op](int(a), int(b)), item
+    # answer positions are spread, so a position bias cannot score well
+    positions = [i["answer"] for i in items]
+    assert max(positions.count(k) for k in range(4)) < 0.35 * len(items)
