@@ -112,11 +112,14 @@ def evaluate(cfg, base: torch.nn.Module, tokenizer, constitution: Constitution, 
 
 
 def headline(report: dict) -> dict[str, float]:
-    """Flat ``eval/<suite>/<metric>`` numbers for the model under test (and ``..._<label>`` for the references)."""
+    """Flat ``eval/<suite>/<metric>`` numbers for the model under test (and ``..._<label>`` for the references);
+    the model's 95% interval rides along as ``..._ci95`` (half its width), which sweep reports draw as error bars."""
     out = {}
     for suite, body in report["suites"].items():
         for metric, per_label in body["metrics"].items():
             for label, est in per_label.items():
                 key = f"eval/{suite}/{metric}" + ("" if label == "model" else f"_{label}")
                 out[key] = est["mean"]
+                if label == "model" and est.get("n", 0) > 1:
+                    out[f"{key}_ci95"] = (est["hi"] - est["lo"]) / 2
     return out

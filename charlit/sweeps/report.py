@@ -46,8 +46,8 @@ def job_row(summary_path: Path) -> dict:
             row[key] = metrics[key]
             if f"{key}_ci95" in metrics:
                 row[f"{key}_ci95"] = metrics[f"{key}_ci95"]
-    for key in sorted(metrics):
-        if key.startswith("eval/"):
+    for key in sorted(metrics):   # the model under test's eval numbers (reference systems' are in its eval/)
+        if key.startswith("eval/") and not any(key.endswith(f"_{ref}") for ref in ("bare", "prompted", "compare")):
             row[key] = metrics[key]
     row["run_dir"] = str(summary_path.parent)
     return row
