@@ -145,7 +145,8 @@ class CharacterObjective(L.LightningModule):
     # loads; resume=auto only resumes runs with the same config, hence the same base model.
     def on_save_checkpoint(self, checkpoint):
         frozen = {name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        if "state_dict" in checkpoint:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
         checkpoint["charlit"] = {"val_history": self.val_history, "baselines": self.baselines,
                                  "frozen_weights_omitted": len(frozen)}
 
@@ -153,7 +154,7 @@ class CharacterObjective(L.LightningModule):
         state = checkpoint.get("charlit", {})
         self.val_history = list(state.get("val_history", []))
         self.baselines = dict(state.get("baselines", {}))
-        saved = checkpoint["state_dict"]
+        saved = checkpoint.setdefault("state_dict", {})
         for name, param in self.named_parameters(remove_duplicate=False):   # strict loading still catches any other mismatch
             if not param.requires_grad and name not in saved:
                 saved[name] = param.detach()
