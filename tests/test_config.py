@@ -66,3 +66,10 @@ def test_slurm_launcher_composes():
 def test_method_ablation_arms_compose(arm, method, data):
     cfg = compose([f"+arm={arm}"])
     assert (cfg.method.name, cfg.data.name) == (method, data)
+
+
+def test_tiny_model_sets_generation_defaults_that_overrides_still_beat():
+    assert compose([]).generation.filters.unfinished == "trim"
+    tiny = compose(["model=tiny"])
+    assert (tiny.generation.max_new_tokens, tiny.generation.filters.unfinished) == (16, "keep")
+    assert compose(["model=tiny", "generation.max_new_tokens=4"]).generation.max_new_tokens == 4
