@@ -8,7 +8,8 @@ killed (or a disk filling up) while saving leaves the last good checkpoint intac
 fingerprint of its resolved config; a new run with the same fingerprint looks among its sibling run dirs
 (``outputs/<method>/*``) and the same job of earlier sweeps (``multirun/*/<job>``) for the newest one that has
 a checkpoint but no ``summary.json`` (it never finished), and continues there.
-The same job of an earlier sweep or recipe (same job dir name, same fingerprint) that *finished* is reused
+A job of a sweep or a recipe stage whose counterpart in an earlier sweep or recipe run (same job dir name,
+same fingerprint) *finished* is reused
 instead of retrained, so rerunning a sweep or a two-stage recipe after a crash redoes only the unfinished
 jobs. ``resume=never`` always starts fresh; ``resume=<run dir or .ckpt>`` resumes that one.
 """
@@ -80,14 +81,17 @@ def _finished(run_dir: Path, fingerprint: str) -> bool:
     return _same_config(run_dir, fingerprint) and (run_dir / "summary.json").is_file()
 
 
-def find_resume(setting: str, run_dir: Path, fingerprint: str) -> Resume | None:
-    """What ``resume=<setting>`` resumes for a run about to start in ``run_dir``, or None to start fresh."""
+def find_resume(setting: str, run_dir: Path, fingerprint: str, reuse_finished: bool = False) -> Resume | None:
+    """What ``resume=<setting>`` resumes for a run about to start in ``run_dir``, or None to start fresh.
+
+    ``reuse_finished`` (sweep jobs and recipe stages, whose dir names are stable) also looks at the same job of
+    earlier sweeps / recipe runs and reuses it when it finished; single runs only continue unfinished siblings."""
     setting = str(setting)
     if setting == "never":
         return None
     if setting == "auto":
         # the same job of earlier sweeps / recipe runs (multirun/<time>/<job>/, outputs/<m>/<time>/<i>_<stage>/)
-        same_job = [d for d in run_dir.parent.parent.glob(f"*/{run_dir.name}") if d.is_dir()]
+        same_job = [d for d in run_dir.parent.parent.glob(f"*/{run_dir.name}") if d.is_dir()] if reuse_finished else []
         finished = [d for d in same_job if _finished(d, fingerprint)]
         if finished:
             return Resume(max(finished, key=lambda d: (d / "summary.json").stat().st_mtime), None)

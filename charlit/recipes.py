@@ -55,7 +55,7 @@ def run_recipe(cfg: DictConfig, run_dir: Path) -> list[dict]:
         print(f"[charlit] recipe {cfg.data.name}: stage {i + 1}/{len(stages)} {stage.name}: {' '.join(overrides)}",
               flush=True)
         stage_cfg = compose(config_name="train", overrides=overrides)
-        summary = train(stage_cfg, run_dir / f"{i}_{stage.name}")
+        summary = train(stage_cfg, run_dir / f"{i}_{stage.name}", reuse_finished=True)
         summaries.append(summary)
         previous_final = summary["paths"]["final"]
     (run_dir / "recipe.json").write_text(json.dumps(

@@ -94,7 +94,7 @@ def build_objective(cfg: DictConfig):
     return objective, datamodule
 
 
-def reuse_finished(resume, run_dir: Path) -> dict:
+def reused_summary(resume, run_dir: Path) -> dict:
     """The summary of an identical job that already finished, copied into this job's dir (for sweep reports)."""
     summary = json.loads((resume.run_dir / "summary.json").read_text())
     if resume.run_dir.resolve() != run_dir.resolve():
@@ -106,10 +106,10 @@ def reuse_finished(resume, run_dir: Path) -> dict:
     return summary
 
 
-def resolve_run_dir(cfg: DictConfig, run_dir: Path, config: dict):
-    """The run dir to write to and the checkpoint to resume from (None: a fresh run); see charlit.checkpointing."""
+def resolve_run_dir(cfg: DictConfig, run_dir: Path, config: dict, reuse_finished: bool):
+    """The run dir to write to and what to resume (None: a fresh run); see charlit.checkpointing."""
     fingerprint = config_fingerprint(config)
-    resume = find_resume(cfg.get("resume", "auto"), run_dir, fingerprint)
+    resume = find_resume(cfg.get("resume", "auto"), run_dir, fingerprint, reuse_finished=reuse_finished)
     if resume is not None and resume.checkpoint is None:
         return run_dir, resume
     if resume is not None and resume.run_dir != run_dir:
@@ -122,11 +122,15 @@ def resolve_run_dir(cfg: DictConfig, run_dir: Path, config: dict):
     return run_dir, resume
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) -> dict:
+    """Train one run; ``reuse_finished`` (default: in a Hydra multirun) returns the summary of an identical job
+    that already finished in an earlier sweep instead of retraining (see charlit.checkpointing)."""
     start = time.perf_counter()
-    run_dir, resume = resolve_run_dir(cfg, run_dir, plain_config(cfg))
+    if reuse_finished is None:
+        reuse_finished = hydra_sweep_group() is not None
+    run_dir, resume = resolve_run_dir(cfg, run_dir, plain_config(cfg), reuse_finished)
     if resume is not None and resume.checkpoint is None:
-        return reuse_finished(resume, run_dir)
+        return reused_summary(resume, run_dir)
     checkpoint_path = resume.checkpoint if resume else None
     cfg, dataset = prepare_data(cfg)  # generates the data variant's dataset first unless it is cached
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
