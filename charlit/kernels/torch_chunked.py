@@ -1,4 +1,4 @@
-"""Chunked pure-PyTorch backend (CPU default; also runs on CUDA).
+"""Chunked PyTorch backend (CPU default; also runs on CUDA).
 
 Memory: the hidden rows are processed in token tiles of ``B`` rows; for each tile the full
 ``[B, V]`` student (and teacher) logits exist, never ``[N, V]``.  Extra memory is therefore
@@ -11,12 +11,14 @@ and bias are computed *in the forward pass*, tile by tile, and merely scaled in 
 That is 4 GEMMs of 2*N*H*V (student logits, teacher logits, dX, dW) instead of 6 for
 "recompute in backward" (see ``GRAD_IN_FORWARD`` and ``benchmarks/bench_grad_mode.py``).  A
 per-position upstream gradient (``reduction="none"``, and always for log-probs) cannot be
-folded into dW ahead of time, so those paths keep only the inputs (plus the per-row
-log-sum-exp for log-probs) and recompute each logits tile in backward: 6 GEMMs for the
-divergence, 4 for log-probs.
+folded into dW ahead of time, so when dW (or db) is wanted those paths keep only the inputs
+and recompute each logits tile in backward: 6 GEMMs for the divergence, 4 for log-probs.
+When only dX is wanted (frozen lm_head, e.g. LoRA) the per-row gradient is applied to dX rows
+computed in the forward: 3 GEMMs for the divergence, 2 for log-probs.
 
-Elementwise work (log-softmax, divergence, its gradient) runs in place on the tile buffers,
-optionally in row blocks of ``ROW_BLOCK_BYTES`` (see there for why the default is the tile).
+Elementwise work (log-softmax, divergence, its gradient) runs on CPU in one fused pass per row
+(``cpu_fused``, C++ built on first use); without a compiler, and on GPU, it runs as eager
+torch ops in place on the tile buffers, optionally in row blocks of ``ROW_BLOCK_BYTES``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import math
 from typing import Optional
 
 import torch
+
+from charlit.kernels import cpu_fused
 
 TILE_BUDGET_BYTES = 256 * 2**20
 """Upper bound on the fp32 bytes of the [B, V] buffers that live at once for one token tile."""
@@ -200,6 +204,12 @@ def _divergence_tile(sh: _Head, th: _Head, xs, xt, beta, want_grad, work: _Works
     r = xs.shape[0]
     s, fac = sh.logits(xs, need_fac=want_grad, out=work.get("s", r), fac_out=work.get("fac", r) if sh.softcap else None)
     t, _ = th.logits(xt, need_fac=False, out=work.get("t", r))
+    if cpu_fused.usable(s, t):
+        # d/dz' -> d/dz: a plain 1/T folds into the kernel's scale; softcap's factor is per element
+        loss = cpu_fused.divergence_rows(s, t, beta, want_grad, row_scale, sh.inv_t if fac is None else 1.0)
+        if want_grad and fac is not None:
+            s.mul_(fac)
+        return loss, (s if want_grad else None)
     rows, vocab = s.shape
     loss = torch.empty(rows, dtype=torch.float32, device=s.device)
     rb = _row_block(rows, vocab, s.device)
@@ -217,6 +227,12 @@ def _divergence_tile(sh: _Head, th: _Head, xs, xt, beta, want_grad, work: _Works
             sh.chain(s[r0:r1], None if fac is None else fac[r0:r1])
     del t
     return loss, (s if want_grad else None)
+
+
+def _tile_buffers(device: torch.device, softmax_buffers: int, extra: int) -> int:
+    """Live fp32 [B, V] buffers per tile: the logits (plus softcap factors), and on the eager
+    path the ``softmax_buffers`` exp/probability buffers that the fused kernel does without."""
+    return extra + (0 if device.type == "cpu" and cpu_fused.available() else softmax_buffers)
 
 
 class _GradAcc:
@@ -258,8 +274,9 @@ class DivergenceFunction(torch.autograd.Function):
         # needs_input_grad ignores torch.no_grad(); without this, eval would pay for dX/dW
         need = tuple(bool(g and grad_enabled) for g in ctx.needs_input_grad[:3])
         any_grad = need[0] or need[1] or need[2]
-        eager = any_grad and not per_row and GRAD_IN_FORWARD
-        B = plan_token_tile(n, ws.shape[0], 4 + (1 if (softcap is not None and any_grad) else 0), tile)
+        # a per-row upstream gradient can still be applied afterwards to dX rows, not to dW/db
+        eager = any_grad and GRAD_IN_FORWARD and not (per_row and (need[1] or need[2]))
+        B = plan_token_tile(n, ws.shape[0], _tile_buffers(dev, 2, 2 + (1 if (softcap is not None and any_grad) else 0)), tile)
         last_plan.clear()
         last_plan.update(op="divergence", n=n, vocab=ws.shape[0], token_tile=B, grad_in_forward=eager)
         acc = _GradAcc(sh, n, xs_c, need[0], need[1], need[2]) if eager else None
@@ -289,7 +306,10 @@ class DivergenceFunction(torch.autograd.Function):
             ctx.grads = None  # scaled in place below; a second backward would be wrong
             if dx is None and dw is None and db is None:
                 raise RuntimeError("DivergenceFunction: backward called twice (retain_graph) is not supported")
-            out = [None if t is None else t.mul_(grad_out) for t in (dx, dw, db)]
+            if per_row:  # only dX was computed (see forward)
+                out = [dx.mul_(grad_out.float().unsqueeze(1)), None, None]
+            else:
+                out = [None if t is None else t.mul_(grad_out) for t in (dx, dw, db)]
         else:
             xs, ws, bs, xt, wt, bt = ctx.saved_tensors
             dtype = _gemm_dtype(xs.device, ws.dtype)
@@ -315,44 +335,84 @@ class DivergenceFunction(torch.autograd.Function):
         )
 
 
-def _logprob_tile(head: _Head, x, y, out):
-    """Per-row log-prob plus the row max and log-sum of the shifted exps, kept apart: at |z| ~ 1e4 a
-    single fp32 lse loses ~1e-3 absolute, which the backward's softmax would inherit."""
-    z, _ = head.logits(x, need_fac=False, out=out)
-    zmax = z.max(dim=1).values
-    zy = z.gather(1, y.unsqueeze(1)).squeeze(1)
-    log_sum = torch.log(torch.exp(z - zmax.unsqueeze(1)).sum(dim=1))
-    return (zy - zmax) - log_sum, zmax, log_sum
+def _logprob_tile(head: _Head, x, y, work: _Workspace, want_grad: bool, g=None):
+    """Per-row log-prob for one token tile and, with ``want_grad``, the tile's
+    ``g * d logp / d z`` (raw logits; ``g`` None: 1) in the logits buffer."""
+    rows = x.shape[0]
+    z, fac = head.logits(x, need_fac=want_grad, out=work.get("z", rows),
+                         fac_out=work.get("fac", rows) if head.softcap and want_grad else None)
+    if cpu_fused.usable(z):
+        out = cpu_fused.logprob_rows(z, y, want_grad, g, head.inv_t if fac is None else 1.0)
+        if want_grad and fac is not None:
+            z.mul_(fac)
+        return out, (z if want_grad else None)
+    # The row max and the log-sum of the shifted exps are kept apart: at |z| ~ 1e4 a single
+    # fp32 lse loses ~1e-3 absolute, which the gradient's softmax would inherit.
+    zmax = z.max(dim=1, keepdim=True).values
+    zy = z.gather(1, y.unsqueeze(1))
+    z.sub_(zmax)
+    log_sum = torch.log(torch.exp(z).sum(dim=1, keepdim=True))
+    out = ((zy - zmax) - log_sum).squeeze(1)
+    if not want_grad:
+        return out, None
+    gg = torch.ones_like(out) if g is None else g.float()
+    rb = _row_block(rows, z.shape[1], z.device)
+    for r0 in range(0, rows, rb):  # d(z_y - lse)/dz' = onehot(y) - softmax(z'), times g
+        r1 = min(rows, r0 + rb)
+        blk = z[r0:r1]
+        blk.sub_(log_sum[r0:r1]).exp_().mul_(-gg[r0:r1].unsqueeze(1))
+        blk.scatter_add_(1, y[r0:r1].unsqueeze(1), gg[r0:r1].unsqueeze(1))
+        head.chain(blk, None if fac is None else fac[r0:r1])
+    return out, z
 
 
 class LogprobsFunction(torch.autograd.Function):
-    """Per-row z_y - logsumexp(z) over already-compacted rows (targets all valid)."""
+    """Per-row z_y - logsumexp(z) over already-compacted rows (targets all valid).
+
+    The upstream gradient is per row, so dW needs every logits tile again in backward (4 GEMMs:
+    logits, recomputed logits, dX, dW).  When only dX is wanted (a frozen lm_head, as under
+    LoRA), the forward computes the unit-gradient rows ``(onehot - softmax) W`` instead and the
+    backward just scales them: 2 GEMMs, as many as materialised logits need.
+    """
 
     @staticmethod
-    def forward(ctx, x, w, b, y, temperature, softcap, tile):
+    def forward(ctx, x, w, b, y, temperature, softcap, tile, grad_enabled):
         dev = x.device
         dtype = _gemm_dtype(dev, w.dtype)
         head = _Head(w, b, temperature, softcap, dtype)
         xc = x.to(dtype)
         n = x.shape[0]
-        B = plan_token_tile(n, w.shape[0], 2 if softcap is not None else 1, tile)
+        need = tuple(bool(g and grad_enabled) for g in ctx.needs_input_grad[:3])
+        eager = need[0] and not (need[1] or need[2]) and GRAD_IN_FORWARD
+        extra = 1 + (1 if softcap is not None and any(need) else 0)
+        B = plan_token_tile(n, w.shape[0], _tile_buffers(dev, 1, extra), tile)
         last_plan.clear()
-        last_plan.update(op="logprobs", n=n, vocab=w.shape[0], token_tile=B, grad_in_forward=False)
+        last_plan.update(op="logprobs", n=n, vocab=w.shape[0], token_tile=B, grad_in_forward=eager)
         out = torch.empty(n, dtype=torch.float32, device=dev)
-        zmax = torch.empty(n, dtype=torch.float32, device=dev)
-        log_sum = torch.empty(n, dtype=torch.float32, device=dev)
+        acc = _GradAcc(head, n, xc, True, False, False) if eager else None
         work = _Workspace(B, w.shape[0], dev)
         for i0 in range(0, n, B):
             i1 = min(n, i0 + B)
-            out[i0:i1], zmax[i0:i1], log_sum[i0:i1] = _logprob_tile(head, xc[i0:i1], y[i0:i1], work.get("z", i1 - i0))
-        ctx.meta = (temperature, softcap, B)
-        ctx.save_for_backward(x, w, b, y, zmax, log_sum)
+            out[i0:i1], d = _logprob_tile(head, xc[i0:i1], y[i0:i1], work, eager)
+            if eager:
+                acc.add(i0, i1, d)
+            del d
+        ctx.meta = (temperature, softcap, B, eager, x.dtype)
+        if eager:
+            ctx.dx_unit = acc.dx
+        elif any(need):
+            ctx.save_for_backward(x, w, b, y)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        temperature, softcap, B = ctx.meta
-        x, w, b, y, zmax, log_sum = ctx.saved_tensors
+        temperature, softcap, B, eager, x_dtype = ctx.meta
+        if eager:
+            dx, ctx.dx_unit = ctx.dx_unit, None  # scaled in place: a second backward would be wrong
+            if dx is None:
+                raise RuntimeError("LogprobsFunction: backward called twice (retain_graph) is not supported")
+            return dx.mul_(grad_out.float().unsqueeze(1)).to(x_dtype), None, None, None, None, None, None, None
+        x, w, b, y = ctx.saved_tensors
         need = ctx.needs_input_grad
         dtype = _gemm_dtype(x.device, w.dtype)
         head = _Head(w, b, temperature, softcap, dtype)
@@ -363,24 +423,14 @@ class LogprobsFunction(torch.autograd.Function):
         work = _Workspace(B, w.shape[0], x.device)
         for i0 in range(0, n, B):
             i1 = min(n, i0 + B)
-            z, fac = head.logits(xc[i0:i1], out=work.get("z", i1 - i0), fac_out=work.get("fac", i1 - i0) if head.softcap else None)
-            g = g_all[i0:i1]
-            rb = _row_block(i1 - i0, z.shape[1], z.device)
-            for r0 in range(0, i1 - i0, rb):
-                r1 = min(i1 - i0, r0 + rb)
-                blk = z[r0:r1]
-                # d(z_y - lse)/dz' = onehot(y) - softmax(z'), times the upstream gradient
-                blk.sub_(zmax[i0 + r0:i0 + r1].unsqueeze(1)).sub_(log_sum[i0 + r0:i0 + r1].unsqueeze(1))
-                blk.exp_().mul_(-g[r0:r1].unsqueeze(1))
-                blk.scatter_add_(1, y[i0 + r0:i0 + r1].unsqueeze(1), g[r0:r1].unsqueeze(1))
-                head.chain(blk, None if fac is None else fac[r0:r1])
-            acc.add(i0, i1, z)
-            del z, fac
+            _, d = _logprob_tile(head, xc[i0:i1], y[i0:i1], work, True, g_all[i0:i1])
+            acc.add(i0, i1, d)
+            del d
         return (
             None if acc.dx is None else acc.dx.to(x.dtype),
             None if acc.dw is None else acc.dw.to(w.dtype),
             None if acc.db is None else acc.db.to(w.dtype),
-            None, None, None, None,
+            None, None, None, None, None,
         )
 
 
@@ -392,4 +442,4 @@ def divergence(xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile
 
 
 def logprobs(x, w, b, y, temperature, softcap, tile=None):
-    return LogprobsFunction.apply(x, w, b, y, float(temperature), softcap, tile)
+    return LogprobsFunction.apply(x, w, b, y, float(temperature), softcap, tile, torch.is_grad_enabled())

@@ -38,25 +38,28 @@ def make_div_inputs(n, hs, vs, ht=None, vt=None, dtype=torch.float32, bias=False
 STUDENT_KEYS = ("student_hidden", "student_weight", "student_bias")
 
 
-def run_div(inputs, upstream=None, **kw):
-    """Loss and gradients of every student tensor (fresh leaves each call)."""
-    leaves = {k: (v.detach().clone().requires_grad_(k in STUDENT_KEYS) if v is not None else None) for k, v in inputs.items()}
+def run_div(inputs, upstream=None, trainable=STUDENT_KEYS, **kw):
+    """Loss and gradients of the ``trainable`` student tensors (fresh leaves each call)."""
+    leaves = {k: (v.detach().clone().requires_grad_(k in trainable) if v is not None else None) for k, v in inputs.items()}
     loss = fused_linear_divergence(**leaves, **kw)
     if upstream is None:
         loss.backward() if loss.dim() == 0 else loss.backward(torch.ones_like(loss))
     else:
         loss.backward(upstream)
-    grads = {k: leaves[k].grad for k in STUDENT_KEYS if k in leaves}
+    grads = {k: leaves[k].grad for k in trainable if k in leaves}
     return loss.detach(), grads, leaves
 
 
-def run_logprobs(x, w, y, b=None, upstream=None, **kw):
+def run_logprobs(x, w, y, b=None, upstream=None, train_head=True, **kw):
+    """Log-probs and the gradients of hidden (and, with ``train_head``, weight and bias)."""
     x = x.detach().clone().requires_grad_()
-    w = w.detach().clone().requires_grad_()
-    b = None if b is None else b.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_(train_head)
+    b = None if b is None else b.detach().clone().requires_grad_(train_head)
     out = fused_linear_logprobs(x, w, y, bias=b, **kw)
     out.backward(upstream if upstream is not None else torch.ones_like(out))
-    grads = {"hidden": x.grad, "weight": w.grad}
-    if b is not None:
-        grads["bias"] = b.grad
+    grads = {"hidden": x.grad}
+    if train_head:
+        grads["weight"] = w.grad
+        if b is not None:
+            grads["bias"] = b.grad
     return out.detach(), grads

@@ -4,12 +4,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlit.kernels import fused_linear_divergence
+from charlit.kernels import cpu_fused, fused_linear_divergence
 from charlit.kernels import torch_chunked
 
 from .helpers import make_div_inputs, rel_err, run_div, run_logprobs
 
 TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, params=["fused", "eager"])
+def elementwise_path(request, monkeypatch):
+    """Every test runs on both CPU elementwise paths: the fused C++ rows and eager torch ops."""
+    if request.param == "fused" and not cpu_fused.available():
+        pytest.skip("fused CPU row kernels did not build here (no C++ compiler?)")
+    monkeypatch.setattr(cpu_fused, "enabled", request.param == "fused")
+    return request.param
 
 
 def _compare(inputs, upstream=None, tol=TOL, **kw):
@@ -194,7 +203,7 @@ def test_never_materialises_tokens_by_vocab():
     n, v, h = 512, 4096, 32
     inputs = make_div_inputs(n, h, v)
     old = torch_chunked.TILE_BUDGET_BYTES
-    torch_chunked.TILE_BUDGET_BYTES = 4 * 4 * v * 16  # 16-row tiles (4 live [B, V] buffers)
+    torch_chunked.TILE_BUDGET_BYTES = 4 * 2 * v * 16  # 16-row tiles (2 live [B, V] buffers fused, 4 eager)
     try:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
             run_div(inputs, backend="torch", beta=0.3)
@@ -250,6 +259,34 @@ def test_logprobs_half_and_leading_shape():
     assert out.shape == (2, 9) and out.dtype == torch.float32
     assert rel_err(out, ref) <= 1e-5
     assert rel_err(g["weight"], rg["weight"]) <= 1e-2
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_frozen_head_per_row_grads_computed_in_forward(beta):
+    """reduction="none" with a frozen lm_head: dX rows come from the forward, scaled per row."""
+    inputs = make_div_inputs(37, 31, 1003, bias=True)
+    up = torch.randn(37)
+    kw = dict(beta=beta, temperature=2.0, softcap=5.0, reduction="none", trainable=("student_hidden",))
+    loss, grads, _ = run_div(inputs, upstream=up, backend="torch", **kw)
+    assert torch_chunked.last_plan["grad_in_forward"] is True
+    ref, rgrads, _ = run_div(inputs, upstream=up, backend="reference", **kw)
+    assert rel_err(loss, ref) <= TOL
+    assert rel_err(grads["student_hidden"], rgrads["student_hidden"]) <= TOL
+
+
+@pytest.mark.parametrize("softcap", [None, 6.0])
+def test_logprobs_frozen_head_grads_computed_in_forward(softcap):
+    n, h, v = 37, 31, 1003
+    x, w, b = torch.randn(n, h), torch.randn(v, h) / h**0.5, torch.randn(v)
+    y = torch.randint(0, v, (n,))
+    y[torch.rand(n) < 0.3] = -100
+    up = torch.randn(n)
+    kw = dict(upstream=up, temperature=0.5, softcap=softcap, train_head=False)
+    out, g = run_logprobs(x, w, y, b, backend="torch", **kw)
+    assert torch_chunked.last_plan["grad_in_forward"] is True
+    ref, rg = run_logprobs(x, w, y, b, backend="reference", **kw)
+    assert rel_err(out, ref) <= TOL
+    assert rel_err(g["hidden"], rg["hidden"]) <= TOL
 
 
 def test_no_grad_mode_skips_gradient_work():
