@@ -13,7 +13,8 @@ Every (shape, N, case) runs in a fresh subprocess (``--worker``) so peak memory 
 
 Time = min over ``--reps`` of one forward+backward (synchronised on GPU).  The floor is the
 bare GEMMs of the same shapes, timed in the same subprocess alternately with the case (4 GEMMs
-of 2*N*H*V for divergence: student fwd, teacher fwd, dX, dW; 3 for log-probs), run in 1024-
+of 2*N*H*V for divergence: student fwd, teacher fwd, dX, dW; 3 for log-probs, 2 with a frozen
+lm_head), run in 1024-
 row tiles so the floor never allocates [N, V]; "ratio" = case time / floor time.  On a shared
 CPU, compare ratios from one run, not absolute seconds across runs.
 
@@ -48,6 +49,10 @@ SHAPES = {
 }
 DIV_CASES = ["naive", "compile", "torch", "triton", "cuda", "liger_jsd"]
 DPO_CASES = ["dpo_ours", "dpo_liger", "dpo_naive"]
+LOGPROB_CASES = ["logprobs", "logprobs_frozen", "logprobs_naive"]
+"""Per-token log-probs with a random per-row upstream gradient on the divergence shapes: ours with a
+trainable lm_head (floor: logits, dX, dW), ours with a frozen one as under LoRA (floor: logits, dX),
+and materialised ``log_softmax`` (trainable head)."""
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -113,7 +118,8 @@ def _gemm_floor(xs, ws, xt, wt, ngemm, sync):
             if ngemm == 4:
                 torch.mm(xt[i:i + 1024], wt.t())
             torch.mm(s.to(ws.dtype), ws)
-            dw.addmm_(s.t().to(ws.dtype), xs[i:i + 1024])
+            if ngemm >= 3:
+                dw.addmm_(s.t().to(ws.dtype), xs[i:i + 1024])
         sync()
 
     return run
@@ -147,6 +153,20 @@ def worker(spec: dict) -> dict:
         mod = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=beta, compiled=dev.type == "cuda")
         labels = torch.zeros(n, dtype=torch.long, device=dev)
         step = lambda: mod(xs, ws, xt, wt, labels).backward()  # noqa: E731
+    elif case in LOGPROB_CASES:
+        tgt = torch.randint(0, v, (n,), device=dev)
+        up = torch.randn(n, device=dev)
+        if case == "logprobs_frozen":
+            ngemm = 2
+            ws.requires_grad_(False)
+        else:
+            ngemm = 3
+        if case == "logprobs_naive":
+            def step():
+                z = torch.log_softmax((xs @ ws.t()).float(), -1)
+                z.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).backward(up)
+        else:
+            step = lambda: fused_linear_logprobs(xs, ws, tgt).backward(up)  # noqa: E731
     elif case.startswith("dpo_"):
         ngemm = 3
         seqs, t = spec["dpo_seqs"], spec["dpo_len"]
@@ -236,7 +256,7 @@ def _available(case: str, device: str) -> str | None:
 
 
 def _too_big(case: str, n: int, v: int, limit_gb: float) -> str | None:
-    if case in ("naive", "compile", "dpo_naive"):
+    if case in ("naive", "compile", "dpo_naive", "logprobs_naive"):
         need = n * v * 4 * 10 / 2**30  # ~10 live fp32 [N, V] tensors with autograd
         if need > limit_gb:
             return f"needs ~{need:.0f} GB of [N, V] buffers (> --mem-limit-gb {limit_gb})"
@@ -308,7 +328,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="small smoke run (H 256, V 8192, small DPO)")
     ap.add_argument("--shapes", default=None, help=f"comma list of {','.join(SHAPES)} (default: all for the device)")
     ap.add_argument("--ns", default=None, help="comma list of token counts overriding each shape's defaults")
-    ap.add_argument("--cases", default=",".join(DIV_CASES + DPO_CASES), help="comma list of cases")
+    ap.add_argument("--cases", default=",".join(DIV_CASES + LOGPROB_CASES + DPO_CASES), help="comma list of cases")
     ap.add_argument("--beta", type=float, default=0.5, help="divergence beta (0 fwd KL, 1 rev KL, else JSD)")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     ap.add_argument("--reps", type=int, default=None, help="timed iterations per case (default 3; 2 when N*H*V > 1e11 on CPU)")
@@ -339,7 +359,7 @@ def main(argv=None) -> None:
             print(f"skip shape {name}: GPU only")
             continue
         for n in [int(x) for x in args.ns.split(",")] if args.ns else ns:
-            for case in (c for c in cases if c in DIV_CASES):
+            for case in (c for c in cases if c in DIV_CASES + LOGPROB_CASES):
                 jobs.append(dict(shape=name, hidden=h, vocab=v, n=n, case=case))
     if any(c in DPO_CASES for c in cases):
         h, v = (256, 8192) if args.quick else (576, 49152)
