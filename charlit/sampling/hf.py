@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
 from charlit.sampling.base import Sampler, SamplingParams
 
@@ -42,7 +43,8 @@ class HFSampler(Sampler):
         chunks = [prompts[i: i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         bar = tqdm(chunks, desc=desc or "generate", unit="batch", disable=len(chunks) < 2, leave=False)
         out: list[list[int]] = []
-        with eval_mode(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        # merged LoRA: decoding calls only the base layers (see charlit.models.lora_merge)
+        with eval_mode(model), merged_lora(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             if seed is not None:
                 torch.manual_seed(seed)
             for chunk in bar:
