@@ -128,7 +128,10 @@ def _gemm_floor(xs, ws, xt, wt, ngemm, sync):
 def worker(spec: dict) -> dict:
     import torch
 
-    from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
+    from charlit.kernels import fused_linear_divergence, fused_linear_logprobs, torch_chunked
+
+    if spec.get("tile_budget_mb"):
+        torch_chunked.TILE_BUDGET_BYTES = int(spec["tile_budget_mb"] * 2**20)
 
     dev = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
@@ -335,6 +338,8 @@ def main(argv=None) -> None:
     ap.add_argument("--mem-limit-gb", type=float, default=8.0, help="skip materialising cases needing more")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per case")
     ap.add_argument("--tag", default=None, help="output file stem under benchmarks/results/")
+    ap.add_argument("--tile-budget-mb", type=float, default=None,
+                    help="override torch_chunked.TILE_BUDGET_BYTES (live [B, V] tile buffers) for our cases")
     args = ap.parse_args(argv)
     if args.worker:
         res = worker(json.loads(args.worker))
@@ -370,7 +375,7 @@ def main(argv=None) -> None:
     t_start = time.time()
     for job in jobs:
         reps = args.reps or (2 if job["n"] * job["vocab"] * job["hidden"] > 1e11 and device == "cpu" else 3)
-        spec = dict(job, device=device, dtype=dtype, beta=args.beta, reps=reps)
+        spec = dict(job, device=device, dtype=dtype, beta=args.beta, reps=reps, tile_budget_mb=args.tile_budget_mb)
         why = _available(job["case"], device) or _too_big(job["case"], job["n"], job["vocab"], args.mem_limit_gb)
         res = dict(status=f"skipped: {why}") if why else run_case(spec, args.timeout)
         row = dict(job, device=device, dtype=dtype, beta=args.beta, reps=reps, **res)
