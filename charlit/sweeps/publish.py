@@ -15,9 +15,7 @@ def log_report_to_wandb(result: dict, sweep_dir: Path, project: str = "charlit",
     from charlit.loggers import wandb_mode
 
     rows = result["rows"]
-    columns = [c for c in rows[0] if c != "run_dir"]
-    for row in rows[1:]:
-        columns += [c for c in row if c not in columns and c != "run_dir"]
+    columns = [c for c in result["columns"] if c != "run_dir"]
     run = wandb.init(project=project, group=sweep_group(sweep_dir), job_type="report", name=f"report-{Path(sweep_dir).name}",
                      dir=str(result["markdown"].parent), mode=wandb_mode(mode), reinit="finish_previous")
     try:

@@ -142,7 +142,7 @@ def _plot(rows: list[dict], metric: str, path: Path) -> Path | None:
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict:
-    """Write report.csv, report.md and one PNG per plotted metric; returns their paths and the rows."""
+    """Write report.csv, report.md and one PNG per plotted metric; returns their paths, the rows and columns."""
     sweep_dir = Path(sweep_dir)
     rows = collect_jobs(sweep_dir)
     if not rows:
@@ -159,4 +159,5 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict:
     markdown = f"# Sweep report: {sweep_dir}\n\n{len(rows)} jobs.\n\n" + _markdown(rows, columns)
     markdown += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     (out_dir / "report.md").write_text(markdown)
-    return {"rows": rows, "csv": out_dir / "report.csv", "markdown": out_dir / "report.md", "plots": plots}
+    return {"rows": rows, "columns": columns, "csv": out_dir / "report.csv", "markdown": out_dir / "report.md",
+            "plots": plots}
