@@ -131,7 +131,7 @@ def worker(spec: dict) -> dict:
     from charlit.kernels import fused_linear_divergence, fused_linear_logprobs, torch_chunked
 
     if spec.get("tile_budget_mb"):
-        torch_chunked.TILE_BUDGET_BYTES = int(spec["tile_budget_mb"] * 2**20)
+        torch_chunked.TILE_BUDGET_BYTES = torch_chunked.LOGPROB_TILE_BUDGET_BYTES = int(spec["tile_budget_mb"] * 2**20)
 
     dev = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
@@ -339,7 +339,7 @@ def main(argv=None) -> None:
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per case")
     ap.add_argument("--tag", default=None, help="output file stem under benchmarks/results/")
     ap.add_argument("--tile-budget-mb", type=float, default=None,
-                    help="override torch_chunked.TILE_BUDGET_BYTES (live [B, V] tile buffers) for our cases")
+                    help="override both tile budgets of torch_chunked (live [B, V] buffers) for our cases")
     args = ap.parse_args(argv)
     if args.worker:
         res = worker(json.loads(args.worker))

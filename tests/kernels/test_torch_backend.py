@@ -202,8 +202,9 @@ def test_never_materialises_tokens_by_vocab():
     """With a small token tile, no single op allocates anything near N*V floats."""
     n, v, h = 512, 4096, 32
     inputs = make_div_inputs(n, h, v)
-    old = torch_chunked.TILE_BUDGET_BYTES
-    torch_chunked.TILE_BUDGET_BYTES = 4 * 2 * v * 16  # 16-row tiles (2 live [B, V] buffers fused, 4 eager)
+    old = torch_chunked.TILE_BUDGET_BYTES, torch_chunked.LOGPROB_TILE_BUDGET_BYTES
+    # 16-row tiles (2 live [B, V] buffers fused, 4 eager); log-probs keep 1-2 buffers: 16-32 rows
+    torch_chunked.TILE_BUDGET_BYTES = torch_chunked.LOGPROB_TILE_BUDGET_BYTES = 4 * 2 * v * 16
     try:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
             run_div(inputs, backend="torch", beta=0.3)
@@ -214,8 +215,8 @@ def test_never_materialises_tokens_by_vocab():
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof2:
             run_logprobs(x, w, torch.randint(0, v, (n,)), backend="torch")
     finally:
-        torch_chunked.TILE_BUDGET_BYTES = old
-    assert torch_chunked.last_plan["token_tile"] <= 64  # log-probs keep fewer live buffers
+        torch_chunked.TILE_BUDGET_BYTES, torch_chunked.LOGPROB_TILE_BUDGET_BYTES = old
+    assert torch_chunked.last_plan["token_tile"] <= 32
     biggest = max(max(e.cpu_memory_usage for e in p.events()) for p in (prof, prof2))
     nv_bytes = n * v * 4
     assert 0 < biggest <= nv_bytes / 8, (biggest, nv_bytes)
