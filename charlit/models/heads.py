@@ -1,6 +1,7 @@
 """Access to the pieces the fused losses need: final (normed) hidden states and the lm_head, never logits."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -28,18 +29,44 @@ def lm_head(model) -> LMHead:
     return LMHead(weight=head.weight, bias=getattr(head, "bias", None), softcap=softcap)
 
 
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_ids: torch.Tensor | None = None) -> torch.Tensor:
+class PrefixKV:
+    """The KV cache of a shared context prefix, kept across calls for a network whose weights do not change.
+
+    A frozen teacher reads the same constitution (hundreds of tokens) at every step; with one of these it is
+    encoded once per run instead of once per batch.  The cache is keyed by the decoder and the prefix tokens;
+    every call gets a copy, since the forward that uses it appends to it.  Only for frozen weights: nothing
+    here notices a weight update.
+    """
+
+    def __init__(self):
+        self._key = None
+        self._cache = None
+
+    def get(self, decoder, prefix_ids: torch.Tensor):
+        key = (id(decoder), prefix_ids.device, tuple(prefix_ids.tolist()))
+        if key != self._key:
+            self._cache = decoder(input_ids=prefix_ids[None], use_cache=True).past_key_values
+            self._key = key
+        return copy.deepcopy(self._cache)
+
+
+def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_ids: torch.Tensor | None = None,
+                 prefix_kv: PrefixKV | None = None) -> torch.Tensor:
     """Run the decoder stack only and return the final hidden states ``[B, T, H]`` (the lm_head is not applied).
 
     ``prefix_ids`` (``[P]``), when given, is a context shared by every row that precedes ``input_ids``: it is
     encoded once and its KV cache repeated across the batch (the teacher's constitution system prompt is
     hundreds of tokens, identical for every prompt). Hidden states are returned for ``input_ids`` only.
+    ``prefix_kv`` keeps that encoding across calls (frozen networks only).
     """
     base = _unwrap(model)
     decoder = base.get_decoder()
     if prefix_ids is None or prefix_ids.numel() == 0:
         return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    cache = decoder(input_ids=prefix_ids[None], use_cache=True).past_key_values
+    if prefix_kv is not None:
+        cache = prefix_kv.get(decoder, prefix_ids)
+    else:
+        cache = decoder(input_ids=prefix_ids[None], use_cache=True).past_key_values
     cache.batch_repeat_interleave(input_ids.shape[0])
     prefix_mask = torch.ones((input_ids.shape[0], prefix_ids.numel()), dtype=attention_mask.dtype, device=attention_mask.device)
     out = decoder(input_ids=input_ids, attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from charlit.models.heads import final_hidden
+from charlit.models.heads import PrefixKV, final_hidden
 
 
 def pack(contexts: list[list[int]], responses: list[list[int]], pad_id: int, device=None):
@@ -43,11 +43,12 @@ def shared_prefix_length(contexts: list[list[int]]) -> int:
 
 
 def response_hidden(model, contexts: list[list[int]], responses: list[list[int]], pad_id: int,
-                    min_shared_prefix: int = 32) -> torch.Tensor:
+                    min_shared_prefix: int = 32, prefix_kv: PrefixKV | None = None) -> torch.Tensor:
     """Final hidden states predicting each response token, ``[sum(len(r)), H]`` in example-major order.
 
     Without gradients, a context prefix common to the whole batch (at least ``min_shared_prefix`` tokens)
-    is encoded once and reused through the KV cache instead of once per row.
+    is encoded once and reused through the KV cache instead of once per row (and across calls with
+    ``prefix_kv``, for a frozen ``model``).
     """
     device = next(model.parameters()).device
     shared = shared_prefix_length(contexts) if not torch.is_grad_enabled() else 0
@@ -55,7 +56,7 @@ def response_hidden(model, contexts: list[list[int]], responses: list[list[int]]
         shared = 0
     input_ids, attention, index = pack([c[shared:] for c in contexts], responses, pad_id, device)
     prefix = torch.tensor(contexts[0][:shared], dtype=torch.long, device=device) if shared else None
-    hidden = final_hidden(model, input_ids, attention, prefix_ids=prefix)
+    hidden = final_hidden(model, input_ids, attention, prefix_ids=prefix, prefix_kv=prefix_kv)
     return hidden[index]
 
 

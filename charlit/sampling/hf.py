@@ -6,6 +6,7 @@ from tqdm.auto import tqdm
 
 from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
+from charlit.sampling import onednn
 from charlit.sampling.base import Sampler, SamplingParams
 
 
@@ -34,6 +35,13 @@ class HFSampler(Sampler):
     def __init__(self, tokenizer, batch_size: int = 16):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self._frozen_linears = onednn.FrozenLinearCache()
+
+    def _decode_weights(self, model):
+        """fp32 CPU: frozen layers through oneDNN (adapters run as they are); elsewhere: merged LoRA."""
+        if onednn.supported(model):
+            return self._frozen_linears.swapped_in(model)
+        return merged_lora(model)
 
     @torch.no_grad()
     def generate(self, model, prompts, params: SamplingParams, *, seed=None, desc=None):
@@ -43,8 +51,7 @@ class HFSampler(Sampler):
         chunks = [prompts[i: i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         bar = tqdm(chunks, desc=desc or "generate", unit="batch", disable=len(chunks) < 2, leave=False)
         out: list[list[int]] = []
-        # merged LoRA: decoding calls only the base layers (see charlit.models.lora_merge)
-        with eval_mode(model), merged_lora(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        with eval_mode(model), self._decode_weights(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             if seed is not None:
                 torch.manual_seed(seed)
             for chunk in bar:

@@ -37,8 +37,8 @@ class AmplifiedTeacher(SelfTeacher):
         bare = [self.bare_context_ids(p) for p in prompts]
         pad = self.tokenizer.pad_token_id
         with self.network() as model:
-            h_ctx = response_hidden(model, ctx, responses, pad)
+            h_ctx = response_hidden(model, ctx, responses, pad, prefix_kv=self.prefix_kv())
             if self.alpha == 0.0:
                 return head_output(h_ctx, model)
-            h_bare = response_hidden(model, bare, responses, pad)
+            h_bare = response_hidden(model, bare, responses, pad, prefix_kv=self.prefix_kv("bare"))
             return head_output((1.0 + self.alpha) * h_ctx - self.alpha * h_bare, model)

@@ -19,7 +19,7 @@ import torch
 
 from charlit.data.chat import render_prompt_ids, student_messages, teacher_messages
 from charlit.data.constitution import Constitution
-from charlit.models.heads import lm_head
+from charlit.models.heads import PrefixKV, lm_head
 from charlit.models.modes import eval_mode
 from charlit.models.reference import FrozenReference
 from charlit.objectives.sequences import response_hidden
@@ -51,6 +51,14 @@ class Teacher(ABC):
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.constitution, self.weights = constitution, weights
         self.ema = EmaWeights(policy, ema_decay) if weights == "ema" else None
+        # frozen weights: the shared context prefix (constitution, exemplars) is encoded once per run
+        self._prefix_kv = {}
+
+    def prefix_kv(self, role: str = "context") -> PrefixKV | None:
+        """The cross-step prefix cache for one kind of context, or None when the weights move (live, ema)."""
+        if self.weights != "frozen":
+            return None
+        return self._prefix_kv.setdefault(role, PrefixKV())
 
     @contextmanager
     def network(self):
@@ -90,7 +98,7 @@ class SelfTeacher(Teacher):
     def score(self, prompts, responses):
         contexts = [self.context_ids(p) for p in prompts]
         with self.network() as model:
-            hidden = response_hidden(model, contexts, responses, self.tokenizer.pad_token_id)
+            hidden = response_hidden(model, contexts, responses, self.tokenizer.pad_token_id, prefix_kv=self.prefix_kv())
             return head_output(hidden, model)
 
 

@@ -41,3 +41,28 @@ def test_shared_prefix_length_keeps_one_context_token():
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
     assert shared_prefix_length([[1, 2, 3], [1, 5]]) == 1
     assert shared_prefix_length([[4], [4, 5]]) == 0
+
+
+def test_prefix_kv_is_encoded_once_across_calls_and_changes_nothing():
+    from charlit.models.heads import PrefixKV
+
+    model = tiny_model(120, seed=3).double().eval()
+    prefix = list(range(3, 43))
+    contexts = [prefix + [50, 51], prefix + [60], prefix + [70, 71, 72]]
+    responses = [[5, 6, 7], [8], [9, 10]]
+    calls = []
+    decoder = model.get_decoder()
+    hook = decoder.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    kv = PrefixKV()
+    with torch.no_grad():
+        plain = response_hidden(model, contexts, responses, pad_id=0)
+        n_plain = len(calls)
+        first = response_hidden(model, contexts, responses, pad_id=0, prefix_kv=kv)
+        second = response_hidden(model, contexts[::-1], responses[::-1], pad_id=0, prefix_kv=kv)
+    hook.remove()
+    assert n_plain == 2                          # prefix, then the rows
+    assert len(calls) == n_plain + 2 + 1         # the kept prefix is encoded once for both calls
+    assert torch.allclose(first, plain, atol=1e-12, rtol=0)
+    lengths = [len(r) for r in responses]
+    rev = torch.cat(list(reversed(torch.split(plain, lengths))))
+    assert torch.allclose(second, rev, atol=1e-12, rtol=0)
