@@ -21,9 +21,9 @@ def test_student_never_sees_constitution_teacher_always_does(monkeypatch):
         seen["student"] += [objective.tokenizer.decode(p) for p in prompts]
         return real_generate(model, prompts, params, **kw)
 
-    def spy_hidden(model, contexts, responses, pad_id):
+    def spy_hidden(model, contexts, responses, pad_id, **kw):
         seen["teacher"] += [objective.tokenizer.decode(c) for c in contexts]
-        return real_hidden(model, contexts, responses, pad_id)
+        return real_hidden(model, contexts, responses, pad_id, **kw)
 
     monkeypatch.setattr(objective.sampler, "generate", spy_generate)
     monkeypatch.setitem(objective.teacher.score.__globals__, "response_hidden", spy_hidden)
