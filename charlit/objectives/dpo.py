@@ -31,7 +31,7 @@ from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
 from charlit.models.heads import lm_head
 from charlit.objectives.base import CharacterObjective
 from charlit.objectives.registry import register
-from charlit.objectives.sequences import response_hidden, response_targets
+from charlit.objectives.sequences import response_hidden, response_targets, shared_context_hidden
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -71,20 +71,22 @@ class DPO(CharacterObjective):
             if getattr(self, key) < 0:
                 raise ValueError(f"method.{key}={getattr(self, key)} must be >= 0 (0 disables the term).")
 
-    def _logps(self, model, contexts, responses):
-        """Per-token log-probs (flat, example-major) and the hidden states they came from."""
-        hidden = response_hidden(model, contexts, responses, self.tokenizer.pad_token_id)
+    def _logps(self, model, contexts, chosen, rejected):
+        """Per-token log-probs (flat: every chosen answer, then every rejected one) and their hidden states.
+
+        Each prompt is encoded once for both of its answers (``shared_context_hidden``)."""
+        hidden = shared_context_hidden(model, contexts, [chosen, rejected], self.tokenizer.pad_token_id)
         head = lm_head(model)
-        targets = response_targets(responses, hidden.device)
+        targets = response_targets(chosen + rejected, hidden.device)
         return fused_linear_logprobs(hidden, head.weight, targets, bias=head.bias, softcap=head.softcap), hidden, head
 
     def compute_loss(self, batch):
         n = len(batch)
-        contexts = [e["context_ids"] for e in batch] * 2
-        responses = [e["chosen_ids"] for e in batch] + [e["rejected_ids"] for e in batch]
-        lengths = [len(r) for r in responses]
+        contexts = [e["context_ids"] for e in batch]
+        chosen, rejected = [e["chosen_ids"] for e in batch], [e["rejected_ids"] for e in batch]
+        lengths = [len(r) for r in chosen + rejected]
         n_chosen = sum(lengths[:n])
-        token_logps, hidden, head = self._logps(self.policy, contexts, responses)
+        token_logps, hidden, head = self._logps(self.policy, contexts, chosen, rejected)
         policy_seq = _sequence_sums(token_logps, lengths)
 
         stored = "ref_chosen_logp" in batch[0]
@@ -94,10 +96,10 @@ class DPO(CharacterObjective):
                                    dtype=policy_seq.dtype, device=policy_seq.device)
         with torch.no_grad(), self.reference.model() as reference:
             if not stored:
-                ref_tokens, ref_hidden, ref_head = self._logps(reference, contexts, responses)
+                ref_tokens, ref_hidden, ref_head = self._logps(reference, contexts, chosen, rejected)
                 ref_seq = _sequence_sums(ref_tokens, lengths)
             elif self.kl_coef > 0:
-                ref_hidden = response_hidden(reference, contexts[:n], responses[:n], self.tokenizer.pad_token_id)
+                ref_hidden = response_hidden(reference, contexts, chosen, self.tokenizer.pad_token_id)
                 ref_head = lm_head(reference)
             if ref_head is not None:
                 ref_head = type(ref_head)(ref_head.weight.detach(), None if ref_head.bias is None else ref_head.bias.detach(),

@@ -63,3 +63,64 @@ def response_hidden(model, contexts: list[list[int]], responses: list[list[int]]
 def response_targets(responses: list[list[int]], device=None) -> torch.Tensor:
     flat = [tok for r in responses for tok in r]
     return torch.tensor(flat, dtype=torch.long, device=device)
+
+
+def shared_context_hidden(model, contexts: list[list[int]], response_groups: list[list[list[int]]],
+                          pad_id: int) -> torch.Tensor:
+    """Like ``response_hidden`` over rows ``(contexts[i], group[i])`` for every group in turn, but each context is
+    encoded once and its KV cache shared by its responses (DPO's chosen and rejected answers share their prompt).
+
+    Returns ``[sum of all response lengths, H]`` in group-major, example-major order — the order of
+    ``response_hidden(model, contexts * len(response_groups), sum(response_groups, []), pad_id)`` — and is
+    differentiable (gradients flow through the shared cache). Falls back to exactly that call when the model
+    cannot keep a cache (gradient checkpointing while training).
+    """
+    from charlit.models.heads import _unwrap
+
+    flat = [r for group in response_groups for r in group]
+    base = _unwrap(model)
+    checkpointing = getattr(base, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(base, "is_gradient_checkpointing", False)
+    if checkpointing and model.training:
+        return response_hidden(model, contexts * len(response_groups), flat, pad_id)
+    if any(len(group) != len(contexts) for group in response_groups):
+        raise ValueError(f"{len(contexts)} contexts but response groups of sizes {[len(g) for g in response_groups]}.")
+    if any(not c for c in contexts):
+        raise ValueError("Every sequence needs a non-empty context (the rendered prompt).")
+    device = next(model.parameters()).device
+    decoder = base.get_decoder()
+    n, groups = len(contexts), len(response_groups)
+    # 1) each context once, right-padded; its last state predicts the first response token
+    ctx_len = torch.tensor([len(c) for c in contexts], device=device)
+    width = int(ctx_len.max())
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, c in enumerate(contexts):
+        ids[i, : len(c)] = torch.tensor(c)
+        mask[i, : len(c)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    out = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
+    first = out.last_hidden_state[torch.arange(n, device=device), ctx_len - 1]            # [n, H]
+    # 2) every response but its last token, after its context's cache
+    owner = torch.arange(n, device=device).repeat(groups)                                   # row -> context
+    steps = max(len(r) for r in flat) - 1
+    if steps <= 0:
+        rest = first.new_zeros((groups * n, 0, first.shape[-1]))
+    else:
+        cache = out.past_key_values
+        cache.batch_select_indices(owner)
+        r_ids = torch.full((groups * n, steps), pad_id, dtype=torch.long)
+        r_mask = torch.zeros((groups * n, steps), dtype=torch.long)
+        for row, r in enumerate(flat):
+            if len(r) > 1:
+                r_ids[row, : len(r) - 1] = torch.tensor(r[:-1])
+                r_mask[row, : len(r) - 1] = 1
+        r_ids, r_mask = r_ids.to(device), r_mask.to(device)
+        positions = ctx_len[owner].unsqueeze(1) + torch.arange(steps, device=device)
+        rest = decoder(input_ids=r_ids, attention_mask=torch.cat([mask[owner], r_mask], dim=1), position_ids=positions,
+                       past_key_values=cache, use_cache=True).last_hidden_state                # [rows, steps, H]
+    states = torch.cat([first[owner].unsqueeze(1), rest], dim=1)                            # [rows, 1 + steps, H]
+    rows = torch.tensor([row for row, r in enumerate(flat) for _ in r], dtype=torch.long, device=device)
+    cols = torch.tensor([k for r in flat for k in range(len(r))], dtype=torch.long, device=device)
+    return states[rows, cols]

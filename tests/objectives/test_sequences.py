@@ -66,3 +66,32 @@ def test_prefix_kv_is_encoded_once_across_calls_and_changes_nothing():
     lengths = [len(r) for r in responses]
     rev = torch.cat(list(reversed(torch.split(plain, lengths))))
     assert torch.allclose(second, rev, atol=1e-12, rtol=0)
+
+
+def test_shared_context_hidden_matches_separate_rows_with_gradients():
+    from charlit.objectives.sequences import shared_context_hidden
+
+    model = tiny_model(120, seed=3).double().train()
+    contexts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]
+    chosen = [[20, 21, 22], [23], [24, 25]]
+    rejected = [[30], [31, 32, 33, 34], [35, 36]]
+    ref = response_hidden(model, contexts * 2, chosen + rejected, pad_id=0)
+    got = shared_context_hidden(model, contexts, [chosen, rejected], pad_id=0)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    weights = torch.randn_like(ref)
+    params = [p for p in model.parameters()]
+    g_ref = torch.autograd.grad((ref * weights).sum(), params)
+    g_got = torch.autograd.grad((got * weights).sum(), params)
+    for a, b in zip(g_got, g_ref):  # the prompt's share flows back through the shared KV cache
+        assert (a - b).abs().max() <= 1e-6 * b.abs().max().clamp_min(1e-12)
+    single = shared_context_hidden(model, contexts, [[[40]] * 3], pad_id=0)  # no second pass needed
+    torch.testing.assert_close(single, response_hidden(model, contexts, [[40]] * 3, pad_id=0), rtol=1e-10, atol=1e-10)
+
+
+def test_shared_context_hidden_rejects_ragged_groups():
+    import pytest
+
+    from charlit.objectives.sequences import shared_context_hidden
+
+    with pytest.raises(ValueError, match="2 contexts but response groups of sizes"):
+        shared_context_hidden(tiny_model(50, seed=1), [[1, 2], [3]], [[[4], [5]], [[6]]], pad_id=0)
