@@ -65,6 +65,7 @@ def _candidate(path: str | None, what: str, tokenizer) -> Candidate | None:
         return None
     ckpt = resolve_checkpoint(str(path), what)
     loaded = load_model(OmegaConf.create({"name_or_path": str(ckpt.model_dir)}), tokenizer=tokenizer, apply_lora=False)
+    loaded.model.requires_grad_(False)  # evaluation only: frozen weights also decode through oneDNN on CPU
     if loaded.model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ValueError(f"{what}={path!r} has a smaller vocabulary than the base model's tokenizer; "
                          f"evaluate it with the base model it was trained from (model=...).")
@@ -88,6 +89,7 @@ def run_eval(cfg: DictConfig, out_dir: Path) -> list[dict]:
     ckpt = resolve_checkpoint(str(cfg.ckpt)) if cfg.ckpt else None
     constitutions = personas(cfg, ckpt)
     base = load_model(base_model_cfg(cfg, ckpt), apply_lora=False)
+    base.model.requires_grad_(False)
     under_test = _candidate(cfg.ckpt, "ckpt", base.tokenizer)
     compare = _candidate(cfg.compare, "compare", base.tokenizer)
     reports, tables = [], []

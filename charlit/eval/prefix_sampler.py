@@ -29,7 +29,7 @@ class SharedPrefixSampler(Sampler):
         device = next(model.parameters()).device
         prefix = torch.tensor(prompts[0][:shared], dtype=torch.long, device=device)
         out: list[list[int]] = []
-        with eval_mode(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        with eval_mode(model), self.plain.decode_weights(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             if seed is not None:
                 torch.manual_seed(seed)
             prefix_cache = model(input_ids=prefix[None], use_cache=True).past_key_values

@@ -37,7 +37,7 @@ class HFSampler(Sampler):
         self.batch_size = batch_size
         self._frozen_linears = onednn.FrozenLinearCache()
 
-    def _decode_weights(self, model):
+    def decode_weights(self, model):
         """fp32 CPU: frozen layers through oneDNN (adapters run as they are); elsewhere: merged LoRA."""
         if onednn.supported(model):
             return self._frozen_linears.swapped_in(model)
@@ -51,7 +51,7 @@ class HFSampler(Sampler):
         chunks = [prompts[i: i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         bar = tqdm(chunks, desc=desc or "generate", unit="batch", disable=len(chunks) < 2, leave=False)
         out: list[list[int]] = []
-        with eval_mode(model), self._decode_weights(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        with eval_mode(model), self.decode_weights(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             if seed is not None:
                 torch.manual_seed(seed)
             for chunk in bar:
