@@ -7,21 +7,27 @@ import torch
 from charlit.models.heads import PrefixKV, final_hidden
 
 
+def right_pad(sequences: list[list[int]], pad_id: int, width: int | None = None):
+    """``[len(sequences), width]`` token ids padded on the right with ``pad_id``, and the matching 0/1 mask."""
+    width = max(len(q) for q in sequences) if width is None else width
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, q in enumerate(sequences):
+        if q:
+            input_ids[i, : len(q)] = torch.tensor(q)
+            mask[i, : len(q)] = 1
+    return input_ids, mask
+
+
 def pack(contexts: list[list[int]], responses: list[list[int]], pad_id: int, device=None):
     """Return ``input_ids``, ``attention_mask`` and the flat (row, position) index of every response-predicting state."""
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses.")
-    lengths = [len(c) + len(r) for c, r in zip(contexts, responses)]
-    width = max(lengths)
-    input_ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(contexts), width), dtype=torch.long)
+    if any(not c for c in contexts):
+        raise ValueError("Every sequence needs a non-empty context (the rendered prompt).")
+    input_ids, attention = right_pad([c + r for c, r in zip(contexts, responses)], pad_id)
     rows, cols = [], []
     for i, (ctx, resp) in enumerate(zip(contexts, responses)):
-        if not ctx:
-            raise ValueError("Every sequence needs a non-empty context (the rendered prompt).")
-        ids = ctx + resp
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
         # hidden state at position j predicts token j+1: response token k sits at len(ctx)+k
         rows.extend([i] * len(resp))
         cols.extend(range(len(ctx) - 1, len(ctx) - 1 + len(resp)))
@@ -93,13 +99,7 @@ def shared_context_hidden(model, contexts: list[list[int]], response_groups: lis
     n, groups = len(contexts), len(response_groups)
     # 1) each context once, right-padded; its last state predicts the first response token
     ctx_len = torch.tensor([len(c) for c in contexts], device=device)
-    width = int(ctx_len.max())
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, c in enumerate(contexts):
-        ids[i, : len(c)] = torch.tensor(c)
-        mask[i, : len(c)] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = (t.to(device) for t in right_pad(contexts, pad_id))
     out = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
     first = out.last_hidden_state[torch.arange(n, device=device), ctx_len - 1]            # [n, H]
     # 2) every response but its last token, after its context's cache
@@ -110,13 +110,7 @@ def shared_context_hidden(model, contexts: list[list[int]], response_groups: lis
     else:
         cache = out.past_key_values
         cache.batch_select_indices(owner)
-        r_ids = torch.full((groups * n, steps), pad_id, dtype=torch.long)
-        r_mask = torch.zeros((groups * n, steps), dtype=torch.long)
-        for row, r in enumerate(flat):
-            if len(r) > 1:
-                r_ids[row, : len(r) - 1] = torch.tensor(r[:-1])
-                r_mask[row, : len(r) - 1] = 1
-        r_ids, r_mask = r_ids.to(device), r_mask.to(device)
+        r_ids, r_mask = (t.to(device) for t in right_pad([r[:-1] for r in flat], pad_id, steps))
         positions = ctx_len[owner].unsqueeze(1) + torch.arange(steps, device=device)
         rest = decoder(input_ids=r_ids, attention_mask=torch.cat([mask[owner], r_mask], dim=1), position_ids=positions,
                        past_key_values=cache, use_cache=True).last_hidden_state                # [rows, steps, H]

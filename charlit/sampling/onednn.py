@@ -48,6 +48,7 @@ class FrozenLinearCache:
     @contextmanager
     def swapped_in(self, model):
         """Within the block, every frozen fp32 ``nn.Linear`` of ``model`` runs through its oneDNN copy."""
+        self._fast = {k: hit for k, hit in self._fast.items() if hit[0]() is not None}  # drop freed layers' copies
         swaps = []
         try:
             for parent in list(model.modules()):

@@ -222,13 +222,17 @@ def test_never_materialises_tokens_by_vocab():
     assert 0 < biggest <= nv_bytes / 8, (biggest, nv_bytes)
 
 
-@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
-def test_logprobs_matches_reference(temperature):
-    n, h, v = 37, 31, 1003
+def _logprob_case(n=37, h=31, v=1003):
+    """Odd-shaped hidden, weight, bias, targets (~30% ignored) and a random upstream gradient."""
     x, w, b = torch.randn(n, h), torch.randn(v, h) / h**0.5, torch.randn(v)
     y = torch.randint(0, v, (n,))
     y[torch.rand(n) < 0.3] = -100
-    up = torch.randn(n)
+    return x, w, b, y, torch.randn(n)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_logprobs_matches_reference(temperature):
+    x, w, b, y, up = _logprob_case()
     out, g = run_logprobs(x, w, y, b, upstream=up, temperature=temperature, softcap=6.0, backend="torch")
     ref, rg = run_logprobs(x, w, y, b, upstream=up, temperature=temperature, softcap=6.0, backend="reference")
     assert (out[y == -100] == 0).all()
@@ -277,11 +281,7 @@ def test_frozen_head_per_row_grads_computed_in_forward(beta):
 
 @pytest.mark.parametrize("softcap", [None, 6.0])
 def test_logprobs_frozen_head_grads_computed_in_forward(softcap):
-    n, h, v = 37, 31, 1003
-    x, w, b = torch.randn(n, h), torch.randn(v, h) / h**0.5, torch.randn(v)
-    y = torch.randint(0, v, (n,))
-    y[torch.rand(n) < 0.3] = -100
-    up = torch.randn(n)
+    x, w, b, y, up = _logprob_case()
     kw = dict(upstream=up, temperature=0.5, softcap=softcap, train_head=False)
     out, g = run_logprobs(x, w, y, b, backend="torch", **kw)
     assert torch_chunked.last_plan["grad_in_forward"] is True
