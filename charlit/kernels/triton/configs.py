@@ -18,8 +18,9 @@ def interpreted() -> bool:
 
 
 def upcast(dtype: torch.dtype) -> bool:
-    """Upcast loads to fp32 before tl.dot: always when interpreted (its bf16 math is wrong)
-    and for fp32 inputs; on GPU fp16/bf16 feed the tensor cores directly."""
+    """Upcast loads to fp32 before tl.dot, whose fp32 products then run in full precision (not TF32, like
+    torch's default fp32 matmul): always when interpreted (its bf16 math is wrong) and for fp32 inputs; on
+    GPU fp16/bf16 feed the tensor cores directly."""
     return interpreted() or dtype == torch.float32
 
 
