@@ -14,9 +14,10 @@ from contextlib import contextmanager
 import torch
 
 
-def _mergeable_layers(model) -> list:
-    """The active plain-LoRA ``Linear`` layers of a peft model; [] when anything else is in play
-    (not peft, merged or disabled adapters, DoRA-style variants, non-Linear LoRA, sharded weights)."""
+def plain_lora_layers(model, dense_base: bool = True) -> list:
+    """The active plain-LoRA ``Linear`` layers of a peft model with their active adapter names; [] when
+    anything else is in play (not peft, merged or disabled adapters, DoRA-style variants, non-Linear LoRA,
+    and with ``dense_base`` base weights that are not plain dense parameters, e.g. sharded)."""
     if not hasattr(model, "disable_adapter"):
         return []
     try:
@@ -30,9 +31,9 @@ def _mergeable_layers(model) -> list:
             continue
         active = [a for a in module.active_adapters if a in getattr(module, "lora_A", {})]
         weight = getattr(module.get_base_layer(), "weight", None)
+        odd_base = not isinstance(weight, torch.nn.Parameter) or type(weight.data) is not torch.Tensor
         if (not isinstance(module, LoraLinear) or module.merged or module.disable_adapters
-                or any(a in module.lora_variant for a in active)
-                or not isinstance(weight, torch.nn.Parameter) or type(weight.data) is not torch.Tensor):
+                or any(a in module.lora_variant for a in active) or (dense_base and odd_base)):
             return []
         if active:
             layers.append((module, active))
@@ -46,7 +47,7 @@ def merged_lora(model):
     For inference only (no gradients reach the LoRA parameters).  A model without mergeable LoRA layers
     is yielded unchanged.
     """
-    layers = _mergeable_layers(model)
+    layers = plain_lora_layers(model)
     if not layers:
         yield model
         return

@@ -1,6 +1,8 @@
 """Batched, KV-cached sampling with Hugging Face ``generate`` (the CPU backend)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from tqdm.auto import tqdm
 
@@ -8,6 +10,7 @@ from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
 from charlit.sampling import onednn
 from charlit.sampling.base import Sampler, SamplingParams
+from charlit.sampling.lean_lora import lean_adapters
 
 
 def end_token_ids(tokenizer, model=None) -> list[int]:
@@ -35,13 +38,17 @@ class HFSampler(Sampler):
     def __init__(self, tokenizer, batch_size: int = 16):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self._frozen_linears = onednn.FrozenLinearCache()
 
+    @contextmanager
     def decode_weights(self, model):
-        """fp32 CPU: frozen layers through oneDNN (adapters run as they are); elsewhere: merged LoRA."""
+        """The model as decoding runs it: on fp32 CPU linear layers through oneDNN and LoRA as lean layers
+        (merging would cost a weight copy per call); elsewhere merged LoRA weights."""
         if onednn.supported(model):
-            return self._frozen_linears.swapped_in(model)
-        return merged_lora(model)
+            with onednn.swapped_in(model), lean_adapters(model):
+                yield model
+        else:
+            with merged_lora(model):
+                yield model
 
     @torch.no_grad()
     def generate(self, model, prompts, params: SamplingParams, *, seed=None, desc=None):
