@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from charlit.models import bundled
+from charlit.models import bundled, onednn
 from charlit.models.tiny import TINY_ID, tiny_model
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -108,4 +108,6 @@ def load_model(cfg: DictConfig, tokenizer=None, *, apply_lora: bool = True) -> L
     lora = cfg.get("lora")
     if apply_lora and lora is not None and int(lora.get("r", 0)) > 0:
         model = _apply_lora(model, lora)
+    if cfg.get("onednn_linear", True):
+        onednn.accelerate(model)   # fp32 CPU products through oneDNN (about 2x torch's default on AMD CPUs)
     return LoadedModel(model=model, tokenizer=tokenizer, name_or_path=name, source_dir=source)

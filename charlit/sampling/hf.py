@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
-from charlit.sampling import onednn
+from charlit.models import onednn
 from charlit.sampling.base import Sampler, SamplingParams
 from charlit.sampling.lean_lora import lean_adapters
 

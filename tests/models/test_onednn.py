@@ -1,4 +1,4 @@
-"""oneDNN decoding layers: the same logits as the default path, restored modules, no stale weights."""
+"""oneDNN linear layers: float64-exact products and gradients, unchanged state dicts, decoding swaps."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from charlit.models.tiny import tiny_model
-from charlit.sampling import onednn
+from charlit.models import onednn
 
 pytestmark = pytest.mark.skipif(not onednn.supported(torch.nn.Linear(2, 2)), reason="torch built without oneDNN")
 
@@ -40,18 +40,57 @@ def test_same_logits_and_modules_restored():
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
 
 
-def test_reads_the_current_weight_and_falls_back_with_grad():
+@pytest.mark.parametrize("shape", [(7, 5), (2, 3, 5)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_and_its_gradients_match_float64(shape, with_bias):
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(*shape, generator=g), torch.randn(4, 5, generator=g), torch.randn(4, generator=g)
+    upstream = torch.randn(*shape[:-1], 4, generator=g)
+    x32, w32 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    b32 = b.clone().requires_grad_() if with_bias else None
+    y = onednn.linear(x32, w32, b32)
+    y.backward(upstream)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+    ref = x64 @ w64.T + (b64 if with_bias else 0.0)
+    ref.backward(upstream.double())
+    for got, expected in ((y, ref), (x32.grad, x64.grad), (w32.grad, w64.grad)) + (((b32.grad, b64.grad),) if with_bias else ()):
+        assert (got.double() - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_frozen_weight_gets_no_gradient_and_no_saved_input():
+    x = torch.randn(3, 5, requires_grad=True)
+    w = torch.randn(4, 5)
+    y = onednn.linear(x, w)
+    assert y.grad_fn is not None and y.grad_fn.saved_tensors[0] is None   # only W is kept for dX
+    y.sum().backward()
+    assert torch.allclose(x.grad, w.sum(0).expand(3, 5), atol=1e-6)
+
+
+def test_accelerate_keeps_names_and_state_dict_and_trains_the_same():
+    torch.manual_seed(0)
+    plain = _lora_model().train()
+    fast = _lora_model().train()
+    assert onednn.accelerate(fast) == 1 + 7 * 2 * 3
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    ids = _ids()
+    losses = []
+    for model in (plain, fast):
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        losses.append((out.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    assert torch.allclose(losses[0][0], losses[1][0], rtol=1e-5)
+    assert all(torch.allclose(losses[0][1][n], g, rtol=1e-4, atol=1e-6) for n, g in losses[1][1].items())
+
+
+def test_reads_the_current_weight():
     linear = torch.nn.Linear(5, 4)
     wrapped = onednn.OneDnnLinear(linear)
-    x = torch.randn(2, 5, dtype=torch.float64).float()
+    x = torch.randn(2, 5)
     with torch.no_grad():
         linear.weight.mul_(2.0)   # no cached copy to go stale
         got = wrapped(x)
     expected = (x.double() @ linear.weight.double().T + linear.bias.double()).float()
-    assert torch.allclose(got, expected, atol=1e-6)
-    y = wrapped(x)               # gradients enabled: the autograd path
-    y.sum().backward()
-    assert linear.weight.grad is not None
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_sampler_generation_matches_plain_generate():
