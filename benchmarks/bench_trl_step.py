@@ -8,14 +8,19 @@ the rest is reported. Shared settings: the bundled SmolLM2-135M-Instruct in fp32
 r16/α32 on all linear layers, lr 5e-5, gradient checkpointing off for both (TRL turns it on by default;
 that would also disable the KV cache in GKD's generation), no evaluation, no checkpoint saving.
 
-* DPO: 2 pairs per step from ``charlit/data/pairs/pirate.jsonl`` (conversational prompt/chosen/rejected),
-  sigmoid loss, β 0.1, reference = the base with the LoRA adapter disabled (both frameworks).
+* DPO: 2 pairs per step from ``--dpo-pairs`` (conversational prompt/chosen/rejected), sigmoid loss, β 0.1,
+  reference = the base with the LoRA adapter disabled (both frameworks). The default,
+  ``benchmarks/data/pirate_pairs_pipeline.jsonl``, is 16 pairs written by charlit's data pipeline with the
+  default model (``python generate.py data=pairs persona=pirate data.generate.prompts.num=16
+  generation.max_new_tokens=192``): ~215 tokens per sequence over the pairs a 5-step run reads, the size of
+  the issue's TRL anchor (~227); ``--dpo-pairs bundled`` takes the hand-written pirate pairs (~80 tokens).
 * On-policy distillation: 4 prompts per step, 64 new tokens sampled at temperature 1, reverse KL (β 1)
   over the full vocabulary, λ 1 (every step on-policy). TRL's GKD scores with a separate teacher model
   (here a second copy of the same base, with the prompt as given); charlit's teacher is the same network
   with the adapter disabled and the constitution as a teacher-only system prompt (a longer context).
 
-Usage: ``python benchmarks/bench_trl_step.py [--steps 5] [--cases charlit_dpo,trl_dpo,charlit_gkd,trl_gkd]``
+Usage: ``python benchmarks/bench_trl_step.py [--steps 5] [--cases charlit_dpo,trl_dpo,charlit_gkd,trl_gkd]
+[--dpo-pairs FILE|bundled]``
 (needs ``pip install trl datasets`` for the TRL cases; they are reported as skipped without it).
 Writes ``benchmarks/results/trl_step.{csv,md}``.
 """
@@ -38,6 +43,8 @@ RESULTS = REPO / "benchmarks" / "results"
 CASES = ("charlit_dpo", "trl_dpo", "charlit_gkd", "trl_gkd")
 LR, LORA_R, LORA_ALPHA = 5e-5, 16, 32
 DPO_PAIRS, GKD_PROMPTS, GKD_NEW_TOKENS = 2, 4, 64
+PIPELINE_PAIRS = REPO / "benchmarks" / "data" / "pirate_pairs_pipeline.jsonl"
+BUNDLED_PAIRS = REPO / "charlit" / "data" / "pairs" / "pirate.jsonl"
 
 
 def _peak_rss_mb() -> float:
@@ -80,7 +87,7 @@ def _trl_common(out_dir: str, steps: int, batch: int) -> dict:
                 dataloader_num_workers=0, seed=0)
 
 
-def _trl(kind: str, steps: int) -> list[float]:
+def _trl(kind: str, steps: int, pairs: Path) -> list[float]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -106,7 +113,7 @@ def _trl(kind: str, steps: int) -> list[float]:
         if kind == "dpo":
             from trl import DPOConfig, DPOTrainer
 
-            rows = read_jsonl(REPO / "charlit" / "data" / "pairs" / "pirate.jsonl")
+            rows = read_jsonl(pairs)
             data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
             args = DPOConfig(**_trl_common(out_dir, steps, DPO_PAIRS), beta=0.1, max_length=1024)
             trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
@@ -127,9 +134,9 @@ def _trl(kind: str, steps: int) -> list[float]:
     return times
 
 
-def worker(case: str, steps: int) -> dict:
+def worker(case: str, steps: int, pairs: Path) -> dict:
     if case == "charlit_dpo":
-        times = _charlit(["method=dpo", f"data.batch_size={DPO_PAIRS}", "data.max_length=1024"], steps)
+        times = _charlit(["method=dpo", f"data.path={pairs}", f"data.batch_size={DPO_PAIRS}", "data.max_length=1024"], steps)
     elif case == "charlit_gkd":
         times = _charlit(["method=on_policy_distill", "data=prompts", "method.lmbda=1.0", "method.beta=1.0",
                           f"data.batch_size={GKD_PROMPTS}", f"sampler.max_new_tokens={GKD_NEW_TOKENS}",
@@ -139,7 +146,7 @@ def worker(case: str, steps: int) -> dict:
             import trl  # noqa: F401
         except ImportError:
             return {"case": case, "status": "skipped: pip install trl datasets"}
-        times = _trl(case.split("_")[1], steps)
+        times = _trl(case.split("_")[1], steps, pairs)
     else:
         raise ValueError(f"Unknown case {case!r}; choose from {', '.join(CASES)}.")
     return {"case": case, "status": "ok", "step_times_s": times, "peak_rss_mb": _peak_rss_mb()}
@@ -151,16 +158,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--tag", default="trl_step")
+    parser.add_argument("--dpo-pairs", default=str(PIPELINE_PAIRS), help="JSONL of prompt/chosen/rejected, or 'bundled'")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    pairs = BUNDLED_PAIRS if args.dpo_pairs == "bundled" else Path(args.dpo_pairs).resolve()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker, args.steps)), flush=True)
+        print("RESULT " + json.dumps(worker(args.worker, args.steps, pairs)), flush=True)
         return
 
     rows = []
     for case in args.cases.split(","):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--worker", case, "--steps", str(args.steps)], cwd=REPO,
+        proc = subprocess.run([sys.executable, __file__, "--worker", case, "--steps", str(args.steps), "--dpo-pairs", str(pairs)], cwd=REPO,
                               capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
