@@ -1,4 +1,5 @@
-"""Batched, KV-cached sampling with Hugging Face ``generate`` (the CPU backend)."""
+"""Batched, KV-cached sampling with Hugging Face models: charlit's lean loop (:mod:`charlit.sampling.decode`)
+on fp32 CPU, Hugging Face ``generate`` elsewhere."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from tqdm.auto import tqdm
 from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
 from charlit.models import onednn
+from charlit.sampling import decode
 from charlit.sampling.base import Sampler, SamplingParams
 from charlit.sampling.lean_lora import lean_adapters
 
@@ -58,6 +60,7 @@ class HFSampler(Sampler):
         chunks = [prompts[i: i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         bar = tqdm(chunks, desc=desc or "generate", unit="batch", disable=len(chunks) < 2, leave=False)
         out: list[list[int]] = []
+        lean = onednn.supported(model)
         with eval_mode(model), self.decode_weights(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -68,14 +71,18 @@ class HFSampler(Sampler):
                 for row, ids in enumerate(chunk):  # left padding: every prompt ends where generation starts
                     input_ids[row, width - len(ids):] = torch.tensor(ids)
                     attention[row, width - len(ids):] = 1
-                sampling = params.temperature > 0
-                generated = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                    max_new_tokens=params.max_new_tokens, do_sample=sampling,
-                    temperature=params.temperature if sampling else None,
-                    top_p=params.top_p if sampling else None, top_k=params.top_k if sampling else None,
-                    eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True,
-                )
-                for row in generated[:, width:].tolist():
+                input_ids, attention = input_ids.to(device), attention.to(device)
+                if lean:
+                    generated = decode.sample(model, input_ids, attention, params, stop_ids, pad_id)
+                else:
+                    sampling = params.temperature > 0
+                    generated = model.generate(
+                        input_ids=input_ids, attention_mask=attention,
+                        max_new_tokens=params.max_new_tokens, do_sample=sampling,
+                        temperature=params.temperature if sampling else None,
+                        top_p=params.top_p if sampling else None, top_k=params.top_k if sampling else None,
+                        eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True,
+                    )[:, width:]
+                for row in generated.tolist():
                     out.append(trim_response(row, set(stop_ids)))
         return out
