@@ -65,7 +65,7 @@ def _candidate(path: str | None, what: str, tokenizer) -> Candidate | None:
         return None
     ckpt = resolve_checkpoint(str(path), what)
     loaded = load_model(OmegaConf.create({"name_or_path": str(ckpt.model_dir)}), tokenizer=tokenizer, apply_lora=False)
-    loaded.model.requires_grad_(False)  # evaluation only: frozen weights also decode through oneDNN on CPU
+    loaded.model.requires_grad_(False)  # evaluation only: no parameter needs a gradient
     if loaded.model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise ValueError(f"{what}={path!r} has a smaller vocabulary than the base model's tokenizer; "
                          f"evaluate it with the base model it was trained from (model=...).")

@@ -24,14 +24,19 @@ import torch
 import torch.nn.functional as F
 
 
+def _op_available() -> bool:
+    """A oneDNN-enabled torch that has the dense-in/dense-out linear op."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _fp32_cpu(t: torch.Tensor) -> bool:
+    return t.dtype == torch.float32 and t.device.type == "cpu"
+
+
 def supported(model) -> bool:
-    """fp32 on CPU with a oneDNN-enabled torch that has the dense-in/dense-out linear op."""
-    try:
-        param = next(model.parameters())
-    except StopIteration:
-        return False
-    return (param.device.type == "cpu" and param.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    """fp32 on CPU, and the op is available."""
+    param = next(model.parameters(), None)
+    return param is not None and _fp32_cpu(param) and _op_available()
 
 
 def _dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -44,7 +49,6 @@ class _LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
-        ctx.has_bias = bias is not None
         return _dense(x, weight, bias)
 
     @staticmethod
@@ -57,13 +61,9 @@ class _LinearFn(torch.autograd.Function):
             dx = _dense(flat, weight.t(), None).view(*dy.shape[:-1], weight.shape[1])
         if ctx.needs_input_grad[1]:
             dw = _dense(flat.t().contiguous(), x.reshape(-1, x.shape[-1]).t().contiguous(), None)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:   # False when there is no bias
             db = flat.sum(dim=0)
         return dx, dw, db
-
-
-def _fp32_cpu(t: torch.Tensor) -> bool:
-    return t.dtype == torch.float32 and t.device.type == "cpu"
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,7 +82,7 @@ def _accelerated_forward(self, x):
 def accelerate(model) -> int:
     """Route every ``nn.Linear`` of ``model`` through :func:`linear` (a per-instance ``forward``: parameters,
     module names and the state dict stay as they are). Returns how many layers; 0 when oneDNN is missing."""
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    if not _op_available():
         return 0
     count = 0
     for module in model.modules():
@@ -118,7 +118,7 @@ def swapped_in(model):
     try:
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
-                if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
+                if type(child) is torch.nn.Linear and _fp32_cpu(child.weight):
                     swaps.append((parent, name, child))
                     setattr(parent, name, OneDnnLinear(child))
         yield model

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
+from charlit.models import onednn
 from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
-from charlit.models import onednn
 from charlit.sampling import decode
 from charlit.sampling.base import Sampler, SamplingParams
 from charlit.sampling.lean_lora import lean_adapters
