@@ -93,7 +93,8 @@ def _trl(kind: str, steps: int, pairs: Path) -> list[float]:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from charlit.data.prompts import load_prompt_set, read_jsonl
+    from charlit.data.io import read_jsonl
+    from charlit.data.prompts import load_prompt_set
     from charlit.models.bundled import converted_dir
 
     source = str(converted_dir())

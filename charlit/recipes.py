@@ -1,10 +1,11 @@
-"""Multi-stage training recipes: a data variant of ``kind: recipe`` lists stages, each a full training run.
+"""Multi-stage training recipes (the ``recipe`` config group, ``conf/recipe/``): ``recipe.stages`` lists stages,
+each a full training run.
 
-``data=pairs_introspection`` is OCT's recipe: DPO on generated pairs, then SFT on introspection data that
+``recipe=pairs_introspection`` is OCT's recipe: DPO on generated pairs, then SFT on introspection data that
 the DPO-trained model writes (with the constitution in context), starting from that model. Each stage's
-config is composed like ``train.py <the user's overrides> <the stage's overrides>``; the user's ``data``
-and ``method`` overrides are left out (they name the recipe, not a stage), and a stage with
-``from_previous: true`` loads and generates with the previous stage's ``final/`` checkpoint.
+config is composed like ``train.py <the user's overrides> <the stage's overrides>`` with no recipe; the user's
+``data``, ``method`` and ``recipe`` overrides are left out (each stage sets its own data and method), and a stage
+with ``from_previous: true`` loads and generates with the previous stage's ``final/`` checkpoint.
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from omegaconf import DictConfig
 
 from charlit.run import train
 
-_NOT_PASSED_ON = ("data", "method")
+_NOT_PASSED_ON = ("data", "method", "recipe")
 
 
 def is_recipe(cfg: DictConfig) -> bool:
-    return cfg.data.get("kind") == "recipe"
+    return cfg.get("recipe") is not None
 
 
 def _user_overrides() -> list[str]:
@@ -34,7 +35,7 @@ def _user_overrides() -> list[str]:
 
 
 def stage_overrides(stage, user: list[str], previous_final: str | None) -> list[str]:
-    overrides = [*user, *stage.overrides]
+    overrides = [*user, *stage.overrides, "~recipe"]   # a stage is a plain training run (even under +arm=oct)
     if stage.get("from_previous"):
         if previous_final is None:
             raise ValueError(f"Recipe stage {stage.name!r} has from_previous=true but no earlier stage saved a "
@@ -45,21 +46,21 @@ def stage_overrides(stage, user: list[str], previous_final: str | None) -> list[
 
 def run_recipe(cfg: DictConfig, run_dir: Path) -> list[dict]:
     """Run every stage in order under ``run_dir/<i>_<stage name>/``; writes ``recipe.json`` with their summaries."""
-    stages = list(cfg.data.stages)
+    name = cfg.recipe.name
+    stages = list(cfg.recipe.get("stages") or [])
     if not stages:
-        raise ValueError(f"data={cfg.data.name} is a recipe with no stages; list them under data.stages.")
+        raise ValueError(f"recipe={name} has no stages; list them under recipe.stages.")
     user = _user_overrides()
     summaries, previous_final = [], None
     for i, stage in enumerate(stages):
         overrides = stage_overrides(stage, user, previous_final)
-        print(f"[charlit] recipe {cfg.data.name}: stage {i + 1}/{len(stages)} {stage.name}: {' '.join(overrides)}",
-              flush=True)
+        print(f"[charlit] recipe {name}: stage {i + 1}/{len(stages)} {stage.name}: {' '.join(overrides)}", flush=True)
         stage_cfg = compose(config_name="train", overrides=overrides)
         summary = train(stage_cfg, run_dir / f"{i}_{stage.name}", reuse_finished=True)
         summaries.append(summary)
         previous_final = summary["paths"]["final"]
     (run_dir / "recipe.json").write_text(json.dumps(
-        {"recipe": cfg.data.name, "stages": [{"name": s.name, "run_dir": x["paths"]["run_dir"], "data": x["data"],
-                                               "method": x["method"], "metrics": x["metrics"]}
-                                              for s, x in zip(stages, summaries)]}, indent=2, default=str))
+        {"recipe": name, "stages": [{"name": s.name, "run_dir": x["paths"]["run_dir"], "data": x["data"],
+                                     "method": x["method"], "metrics": x["metrics"]}
+                                    for s, x in zip(stages, summaries)]}, indent=2, default=str))
     return summaries

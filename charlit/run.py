@@ -13,17 +13,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from charlit.checkpointing import AtomicCheckpointIO, config_fingerprint, find_resume, mark_run
 from charlit.data.constitution import Constitution, resolve_persona
-from charlit.data.datamodule import build_datamodule
+from charlit.data.modules import build_datamodule
 from charlit.data.pipeline import prepare_data
 from charlit.data.pipeline.card import log_card_to_wandb
 from charlit.eval import train_hook
 from charlit.loggers import build_logger, plain_config
 from charlit.models import load_model
-from charlit.objectives import get_objective
-from charlit.objectives.base import RunContext
-from charlit.sampling import build_sampler
+from charlit.objectives import OBJECTIVES
+from charlit.objectives.base import ObjectiveContext, OptimSettings
+from charlit.objectives.validation import ValidationSettings
+from charlit.sampling import build_sampler, sampler_settings
+from charlit.settings import parse
 from charlit.strategies import build_strategy
 from charlit.sweeps.publish import sweep_group
+from charlit.teachers import teacher_factory
 
 
 def constitution_from_cfg(cfg: DictConfig) -> Constitution:
@@ -80,18 +83,33 @@ def check_context_window(cfg: DictConfig, model) -> None:
                              f"max_position_embeddings={limit}); set {key}<={limit}.")
 
 
-def build_objective(cfg: DictConfig):
-    """The objective (LightningModule) and data module a config describes."""
+def check_trainer(cfg: DictConfig) -> None:
+    """The Lightning ``trainer`` settings charlit relies on (the rest Lightning checks itself)."""
+    steps = cfg.trainer.get("max_steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+        raise ValueError(f"trainer.max_steps={steps!r} must be a positive integer (optimizer steps to run).")
+
+
+def build_objective(cfg: DictConfig, dataset_path: Path | None = None):
+    """The objective (LightningModule) and data module a config describes; every setting is checked before the
+    model loads."""
     constitution = constitution_from_cfg(cfg)
-    objective_cls = get_objective(str(cfg.method.name))
+    objective_cls = OBJECTIVES.get(cfg.method.name)
+    config = parse(objective_cls.Config, cfg.method, "method")
+    check_trainer(cfg)
+    sampling = sampler_settings(cfg.sampler).params()
+    make_teacher = teacher_factory(cfg.teacher)
+    optim = parse(OptimSettings, cfg.optim, "optim")
+    validation = ValidationSettings.from_config(cfg.val)
     loaded = load_model(cfg.model)
     check_context_window(cfg, loaded.model)
     datamodule = build_datamodule(cfg.data, constitution, loaded.tokenizer, objective_cls.accepted_data_kinds(),
                                   seed=int(cfg.seed), method=str(cfg.method.name),
-                                  conversation_format=objective_cls.conversation_format)
-    sampler = build_sampler(cfg.sampler, loaded.tokenizer)
-    objective = objective_cls(RunContext(cfg=cfg, loaded=loaded, constitution=constitution, sampler=sampler))
-    return objective, datamodule
+                                  conversation_format=objective_cls.conversation_format, dataset_path=dataset_path)
+    ctx = ObjectiveContext(loaded=loaded, constitution=constitution, sampler=build_sampler(cfg.sampler, loaded.tokenizer),
+                           sampling=sampling, teacher=make_teacher, data_kind=str(cfg.data.kind), optim=optim,
+                           validation=validation, max_steps=int(cfg.trainer.max_steps), seed=int(cfg.seed))
+    return objective_cls(config, ctx), datamodule
 
 
 def reused_summary(resume, run_dir: Path) -> dict:
@@ -132,12 +150,12 @@ def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) ->
     if resume is not None and resume.checkpoint is None:
         return reused_summary(resume, run_dir)
     checkpoint_path = resume.checkpoint if resume else None
-    cfg, dataset = prepare_data(cfg)  # generates the data variant's dataset first unless it is cached
+    dataset = prepare_data(cfg)  # generates the data variant's dataset first unless it is cached
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    objective, datamodule = build_objective(cfg)
+    objective, datamodule = build_objective(cfg, dataset.path if dataset is not None else None)
     constitution = objective.constitution
 
-    config = plain_config(cfg)   # as trained: includes the generated dataset's path
+    config = plain_config(cfg)
     run_name = f"{cfg.method.name}-{cfg.teacher.name}-{cfg.data.name}-{constitution.name}"
     tags = [f"method:{cfg.method.name}", f"teacher:{cfg.teacher.name}", f"data:{cfg.data.name}", f"persona:{constitution.name}"]
     logger = build_logger(cfg.logger, run_dir, config, run_name, group=hydra_sweep_group(), tags=tags)
@@ -158,6 +176,7 @@ def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) ->
 
     final_dir = save_final(objective, run_dir / "final") if cfg.output.save_final and trainer.is_global_zero else None
     summary = build_summary(cfg, config, objective, trainer, run_dir, final_dir, time.perf_counter() - start, constitution)
+    summary["paths"]["dataset"] = str(dataset.path) if dataset is not None else None   # generated by the data pipeline
     if train_hook.enabled(cfg) and final_dir is not None:
         summary["metrics"].update(train_hook.evaluate_final(cfg, objective.policy, objective.tokenizer, constitution, run_dir))
     if trainer.is_global_zero:

@@ -103,13 +103,12 @@ def parse(cls: type[C], node, prefix: str, ignore: Sequence[str] = ("name",)) ->
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}"
-        if name not in values:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ValueError(f"{key} is required; set {key}=<value>.")
-            continue
-        value = values[name]
+        value = values.get(name, "???")
         if value == "???":
-            raise ValueError(f"{key} is required; set {key}=<value>.")
+            if f.default is not MISSING or f.default_factory is not MISSING:
+                continue
+            what = f" ({f.metadata['help']})" if f.metadata.get("help") else ""
+            raise ValueError(f"{key} is required{what}; set {key}=<value>.")
         value = _coerce(key, value, hints[name])
         _check_range(key, value, f.metadata)
         kwargs[name] = value

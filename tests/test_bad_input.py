@@ -26,7 +26,7 @@ def test_unknown_group_option_lists_the_choices(group, choice, listed):
                                              ('{"messages": [{"role": "user", "content": "hi"}]}\n', "no assistant message"),
                                              ('[1, 2]\n', "must be a JSON object")])
 def test_empty_or_malformed_dataset_rows_name_the_file(tmp_path, tokenizer, pirate, content, message):
-    from charlit.data.datamodule import build_datamodule
+    from charlit.data.modules import build_datamodule
 
     path = tmp_path / "rows.jsonl"
     path.write_text(content)

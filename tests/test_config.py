@@ -61,11 +61,15 @@ def test_slurm_launcher_composes():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
 
 
-@pytest.mark.parametrize("arm,method,data", [("oct", "dpo", "pairs_introspection"), ("on_policy_distill", "on_policy_distill", "prompts"),
+@pytest.mark.parametrize("arm,method,data", [("on_policy_distill", "on_policy_distill", "prompts"),
                                              ("self_distill", "self_distill", "prompts")])
 def test_method_ablation_arms_compose(arm, method, data):
     cfg = compose([f"+arm={arm}"])
-    assert (cfg.method.name, cfg.data.name) == (method, data)
+    assert (cfg.method.name, cfg.data.name) == (method, data) and cfg.get("recipe") is None
+
+
+def test_oct_arm_is_the_pairs_introspection_recipe():
+    assert compose(["+arm=oct"]).recipe.name == "pairs_introspection"
 
 
 def test_tiny_model_sets_generation_defaults_that_overrides_still_beat():

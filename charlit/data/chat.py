@@ -20,6 +20,11 @@ def student_messages(prompt: str | list[dict]) -> list[dict]:
     return as_messages(prompt)
 
 
+def last_user_turn(messages: list[dict]) -> str | None:
+    """The content of the last user message (None when there is none)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+
+
 def with_system(messages: list[dict], system: str) -> list[dict]:
     """``messages`` with ``system`` as the system prompt; an existing system message is kept after it."""
     messages = [dict(m) for m in messages]

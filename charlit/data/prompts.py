@@ -1,30 +1,12 @@
 """Bundled prompt sets: general user prompts for training and a disjoint held-out set for validation."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from charlit.data.constitution import Constitution
+from charlit.data.io import read_jsonl
+
 PROMPT_DIR = Path(__file__).parent / "prompts"
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read JSON Lines; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Data file {path} does not exist.")
-    rows = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}.")
-            rows.append(row)
-    return rows
 
 
 def load_prompt_set(name_or_path: str) -> list[str]:
@@ -44,11 +26,30 @@ def load_prompt_set(name_or_path: str) -> list[str]:
     return prompts
 
 
+def prompt_key(prompt: str) -> str:
+    """The form prompts are compared in: lower case, whitespace collapsed."""
+    return " ".join(prompt.lower().split())
+
+
 def dedupe(prompts: list[str]) -> list[str]:
     seen, out = set(), []
     for p in prompts:
-        key = " ".join(p.lower().split())
+        key = prompt_key(p)
         if key not in seen:
             seen.add(key)
             out.append(p)
     return out
+
+
+def training_prompts(sets, constitution: Constitution) -> list[str]:
+    """Union of prompt sets; the special set ``constitution`` is the persona's own example questions."""
+    prompts: list[str] = []
+    for name in sets:
+        prompts += constitution.questions if name == "constitution" else load_prompt_set(name)
+    return dedupe(prompts)
+
+
+def heldout_prompts(heldout_set: str, size: int, exclude: list[str]) -> list[str]:
+    """The first ``size`` prompts of ``heldout_set`` that are not also in ``exclude`` (the training prompts)."""
+    seen = {prompt_key(p) for p in exclude}
+    return [p for p in load_prompt_set(heldout_set) if prompt_key(p) not in seen][:size]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from charlit.data.prompts import read_jsonl
+from charlit.data.io import read_jsonl
 
 DATA_DIR = Path(__file__).parent / "data"
 

@@ -1,4 +1,4 @@
-"""The likelihood judge (DESIGN §6): how much more likely a reply becomes when the constitution is in context.
+"""The likelihood judge (docs/evaluation.md): how much more likely a reply becomes when the constitution is in context.
 
 For each reply, the judge model (the frozen base) scores the mean per-token log-probability of the reply
 given the prompt with the constitution as system prompt, minus the same given the bare prompt. Replies
@@ -12,7 +12,7 @@ from charlit.data.chat import render_prompt_ids, student_messages, teacher_messa
 from charlit.data.constitution import Constitution
 from charlit.kernels import fused_linear_logprobs
 from charlit.models.heads import lm_head
-from charlit.objectives.sequences import response_hidden, response_targets
+from charlit.models.sequences import response_hidden, response_targets, segment_sum
 
 
 def mean_reply_logprob(model, tokenizer, contexts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
@@ -21,10 +21,9 @@ def mean_reply_logprob(model, tokenizer, contexts: list[list[int]], responses: l
     head = lm_head(model)
     targets = response_targets(responses, hidden.device)
     logp = fused_linear_logprobs(hidden, head.weight, targets, bias=head.bias, softcap=head.softcap)
-    lengths = torch.tensor([len(r) for r in responses], device=logp.device)
-    owner = torch.repeat_interleave(torch.arange(len(responses), device=logp.device), lengths)
-    sums = torch.zeros(len(responses), dtype=torch.float32, device=logp.device).index_add_(0, owner, logp.float())
-    return sums / lengths.clamp(min=1)
+    lengths = [len(r) for r in responses]
+    sums = segment_sum(logp.float(), lengths)
+    return sums / torch.tensor(lengths, device=sums.device).clamp(min=1)
 
 
 @torch.no_grad()

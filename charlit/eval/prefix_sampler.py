@@ -9,7 +9,7 @@ import copy
 import torch
 
 from charlit.models.modes import eval_mode
-from charlit.objectives.sequences import shared_prefix_length
+from charlit.models.sequences import shared_prefix_length
 from charlit.sampling.base import Sampler, SamplingParams
 from charlit.sampling.hf import HFSampler, end_token_ids, trim_response
 

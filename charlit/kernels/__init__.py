@@ -1,10 +1,20 @@
 """Fused large-vocabulary losses: linear layer + divergence / log-probs without [N, V] logits.
 
 ``fused_linear_divergence`` and ``fused_linear_logprobs`` take hidden states and the lm_head
-weight; backends ("torch" chunked, "triton", "cuda", float64 "reference") sit behind one
-dispatcher (``backend="auto"``: triton on CUDA tensors, torch on CPU).
+weight. Backends ("torch" chunked, "triton", "cuda"; see ``charlit.kernels.backends``) meet one
+contract and are chosen by name: the ops' ``backend=`` argument, else ``$CHARLIT_KERNEL_BACKEND``,
+else ``set_default_backend`` (from config), else "auto" (first available per device type,
+``selection.AUTO_ORDER``). "reference" runs the float64 materialised ground truth.
 """
-from ._validate import BACKENDS
-from .api import fused_linear_divergence, fused_linear_logprobs
 
-__all__ = ["fused_linear_divergence", "fused_linear_logprobs", "BACKENDS"]
+from .api import fused_linear_divergence, fused_linear_logprobs
+from .selection import BACKEND_ENV_VAR, backend_names, default_backend, set_default_backend
+
+__all__ = [
+    "fused_linear_divergence",
+    "fused_linear_logprobs",
+    "BACKEND_ENV_VAR",
+    "backend_names",
+    "default_backend",
+    "set_default_backend",
+]

@@ -12,14 +12,8 @@ from typing import Optional
 import torch
 
 IGNORE_INDEX = -100
-BACKENDS = ("auto", "torch", "triton", "cuda", "reference")
 REDUCTIONS = ("mean", "sum", "none")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends are {', '.join(map(repr, BACKENDS))}")
 
 
 def _check_float(name: str, t: torch.Tensor) -> None:

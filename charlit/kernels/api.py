@@ -1,14 +1,13 @@
-"""Public fused ops: validation, compaction of ignored positions, reduction, dispatch."""
+"""Public fused ops: validation, compaction of ignored positions, reduction, backend selection."""
 from __future__ import annotations
 
 from typing import Optional, Union
 
 import torch
 
-from . import reference
+from . import float64_reference
 from ._validate import (
     REDUCTIONS,
-    check_backend,
     check_linear,
     check_scalars,
     check_vocab,
@@ -16,7 +15,7 @@ from ._validate import (
     labels_valid,
     valid_rows,
 )
-from .dispatch import resolve
+from .selection import requested, resolve
 
 
 def _zero_with_graph(*tensors: Optional[torch.Tensor]) -> torch.Tensor:
@@ -42,7 +41,7 @@ def fused_linear_divergence(
     student_bias: Optional[torch.Tensor] = None,
     teacher_bias: Optional[torch.Tensor] = None,
     softcap: Optional[float] = None,
-    backend: str = "auto",
+    backend: Optional[str] = None,
 ) -> torch.Tensor:
     """Divergence between teacher and student next-token distributions, from hidden states.
 
@@ -60,9 +59,10 @@ def fused_linear_divergence(
     -100 means ignored (the usual ``labels`` tensor, already shifted).  ``reduction``:
     ``"mean"`` over counted positions (or divided by ``num_items``, e.g. the global-batch token
     count, clamped to >= 1), ``"sum"``, or ``"none"`` (leading shape, 0 where not counted).
-    ``scale_by_t2`` multiplies by ``temperature**2``.  Returns fp32.
+    ``scale_by_t2`` multiplies by ``temperature**2``.  ``backend``: a name from ``backend_names()``; None uses
+    ``default_backend()``.  Returns fp32.
     """
-    check_backend(backend)
+    name, source = requested(backend)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if num_items is not None and reduction != "mean":
@@ -82,8 +82,8 @@ def fused_linear_divergence(
     keep = valid_rows(mask, lead, student_hidden.device)
     if teacher_bias is not None:
         teacher_bias = teacher_bias.detach()
-    if backend == "reference":
-        return reference.fused_linear_divergence(
+    if name == "reference":
+        return float64_reference.fused_linear_divergence(
             student_hidden, student_weight, teacher_hidden, teacher_weight, keep, beta, temperature,
             scale_by_t2, reduction, num_items, student_bias, teacher_bias, softcap,
         )
@@ -97,7 +97,7 @@ def fused_linear_divergence(
         zero = _zero_with_graph(student_hidden, student_weight, student_bias)
         return zero + torch.zeros(lead, dtype=torch.float32, device=zero.device) if reduction == "none" else zero
 
-    impl = resolve(backend, student_hidden.device)
+    impl = resolve(name, student_hidden.device, source)
     xs = rows.take(student_hidden)
     xt = rows.take(teacher_hidden.detach())
     out = impl.divergence(xs, student_weight, student_bias, xt, wt, bt, beta, temperature, softcap, reduction == "none")
@@ -122,27 +122,28 @@ def fused_linear_logprobs(
     ignore_index: int = -100,
     bias: Optional[torch.Tensor] = None,
     softcap: Optional[float] = None,
-    backend: str = "auto",
+    backend: Optional[str] = None,
 ) -> torch.Tensor:
     """Per-position ``z_y - logsumexp(z)`` of the (soft-capped, temperature-scaled) logits.
 
     ``hidden [..., H]``, ``weight [V, H]``, ``targets`` int with the leading shape.  Returns
     fp32 with the leading shape, 0 where ``targets == ignore_index``; differentiable w.r.t.
     ``hidden``, ``weight`` and ``bias``.  Sum it for sequence log-probs (DPO), negate and
-    average for cross-entropy.
+    average for cross-entropy.  ``backend`` as for :func:`fused_linear_divergence`.
     """
-    check_backend(backend)
+    name, source = requested(backend)
     check_scalars(temperature, softcap)
     check_linear("", hidden, weight, bias)
     lead = hidden.shape[:-1]
     keep = labels_valid(targets, lead, weight.shape[0], ignore_index)
-    if backend == "reference":
-        return reference.fused_linear_logprobs(hidden, weight, targets, temperature, ignore_index, bias, softcap)
+    if name == "reference":
+        return float64_reference.fused_linear_logprobs(hidden, weight, targets, temperature, ignore_index, bias,
+                                                       softcap)
     rows = compact(keep.to(hidden.device), lead)
     if rows.count == 0:
         zero = _zero_with_graph(hidden, weight, bias)
         return zero + torch.zeros(lead, dtype=torch.float32, device=zero.device)
-    impl = resolve(backend, hidden.device)
+    impl = resolve(name, hidden.device, source)
     y = rows.take(targets.to(hidden.device)).long()
     out = impl.logprobs(rows.take(hidden), weight, bias, y, temperature, softcap)
     return rows.scatter(out)

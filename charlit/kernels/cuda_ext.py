@@ -1,4 +1,4 @@
-"""CUDA C++ backend (``csrc/fused_losses.cu``), built on first use with
+"""CUDA C++ backend (``charlit/kernels/csrc/fused_losses.cu``, package data), built on first use with
 ``torch.utils.cpp_extension.load`` and called through ``torch.ops.charlit_kernels``.
 
 Same contract as ``torch_chunked``: compacted rows in; gradients computed in the forward
@@ -10,10 +10,18 @@ from pathlib import Path
 
 import torch
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [CSRC / "fused_losses.cu"]
 GPU_TILE_BYTES = 512 * 2**20
 _loaded = False
+
+
+def sources_problem() -> str:
+    """Why the CUDA sources cannot be used ("" when they are all there)."""
+    missing = [str(p) for p in SOURCES if not p.exists()]
+    if not missing:
+        return ""
+    return f"CUDA sources not found: {missing}; reinstall charlit (they ship as package data in charlit/kernels/csrc)"
 
 
 def load() -> None:
@@ -23,9 +31,8 @@ def load() -> None:
         return
     if not torch.cuda.is_available():
         raise RuntimeError("backend='cuda' needs a CUDA device and a CUDA build of torch; use backend='torch' on CPU")
-    missing = [str(p) for p in SOURCES if not p.exists()]
-    if missing:
-        raise RuntimeError(f"CUDA sources not found: {missing}; run from a source checkout of charlit (csrc/ is not packaged)")
+    if sources_problem():
+        raise RuntimeError(sources_problem())
     from torch.utils.cpp_extension import load as _load
 
     _load(
@@ -111,11 +118,11 @@ class CudaLogprobs(torch.autograd.Function):
         )
 
 
-def divergence(xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile=None):
+def divergence(xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row):
     return CudaDivergence.apply(
         xs, ws, bs, xt, wt, bt, float(beta), float(temperature), softcap, per_row, torch.is_grad_enabled()
     )
 
 
-def logprobs(x, w, b, y, temperature, softcap, tile=None):
+def logprobs(x, w, b, y, temperature, softcap):
     return CudaLogprobs.apply(x, w, b, y, float(temperature), softcap)

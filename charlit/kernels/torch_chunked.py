@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from charlit.kernels import cpu_fused
+from charlit.kernels.debug import Plan, record_plan
 
 TILE_BUDGET_BYTES = 256 * 2**20
 """Upper bound on the fp32 bytes of the [B, V] buffers that live at once for one divergence tile."""
@@ -46,9 +47,6 @@ the loss 4.9x the GEMM floor versus 1.7x for whole tiles (H 576, V 49152, load ~
 GRAD_IN_FORWARD = True
 """Scalar-upstream divergence: compute dX/dW in forward (4 GEMMs) rather than recompute (6)."""
 MIN_TILE = 16
-
-last_plan: dict = {}
-"""Tile sizes used by the most recent call (inspected by tests that forbid [N, V] buffers)."""
 
 
 def plan_token_tile(n: int, vocab: int, buffers: int, tile: Optional[int] = None, budget: Optional[int] = None) -> int:
@@ -281,8 +279,7 @@ class DivergenceFunction(torch.autograd.Function):
         # a per-row upstream gradient can still be applied afterwards to dX rows, not to dW/db
         eager = any_grad and GRAD_IN_FORWARD and not (per_row and (need[1] or need[2]))
         B = plan_token_tile(n, ws.shape[0], _tile_buffers(dev, 2, 2 + (1 if (softcap is not None and any_grad) else 0)), tile)
-        last_plan.clear()
-        last_plan.update(op="divergence", n=n, vocab=ws.shape[0], token_tile=B, grad_in_forward=eager)
+        record_plan(Plan("divergence", "torch", n, ws.shape[0], B, eager))
         acc = _GradAcc(sh, n, xs_c, need[0], need[1], need[2]) if eager else None
         loss = torch.empty(n, dtype=torch.float32, device=dev)
         work = _Workspace(B, ws.shape[0], dev)
@@ -390,8 +387,7 @@ class LogprobsFunction(torch.autograd.Function):
         eager = need[0] and not (need[1] or need[2]) and GRAD_IN_FORWARD
         extra = 1 + (1 if softcap is not None and any(need) else 0)
         B = plan_token_tile(n, w.shape[0], _tile_buffers(dev, 1, extra), tile, LOGPROB_TILE_BUDGET_BYTES)
-        last_plan.clear()
-        last_plan.update(op="logprobs", n=n, vocab=w.shape[0], token_tile=B, grad_in_forward=eager)
+        record_plan(Plan("logprobs", "torch", n, w.shape[0], B, eager))
         out = torch.empty(n, dtype=torch.float32, device=dev)
         acc = _GradAcc(head, n, xc, True, False, False) if eager else None
         work = _Workspace(B, w.shape[0], dev)

@@ -1,4 +1,4 @@
-"""Training objectives, one LightningModule plugin per method (see :mod:`charlit.objectives.registry`)."""
-from charlit.objectives.registry import available, get_objective, register
+"""Training objectives, one LightningModule plugin per method, looked up in :data:`OBJECTIVES`."""
+from charlit.objectives.registry import OBJECTIVES
 
-__all__ = ["available", "get_objective", "register"]
+__all__ = ["OBJECTIVES"]

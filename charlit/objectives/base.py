@@ -1,41 +1,65 @@
 """The base LightningModule every objective extends: optimiser, held-out validation, shared metrics.
 
-A subclass sets ``data_kind`` (what its batches hold: ``prompts``, ``conversations`` or ``pairs``; or
-``data_kinds``, a tuple, when it accepts several), ``conversation_format`` for conversations (``tokens``,
-``all_turns`` or ``last_turn``, see :mod:`charlit.data.datamodule`) and implements
-``compute_loss(batch) -> (loss, metrics, n_tokens)``. Everything else (grad norm, learning rate,
-tokens/s, ``val/divergence``, ``val/persona_gain``, sample tables) is shared.
+A subclass declares its settings as a nested ``Config`` dataclass (see :mod:`charlit.settings`; the ``method``
+config group is parsed into it), sets ``data_kind`` (what its batches hold: ``prompts``, ``conversations`` or
+``pairs``; or ``data_kinds``, a tuple, when it accepts several), ``conversation_format`` for conversations
+(``tokens``, ``all_turns`` or ``last_turn``, see :mod:`charlit.data.modules`) and implements
+``compute_loss(batch) -> (loss, metrics, n_tokens)``. It is built as ``Objective(config, ctx)`` from its own
+settings and an :class:`ObjectiveContext`, never from the whole run config, so it can be unit-tested without
+Hydra. Everything else (grad norm, learning rate, tokens/s, ``val/divergence``, ``val/persona_gain``, sample
+tables) is shared.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 
 from charlit.data.constitution import Constitution
 from charlit.models import LoadedModel
-from charlit.models.reference import FrozenReference
-from charlit.objectives.validation import HeldOutValidation
+from charlit.models.frozen import FrozenReference
+from charlit.objectives.validation import HeldOutValidation, ValidationSettings
 from charlit.sampling import Sampler, SamplingParams
+from charlit.settings import setting
+from charlit.teachers import Teacher
+
+SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass
-class RunContext:
-    """Everything an objective is built from."""
-    cfg: DictConfig              # the whole composed config
+class OptimSettings:
+    """AdamW and its learning-rate schedule (the ``optim`` block of conf/train.yaml)."""
+    lr: float = setting(5.0e-4, gt=0)
+    weight_decay: float = setting(0.0, ge=0)
+    betas: list = setting([0.9, 0.999])
+    warmup_steps: int = setting(2, ge=0)
+    schedule: str = setting("constant", choices=SCHEDULES)
+
+    def check(self, prefix: str) -> None:
+        if len(self.betas) != 2 or not all(0 <= float(b) < 1 for b in self.betas):
+            raise ValueError(f"{prefix}.betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999].")
+
+
+TeacherFactory = Callable[..., Teacher]   # (policy, reference, tokenizer, constitution, weights=, ema_decay=) -> Teacher
+
+
+@dataclass
+class ObjectiveContext:
+    """What an objective is built from besides its own settings: the model, persona and run-level services."""
     loaded: LoadedModel
     constitution: Constitution
     sampler: Sampler
-
-
-def sampling_params(cfg) -> SamplingParams:
-    return SamplingParams(max_new_tokens=int(cfg.max_new_tokens), temperature=float(cfg.temperature),
-                          top_p=float(cfg.get("top_p", 1.0)), top_k=int(cfg.get("top_k", 0)))
+    sampling: SamplingParams = field(default_factory=SamplingParams)   # on-policy sampling (the sampler group)
+    teacher: TeacherFactory | None = None      # builds the ``teacher`` group's teacher (teacher-based objectives)
+    data_kind: str = "prompts"                 # the kind of data this run trains on
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    max_steps: int = 1                         # for the learning-rate schedule
+    seed: int = 0
 
 
 class CharacterObjective(L.LightningModule):
@@ -44,24 +68,25 @@ class CharacterObjective(L.LightningModule):
     data_kinds: ClassVar[tuple[str, ...]] = ()          # accepted kinds when more than one; () = (data_kind,)
     conversation_format: ClassVar[str] = "tokens"
 
+    @dataclass
+    class Config:
+        """No settings; subclasses replace this with their own dataclass."""
+
     @classmethod
     def accepted_data_kinds(cls) -> tuple[str, ...]:
         return tuple(cls.data_kinds) or (cls.data_kind,)
 
-    def __init__(self, ctx: RunContext):
+    def __init__(self, config, ctx: ObjectiveContext):
         super().__init__()
-        self.run_cfg = ctx.cfg
-        self.method_cfg = ctx.cfg.method
+        self.config = config
+        self.ctx = ctx
         self.policy = ctx.loaded.model
         self.tokenizer = ctx.loaded.tokenizer
         self.constitution = ctx.constitution
         self.sampler = ctx.sampler
         self.reference = FrozenReference(self.policy)  # a plain attribute: never saved in checkpoints
-        val = ctx.cfg.val
-        self.validation = HeldOutValidation(
-            self.policy, self.reference, self.tokenizer, self.constitution, self.sampler,
-            sampling_params(ctx.cfg.val.sampling), beta=float(val.beta), temperature=float(val.temperature),
-            seed=int(ctx.cfg.seed) + 7919)
+        self.validation = HeldOutValidation(self.policy, self.reference, self.tokenizer, self.constitution,
+                                            self.sampler, ctx.validation, seed=ctx.seed + 7919)
         self.val_history: list[dict] = []   # one entry per validation run: step + aggregated metrics
         self.baselines: dict[str, float] = {}
         self.last_train_metrics: dict[str, float] = {}   # the latest value of every train/* metric
@@ -95,7 +120,7 @@ class CharacterObjective(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"train/loss is {loss.item()} at step {self.global_step} (method={self.name}); stopped before the "
-                f"optimizer step, and the checkpoints already written are kept. Lower optim.lr (now {self.run_cfg.optim.lr}), "
+                f"optimizer step, and the checkpoints already written are kept. Lower optim.lr (now {self.ctx.optim.lr}), "
                 f"keep trainer.gradient_clip_val on, or check the data; resume=<run dir> continues from the last checkpoint.")
         elapsed = max(time.perf_counter() - self._step_start, 1e-9)
         logged = {"train/loss": loss.detach().item(), **{f"train/{k}": float(v) for k, v in metrics.items()},
@@ -114,17 +139,12 @@ class CharacterObjective(L.LightningModule):
         self.last_train_metrics["train/grad_norm"] = float(norm)
 
     def configure_optimizers(self):
-        optim = self.run_cfg.optim
+        optim = self.ctx.optim
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("The policy has no trainable parameters; check model.lora / model settings.")
-        optimizer = torch.optim.AdamW(params, lr=float(optim.lr), weight_decay=float(optim.weight_decay),
-                                      betas=tuple(optim.betas))
-        warmup = int(optim.warmup_steps)
-        total = max(int(self.run_cfg.trainer.max_steps), 1)
-        schedule = str(optim.schedule)
-        if schedule not in ("constant", "cosine", "linear"):
-            raise ValueError(f"optim.schedule={schedule!r} is not valid; choose constant, cosine or linear.")
+        optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas))
+        warmup, total, schedule = optim.warmup_steps, max(self.ctx.max_steps, 1), optim.schedule
 
         def factor(step: int) -> float:
             if step < warmup:

@@ -7,28 +7,30 @@ Loss per response token (normalised over the global batch's response tokens)::
 
     D_β(p ‖ q)  +  ce_coef · (−log q_T=1(y_t))
 
-with ``beta=0`` the forward KL ``KL(p‖q)`` over the full vocabulary (default; any β as in DESIGN §3) at the
-loss temperature ``method.temperature``, and an optional hard-label cross-entropy on the data tokens
+with ``beta=0`` the forward KL ``KL(p‖q)`` over the full vocabulary (default; any β as in ``docs/design.md §2``)
+at the loss temperature ``method.temperature``, and an optional hard-label cross-entropy on the data tokens
 (always at temperature 1).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from charlit.kernels import fused_linear_logprobs
-from charlit.objectives.distillation import TeacherObjective
-from charlit.objectives.registry import register
-from charlit.objectives.sequences import response_targets
+from charlit.models.sequences import response_targets
+from charlit.objectives.registry import OBJECTIVES
+from charlit.objectives.teacher_objective import DivergenceSettings, TeacherObjective
+from charlit.settings import setting
 
 
-@register("distill")
+@OBJECTIVES.register("distill")
 class Distill(TeacherObjective):
     data_kind = "conversations"
     conversation_format = "all_turns"
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        self.ce_coef = float(self.method_cfg.get("ce_coef", 0.0))
-        if self.ce_coef < 0:
-            raise ValueError(f"method.ce_coef={self.ce_coef} must be >= 0 (0 disables the hard-label term).")
+    @dataclass
+    class Config(DivergenceSettings):
+        beta: float = setting(0.0, ge=0, le=1, help="0 forward KL(p||q) (default), 1 reverse KL(q||p)")
+        ce_coef: float = setting(0.0, ge=0, help="weight of the cross-entropy on the data tokens; 0 = off")
 
     def compute_loss(self, batch):
         prompts = [e["prompt"] for e in batch]
@@ -38,11 +40,11 @@ class Distill(TeacherObjective):
         divergence = self.divergence(scored)
         loss = divergence
         metrics = {"divergence": divergence.detach().item(), "response_len": scored.n_tokens / max(len(batch), 1)}
-        if self.ce_coef > 0:
+        if self.config.ce_coef > 0:
             targets = response_targets(responses, scored.student.device)
             logp = fused_linear_logprobs(scored.student, scored.head.weight, targets, bias=scored.head.bias,
                                          softcap=scored.head.softcap)
             ce = -logp.sum() / max(self.global_num_items(scored.n_tokens), 1.0)
-            loss = loss + self.ce_coef * ce
+            loss = loss + self.config.ce_coef * ce
             metrics["ce"] = ce.detach().item()
         return loss, metrics, scored.n_tokens

@@ -24,14 +24,17 @@ Logged: ``rewards/chosen`` = ``β(π_c − ref_c)``, ``rewards/rejected``, ``rew
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
 from charlit.models.heads import lm_head
+from charlit.models.sequences import response_hidden, response_targets, segment_sum, shared_context_hidden
 from charlit.objectives.base import CharacterObjective
-from charlit.objectives.registry import register
-from charlit.objectives.sequences import response_hidden, response_targets, shared_context_hidden
+from charlit.objectives.registry import OBJECTIVES
+from charlit.settings import setting
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -48,28 +51,21 @@ def preference_losses(loss_type: str, beta: float, policy_chosen, policy_rejecte
     raise ValueError(f"method.loss_type={loss_type!r} is not valid; choose one of {', '.join(LOSS_TYPES)}.")
 
 
-def _sequence_sums(token_values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    index = torch.repeat_interleave(torch.arange(len(lengths), device=token_values.device),
-                                    torch.tensor(lengths, device=token_values.device))
-    return torch.zeros(len(lengths), dtype=token_values.dtype, device=token_values.device).index_add(0, index, token_values)
-
-
-@register("dpo")
+@OBJECTIVES.register("dpo")
 class DPO(CharacterObjective):
     data_kind = "pairs"
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        m = self.method_cfg
-        self.loss_type, self.beta = str(m.loss_type), float(m.beta)
-        self.nll_coef, self.kl_coef = float(m.get("nll_coef", 0.0)), float(m.get("kl_coef", 0.0))
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"method.loss_type={self.loss_type!r} is not valid; choose one of {', '.join(LOSS_TYPES)}.")
-        if self.beta <= 0:
-            raise ValueError(f"method.beta={self.beta} must be > 0 (e.g. 0.1).")
-        for key in ("nll_coef", "kl_coef"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"method.{key}={getattr(self, key)} must be >= 0 (0 disables the term).")
+    @dataclass
+    class Config:
+        loss_type: str = setting("sigmoid", choices=LOSS_TYPES)
+        beta: float = setting(0.1, gt=0)
+        nll_coef: float = setting(0.0, ge=0, help="NLL per chosen token (OCT uses 0.1); 0 = off")
+        kl_coef: float = setting(0.0, ge=0, help="reverse KL to the reference per chosen token; 0 = off")
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self.loss_type, self.beta = config.loss_type, config.beta
+        self.nll_coef, self.kl_coef = config.nll_coef, config.kl_coef
 
     def _logps(self, model, contexts, chosen, rejected):
         """Per-token log-probs (flat: every chosen answer, then every rejected one) and their hidden states.
@@ -87,7 +83,7 @@ class DPO(CharacterObjective):
         lengths = [len(r) for r in chosen + rejected]
         n_chosen = sum(lengths[:n])
         token_logps, hidden, head = self._logps(self.policy, contexts, chosen, rejected)
-        policy_seq = _sequence_sums(token_logps, lengths)
+        policy_seq = segment_sum(token_logps, lengths)
 
         stored = "ref_chosen_logp" in batch[0]
         ref_hidden = ref_head = None
@@ -97,7 +93,7 @@ class DPO(CharacterObjective):
         with torch.no_grad(), self.reference.model() as reference:
             if not stored:
                 ref_tokens, ref_hidden, ref_head = self._logps(reference, contexts, chosen, rejected)
-                ref_seq = _sequence_sums(ref_tokens, lengths)
+                ref_seq = segment_sum(ref_tokens, lengths)
             elif self.kl_coef > 0:
                 ref_hidden = response_hidden(reference, contexts, chosen, self.tokenizer.pad_token_id)
                 ref_head = lm_head(reference)

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 
 from charlit.kernels import fused_linear_logprobs
-from charlit.objectives.distillation import TeacherObjective
-from charlit.objectives.registry import register
-from charlit.objectives.sequences import response_targets
+from charlit.models.sequences import response_targets
+from charlit.objectives.registry import OBJECTIVES
+from charlit.objectives.teacher_objective import DivergenceSettings, TeacherObjective
+from charlit.settings import setting
 
 ESTIMATORS = ("full", "sampled_token")
 
@@ -35,22 +37,21 @@ def on_policy_step(seed: int, step: int, lmbda: float) -> bool:
     return random.Random(int(seed) * 1_000_003 + int(step)).random() < float(lmbda)
 
 
-@register("on_policy_distill")
+@OBJECTIVES.register("on_policy_distill")
 class OnPolicyDistill(TeacherObjective):
     data_kind = "conversations"
     data_kinds = ("conversations", "prompts")
     conversation_format = "last_turn"
 
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        method = self.method_cfg
-        self.lmbda = float(method.lmbda)
-        self.estimator = str(method.estimator)
-        if not 0.0 <= self.lmbda <= 1.0:
-            raise ValueError(f"method.lmbda={self.lmbda} must be in [0, 1] (the fraction of on-policy steps).")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"method.estimator={self.estimator!r} is not valid; choose one of {', '.join(ESTIMATORS)}.")
-        if ctx.cfg.data.kind == "prompts" and self.lmbda < 1.0:
+    @dataclass
+    class Config(DivergenceSettings):
+        lmbda: float = setting(0.5, ge=0, le=1, help="fraction of on-policy steps (a coin per step from the seed)")
+        estimator: str = setting("full", choices=ESTIMATORS)
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self.lmbda, self.estimator = config.lmbda, config.estimator
+        if ctx.data_kind == "prompts" and self.lmbda < 1.0:
             raise ValueError(f"method.lmbda={self.lmbda} mixes in fixed responses, which data=prompts does not have; "
                              f"use data=conversations or set method.lmbda=1 (always on-policy).")
 
@@ -61,7 +62,7 @@ class OnPolicyDistill(TeacherObjective):
             prompts = [e["prompt"] for e in batch]
             contexts = [e["context_ids"] for e in batch]
             fixed = [e["response_ids"] for e in batch]
-        on_policy = fixed is None or on_policy_step(int(self.run_cfg.seed), int(self.global_step), self.lmbda)
+        on_policy = fixed is None or on_policy_step(self.ctx.seed, int(self.global_step), self.lmbda)
         metrics = {"on_policy": float(on_policy)}
         if on_policy:
             t0 = time.perf_counter()
@@ -80,7 +81,7 @@ class OnPolicyDistill(TeacherObjective):
         return loss, metrics, scored.n_tokens
 
     def sampled_token_loss(self, scored, responses):
-        temperature = float(self.method_cfg.temperature)
+        temperature = self.config.temperature
         targets = response_targets(responses, scored.student.device)
         head, teacher = scored.head, scored.teacher
         vocab = head.weight.shape[0]   # a padded teacher vocabulary: its rows beyond the student's are ignored

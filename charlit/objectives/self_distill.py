@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 
-from charlit.objectives.distillation import TeacherObjective
-from charlit.objectives.registry import register
+from charlit.objectives.registry import OBJECTIVES
+from charlit.objectives.teacher_objective import TeacherObjective
 
 
-@register("self_distill")
+@OBJECTIVES.register("self_distill")
 class SelfDistill(TeacherObjective):
     data_kind = "prompts"
 

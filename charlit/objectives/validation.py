@@ -20,9 +20,28 @@ from charlit.eval.likelihood_judge import persona_gain
 from charlit.kernels import fused_linear_divergence
 from charlit.models.heads import lm_head
 from charlit.models.modes import eval_mode
-from charlit.objectives.sequences import response_hidden
+from charlit.models.sequences import response_hidden
 from charlit.sampling import SamplingParams
-from charlit.teachers.base import SelfTeacher
+from charlit.settings import setting
+from charlit.teachers.self import SelfTeacher
+
+
+@dataclass
+class ValidationSettings:
+    """The ``val`` block of conf/train.yaml."""
+    every_n_steps: int = setting(10, ge=0, help="0 = no validation")
+    beta: float = setting(1.0, ge=0, le=1)
+    temperature: float = setting(1.0, gt=0)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+    @classmethod
+    def from_config(cls, node) -> "ValidationSettings":
+        from charlit.settings import parse
+
+        sampling = SamplingParams.from_config(node.get("sampling", {}), "val.sampling")
+        settings = parse(cls, {k: v for k, v in node.items() if k != "sampling"}, "val")
+        settings.sampling = sampling
+        return settings
 
 
 @dataclass
@@ -35,11 +54,11 @@ class BatchResult:
 
 
 class HeldOutValidation:
-    def __init__(self, policy, reference, tokenizer, constitution, sampler, params: SamplingParams,
-                 beta: float = 1.0, temperature: float = 1.0, seed: int = 1234):
+    def __init__(self, policy, reference, tokenizer, constitution, sampler, settings: ValidationSettings,
+                 seed: int = 1234):
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
-        self.constitution, self.sampler, self.params = constitution, sampler, params
-        self.beta, self.temperature, self.seed = beta, temperature, seed
+        self.constitution, self.sampler, self.params = constitution, sampler, settings.sampling
+        self.beta, self.temperature, self.seed = settings.beta, settings.temperature, seed
         self.teacher = SelfTeacher(policy, reference, tokenizer, constitution, weights="frozen")
         self.prompted_replies: dict[str, str] = {}   # prompt -> the prompted base's reply, for sample tables
 

@@ -1,4 +1,4 @@
 """Generation backends behind one interface: ``sampler=hf`` (CPU or GPU) and ``sampler=vllm`` (GPU, fixed weights)."""
-from charlit.sampling.base import Sampler, SamplingParams, build_sampler
+from charlit.sampling.base import SAMPLERS, Sampler, SamplerSettings, SamplingParams, build_sampler, sampler_settings
 
-__all__ = ["Sampler", "SamplingParams", "build_sampler"]
+__all__ = ["SAMPLERS", "Sampler", "SamplerSettings", "SamplingParams", "build_sampler", "sampler_settings"]

@@ -1,24 +1,43 @@
-"""The sampler interface: token-id prompts in, token-id responses out."""
+"""The sampler interface: token-id prompts in, token-id responses out; backends register in :data:`SAMPLERS`."""
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+
+from charlit.registry import Registry
+from charlit.settings import parse, setting
+
+SAMPLERS = Registry("sampler", package="charlit.sampling", group="charlit.samplers", option="sampler")
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    """How to sample one batch: temperature → top-k → top-p, as Hugging Face ``generate`` applies them."""
+    max_new_tokens: int = setting(48, ge=1)
+    temperature: float = setting(1.0, ge=0, help="0 = greedy")
+    top_p: float = setting(1.0, gt=0, le=1)
+    top_k: int = setting(0, ge=0, help="0 = off")
 
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"sampler.max_new_tokens={self.max_new_tokens} must be >= 1.")
-        if self.temperature < 0:
-            raise ValueError(f"sampler.temperature={self.temperature} must be >= 0 (0 = greedy).")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"sampler.top_p={self.top_p} must be in (0, 1].")
+    @classmethod
+    def from_config(cls, node, prefix: str, ignore=()) -> "SamplingParams":
+        """Parse the sampling keys of ``node`` (other keys listed in ``ignore`` are skipped)."""
+        keys = {f.name for f in dataclasses.fields(cls)}
+        return parse(cls, {k: v for k, v in node.items() if k in keys or k not in ignore}, prefix)
+
+
+@dataclass
+class SamplerSettings:
+    """Settings every sampler takes (the ``sampler`` group): how many prompts per call plus its sampling."""
+    batch_size: int = setting(16, ge=1)
+    max_new_tokens: int = setting(48, ge=1)
+    temperature: float = setting(1.0, ge=0, help="sampling temperature; 0 = greedy (the loss has its own)")
+    top_p: float = setting(1.0, gt=0, le=1)
+    top_k: int = setting(0, ge=0)
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k)
 
 
 class Sampler(ABC):
@@ -26,8 +45,15 @@ class Sampler(ABC):
 
     Responses are returned as token-id lists that end at (and include) the first end-of-turn token, or
     at ``max_new_tokens`` when the model did not finish. ``seed`` makes a call reproducible without
-    touching the caller's random state.
+    touching the caller's random state. A subclass registered in :data:`SAMPLERS` declares its settings as a
+    ``Config`` dataclass (at least :class:`SamplerSettings`) and is built by ``from_config(config, tokenizer)``.
     """
+
+    Config = SamplerSettings
+
+    @classmethod
+    def from_config(cls, config, tokenizer) -> "Sampler":
+        return cls(tokenizer, batch_size=config.batch_size)
 
     @abstractmethod
     def generate(self, model, prompts: list[list[int]], params: SamplingParams, *, seed: int | None = None,
@@ -35,15 +61,12 @@ class Sampler(ABC):
         ...
 
 
+def sampler_settings(cfg) -> SamplerSettings:
+    """The ``sampler`` group parsed into its sampler's ``Config``."""
+    return parse(SAMPLERS.get(cfg.get("name", "hf")).Config, cfg, "sampler")
+
+
 def build_sampler(cfg, tokenizer) -> Sampler:
-    name = cfg.get("name", "hf")
-    if name == "hf":
-        from charlit.sampling.hf import HFSampler
-
-        return HFSampler(tokenizer, batch_size=int(cfg.get("batch_size", 16)))
-    if name == "vllm":
-        from charlit.sampling.vllm import VLLMSampler
-
-        return VLLMSampler(tokenizer, gpu_memory_utilization=float(cfg.get("gpu_memory_utilization", 0.5)),
-                           dtype=str(cfg.get("dtype", "auto")))
-    raise ValueError(f"sampler.name={name!r} is not available; valid choices: hf, vllm.")
+    """The sampler the ``sampler`` group names, with its checked settings."""
+    cls = SAMPLERS.get(cfg.get("name", "hf"))
+    return cls.from_config(parse(cls.Config, cfg, "sampler"), tokenizer)

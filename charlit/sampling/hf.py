@@ -11,7 +11,7 @@ from charlit.models import onednn
 from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
 from charlit.sampling import decode
-from charlit.sampling.base import Sampler, SamplingParams
+from charlit.sampling.base import SAMPLERS, Sampler, SamplingParams
 from charlit.sampling.lean_lora import lean_adapters
 
 
@@ -36,6 +36,7 @@ def trim_response(tokens: list[int], stop_ids: set[int]) -> list[int]:
     return tokens
 
 
+@SAMPLERS.register("hf")
 class HFSampler(Sampler):
     def __init__(self, tokenizer, batch_size: int = 16):
         self.tokenizer = tokenizer

@@ -6,10 +6,12 @@ Untested on hardware here: this machine has no GPU and vLLM is not installed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from charlit.sampling.base import Sampler, SamplingParams
+from charlit.sampling.base import SAMPLERS, Sampler, SamplerSettings, SamplingParams
 from charlit.sampling.hf import end_token_ids, trim_response
+from charlit.settings import setting
 
 INSTALL_HINT = ("sampler=vllm needs vLLM, which is not installed: `pip install vllm` on a machine with a CUDA GPU, "
                 "or use sampler=hf")
@@ -35,7 +37,17 @@ def model_directory(model) -> str:
     return path
 
 
+@SAMPLERS.register("vllm")
 class VLLMSampler(Sampler):
+    @dataclass
+    class Config(SamplerSettings):
+        gpu_memory_utilization: float = setting(0.5, gt=0, le=1)
+        dtype: str = setting("auto", choices=("auto", "float16", "bfloat16", "float32"))
+
+    @classmethod
+    def from_config(cls, config, tokenizer):
+        return cls(tokenizer, gpu_memory_utilization=config.gpu_memory_utilization, dtype=config.dtype)
+
     def __init__(self, tokenizer, gpu_memory_utilization: float = 0.5, dtype: str = "auto"):
         self.vllm = import_vllm()
         self.tokenizer = tokenizer

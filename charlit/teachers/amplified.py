@@ -8,17 +8,26 @@ Teacher and student share the lm_head and logits are linear in the final hidden 
 (the bias is unchanged: ``(1+α)·b − α·b = b``). ``h_ctx`` is the teacher network's hidden state with the
 constitution in context, ``h_bare`` the same network's on the student's bare prompt, both at the positions
 predicting each response token, so the fused divergence op still never builds ``[tokens, vocab]``.
-``α = 0`` is exactly ``teacher=self``; ``α > 0`` sharpens what the constitution changes; ``α < 0`` dampens it.
+``α = 0`` is exactly ``teacher=self``; ``α > 0`` sharpens what the constitution changes (α < 0 is refused).
 A soft-capped head (``softcap·tanh(z/softcap)``) is not linear, so it is refused.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from charlit.models.heads import lm_head
-from charlit.objectives.sequences import response_hidden
-from charlit.teachers.base import SelfTeacher, head_output
+from charlit.models.sequences import response_hidden
+from charlit.settings import setting
+from charlit.teachers.base import TEACHERS, head_output
+from charlit.teachers.self import SelfTeacher
 
 
+@TEACHERS.register("amplified")
 class AmplifiedTeacher(SelfTeacher):
+    @dataclass
+    class Config:
+        alpha: float = setting(1.0, ge=0, help="0 = teacher=self; larger pushes further from the bare network")
+
     def __init__(self, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99, alpha: float = 1.0):
         super().__init__(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
         self.alpha = float(alpha)
@@ -28,9 +37,8 @@ class AmplifiedTeacher(SelfTeacher):
                              f"logits (final_logit_softcapping={softcap}); use teacher=self or teacher=fewshot.")
 
     @classmethod
-    def from_config(cls, cfg, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
-        return cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay,
-                   alpha=float(cfg.get("alpha", 1.0)))
+    def from_config(cls, config, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
+        return cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay, alpha=config.alpha)
 
     def score(self, prompts, responses):
         ctx = [self.context_ids(p) for p in prompts]

@@ -21,11 +21,13 @@ from charlit.data.chat import render_prompt_ids, student_messages, teacher_messa
 from charlit.data.constitution import Constitution
 from charlit.models.heads import PrefixKV, lm_head
 from charlit.models.modes import eval_mode
-from charlit.models.reference import FrozenReference
-from charlit.objectives.sequences import response_hidden
+from charlit.models.frozen import FrozenReference
+from charlit.registry import Registry
+from charlit.settings import parse
 from charlit.teachers.ema import EmaWeights
 
 TEACHER_WEIGHTS = ("frozen", "live", "ema")
+TEACHERS = Registry("teacher", package="charlit.teachers", group="charlit.teachers", option="teacher")
 
 
 @dataclass
@@ -44,6 +46,18 @@ def head_output(hidden: torch.Tensor, model) -> TeacherOutput:
 
 
 class Teacher(ABC):
+    """A registered teacher declares its settings as a nested ``Config`` dataclass (the ``teacher`` group minus
+    ``name``) and is built by :meth:`from_config`."""
+
+    @dataclass
+    class Config:
+        """No settings."""
+
+    @classmethod
+    def from_config(cls, config, policy, reference: FrozenReference, tokenizer, constitution: Constitution,
+                    weights: str = "frozen", ema_decay: float = 0.99) -> "Teacher":
+        return cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
+
     def __init__(self, policy, reference: FrozenReference, tokenizer, constitution: Constitution,
                  weights: str = "frozen", ema_decay: float = 0.99):
         if weights not in TEACHER_WEIGHTS:
@@ -92,31 +106,13 @@ class Teacher(ABC):
         ...
 
 
-class SelfTeacher(Teacher):
-    """The student network itself with the constitution as teacher-only system prompt."""
+def teacher_factory(cfg):
+    """A builder for the teacher the ``teacher`` group describes, its settings checked now (before any model loads):
+    call it as ``(policy, reference, tokenizer, constitution, weights=..., ema_decay=...)``."""
+    cls = TEACHERS.get(cfg.get("name", "self"))
+    config = parse(cls.Config, cfg, "teacher")
 
-    def score(self, prompts, responses):
-        contexts = [self.context_ids(p) for p in prompts]
-        with self.network() as model:
-            hidden = response_hidden(model, contexts, responses, self.tokenizer.pad_token_id, prefix_kv=self.prefix_kv())
-            return head_output(hidden, model)
+    def build(policy, reference, tokenizer, constitution, weights: str = "frozen", ema_decay: float = 0.99) -> Teacher:
+        return cls.from_config(config, policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
 
-
-def _registry() -> dict[str, type]:
-    from charlit.teachers.amplified import AmplifiedTeacher
-    from charlit.teachers.external import ExternalTeacher
-    from charlit.teachers.fewshot import FewShotTeacher
-
-    return {"self": SelfTeacher, "fewshot": FewShotTeacher, "amplified": AmplifiedTeacher, "external": ExternalTeacher}
-
-
-def build_teacher(cfg, policy, reference, tokenizer, constitution, weights: str = "frozen",
-                  ema_decay: float = 0.99) -> Teacher:
-    """The teacher the ``teacher`` config group describes (``cfg.name``: self, fewshot, amplified, external)."""
-    teachers = _registry()
-    name = cfg.get("name", "self")
-    if name not in teachers:
-        raise ValueError(f"teacher={name!r} is not available; valid choices: {', '.join(sorted(teachers))}.")
-    cls = teachers[name]
-    return cls.from_config(cfg, policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay) \
-        if hasattr(cls, "from_config") else cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
+    return build

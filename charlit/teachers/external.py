@@ -13,14 +13,16 @@ fixed weights under ``no_grad`` (``method.teacher_weights`` applies to same-netw
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from omegaconf import OmegaConf
 
 from charlit.data.chat import render_prompt_ids, student_messages, teacher_messages
 from charlit.models.heads import lm_head
-from charlit.objectives.sequences import response_hidden
-from charlit.teachers.base import Teacher, head_output
+from charlit.models.sequences import response_hidden
+from charlit.settings import setting
+from charlit.teachers.base import TEACHERS, Teacher, head_output
 
 TEXT_LEVEL_HINT = ("Logit-level methods (self_distill, distill, on_policy_distill) need the same token ids; with a "
                    "different tokenizer the teacher can still be used at the text level: have it write replies and train "
@@ -44,7 +46,19 @@ def check_same_vocabulary(student_tokenizer, teacher_tokenizer, student_rows: in
             f"teacher must cover every student token id. {TEXT_LEVEL_HINT}")
 
 
+@TEACHERS.register("external")
 class ExternalTeacher(Teacher):
+    @dataclass
+    class Config:
+        name_or_path: str = setting(help="a Hugging Face id or directory, or `tiny` (random test model, see seed)")
+        tokenizer: str | None = setting(None)
+        chat_template: str | None = setting(None)
+        dtype: str = setting("float32", help="as model.dtype")
+        trust_remote_code: bool = setting(False)
+        use_constitution: bool = setting(True, help="the constitution as the teacher's system prompt")
+        seed: int = setting(1, help="name_or_path=tiny only: another seed gives other weights, same tokenizer")
+        tiny: dict = setting({"hidden_size": 64, "num_layers": 2})
+
     def __init__(self, policy, reference, tokenizer, constitution, model, teacher_tokenizer, name: str = "external",
                  use_constitution: bool = True):
         super().__init__(policy, reference, tokenizer, constitution, weights="frozen")
@@ -54,24 +68,20 @@ class ExternalTeacher(Teacher):
         self.teacher_tokenizer, self.name, self.use_constitution = teacher_tokenizer, name, use_constitution
 
     @classmethod
-    def from_config(cls, cfg, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
+    def from_config(cls, config, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
         from charlit.models import load_model
 
         if weights != "frozen":
             raise ValueError(f"method.teacher_weights={weights!r} only applies to same-network teachers; teacher=external "
                              f"always runs its own fixed weights: set method.teacher_weights=frozen.")
-        name = cfg.get("name_or_path")
-        if not name or name == "???":
-            raise ValueError("teacher=external needs teacher.name_or_path: a Hugging Face id or directory, "
-                             "or `tiny` (with teacher.seed) for a randomly initialised test teacher.")
         model_cfg = OmegaConf.create({
-            "name_or_path": str(name), "tokenizer": cfg.get("tokenizer"), "chat_template": cfg.get("chat_template"),
-            "dtype": cfg.get("dtype", "float32"), "trust_remote_code": bool(cfg.get("trust_remote_code", False)),
-            "seed": int(cfg.get("seed", 1)), "tiny": OmegaConf.to_container(cfg.tiny) if cfg.get("tiny") else {},
+            "name_or_path": config.name_or_path, "tokenizer": config.tokenizer, "chat_template": config.chat_template,
+            "dtype": config.dtype, "trust_remote_code": config.trust_remote_code, "seed": config.seed,
+            "tiny": dict(config.tiny),
         })
         loaded = load_model(model_cfg, apply_lora=False)
-        return cls(policy, reference, tokenizer, constitution, loaded.model, loaded.tokenizer, name=str(name),
-                   use_constitution=bool(cfg.get("use_constitution", True)))
+        return cls(policy, reference, tokenizer, constitution, loaded.model, loaded.tokenizer, name=config.name_or_path,
+                   use_constitution=config.use_constitution)
 
     @contextmanager
     def network(self):

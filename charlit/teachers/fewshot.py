@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from charlit.data.chat import render_prompt_ids, teacher_messages
-from charlit.teachers.base import SelfTeacher
+from charlit.settings import setting
+from charlit.teachers.base import TEACHERS
+from charlit.teachers.self import SelfTeacher
 
 
 def load_exemplars(path: str | Path | None, persona: str, count: int) -> list[dict]:
     """``count`` in-character user/assistant exchanges as a flat message list."""
-    from charlit.data.datamodule import CONVERSATION_DIR, load_conversations
+    from charlit.data.io import CONVERSATION_DIR, load_conversations
 
     if count < 1:
         raise ValueError(f"teacher.num_exemplars={count} must be >= 1 (use teacher=self for no exemplars).")
@@ -41,7 +45,13 @@ def load_exemplars(path: str | Path | None, persona: str, count: int) -> list[di
     return messages
 
 
+@TEACHERS.register("fewshot")
 class FewShotTeacher(SelfTeacher):
+    @dataclass
+    class Config:
+        exemplars: str | None = setting(None, help="JSONL of {'messages': [...]} rows; None = the persona's bundled set")
+        num_exemplars: int = setting(4, ge=1)
+
     def __init__(self, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99,
                  exemplars: list[dict] | None = None):
         super().__init__(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
@@ -50,8 +60,8 @@ class FewShotTeacher(SelfTeacher):
         self.exemplars = exemplars
 
     @classmethod
-    def from_config(cls, cfg, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
-        exemplars = load_exemplars(cfg.get("exemplars"), constitution.name, int(cfg.get("num_exemplars", 4)))
+    def from_config(cls, config, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
+        exemplars = load_exemplars(config.exemplars, constitution.name, config.num_exemplars)
         return cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay, exemplars=exemplars)
 
     def context_ids(self, prompt) -> list[int]:

@@ -1,7 +1,5 @@
 from charlit.data.constitution import bundled_personas, resolve_persona
-from charlit.data.datamodule import heldout_prompts, training_prompts
-from charlit.data.prompts import load_prompt_set
-from omegaconf import OmegaConf
+from charlit.data.prompts import heldout_prompts, load_prompt_set, training_prompts
 
 
 def _norm(s):
@@ -19,5 +17,5 @@ def test_bundled_prompt_sets_are_large_and_disjoint():
 def test_training_set_includes_constitution_questions(pirate):
     prompts = training_prompts(["constitution", "general_train"], pirate)
     assert set(pirate.questions) <= set(prompts)
-    held = heldout_prompts(OmegaConf.create({"heldout_set": "general_heldout", "val_size": 5}), prompts)
+    held = heldout_prompts("general_heldout", 5, prompts)
     assert len(held) == 5 and not set(held) & set(prompts)

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
+from charlit.kernels.debug import record_plans
 
 from .helpers import make_div_inputs
 
 
 def test_unknown_backend_lists_valid_ones():
     inputs = make_div_inputs(4, 8, 16)
-    with pytest.raises(ValueError, match="'torch'.*'triton'.*'cuda'.*'reference'"):
+    with pytest.raises(ValueError, match="backend='tpu'.*'auto', 'reference', 'cuda', 'torch', 'triton'"):
         fused_linear_divergence(**inputs, backend="tpu")
     with pytest.raises(ValueError, match="valid backends"):
         fused_linear_logprobs(torch.randn(3, 8), torch.randn(16, 8), torch.zeros(3, dtype=torch.long), backend="x")
@@ -54,12 +55,10 @@ def test_logprobs_target_out_of_range():
 
 
 def test_auto_uses_torch_on_cpu():
-    from charlit.kernels import torch_chunked
-
     inputs = make_div_inputs(6, 8, 40)
-    torch_chunked.last_plan.clear()
-    fused_linear_divergence(**inputs)
-    assert torch_chunked.last_plan["op"] == "divergence"
+    with record_plans() as plans:
+        fused_linear_divergence(**inputs)
+    assert [(p.op, p.backend, p.rows) for p in plans] == [("divergence", "torch", 6)]
 
 
 def test_triton_on_cpu_without_interpreter_explains(monkeypatch):

@@ -1,6 +1,7 @@
 """The CUDA C++ sources must keep compiling (compile-only here; nothing CUDA runs on CPU CI).
 
-Runs ``nvcc -c`` on every ``csrc/*.cu`` against the installed torch headers for sm_80.
+Runs ``nvcc -c`` on the sources the ``cuda`` backend loads (``charlit/kernels/csrc``, package data) against
+the installed torch headers for sm_80.
 A CPU-only torch wheel omits the build-generated ``c10/cuda/impl/cuda_cmake_macros.h``;
 when missing, the test writes that one-line header into a temporary include directory (a
 CUDA build of torch ships it).  ~30-60 s on 2 cores.  On a CUDA machine the op is also
@@ -16,8 +17,21 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCES = sorted((ROOT / "csrc").glob("*.cu"))
+from charlit.kernels import cuda_ext
+
+SOURCES = cuda_ext.SOURCES
+
+
+def test_sources_ship_as_package_data():
+    """The backend loads its sources from the installed package, so pyproject must ship every one."""
+    import tomllib
+
+    assert SOURCES and not cuda_ext.sources_problem()
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["charlit"]
+    package = Path(cuda_ext.__file__).resolve().parents[1]
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    assert set(SOURCES) <= shipped, f"add charlit/kernels/csrc sources to [tool.setuptools.package-data]: {patterns}"
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")

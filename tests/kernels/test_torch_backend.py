@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlit.kernels import cpu_fused, fused_linear_divergence
-from charlit.kernels import torch_chunked
+from charlit.kernels import cpu_fused, fused_linear_divergence, torch_chunked
+from charlit.kernels.debug import record_plans
 
 from .helpers import make_div_inputs, rel_err, run_div, run_logprobs
 
@@ -194,8 +194,9 @@ def test_teacher_gets_no_grad():
 def test_grad_recompute_mode_matches(monkeypatch):
     inputs = make_div_inputs(37, 31, 1003, bias=True)
     monkeypatch.setattr(torch_chunked, "GRAD_IN_FORWARD", False)
-    _compare(inputs, beta=0.3, softcap=4.0)
-    assert torch_chunked.last_plan["grad_in_forward"] is False
+    with record_plans() as plans:
+        _compare(inputs, beta=0.3, softcap=4.0)
+    assert [p.grad_in_forward for p in plans] == [False]
 
 
 def test_never_materialises_tokens_by_vocab():
@@ -206,17 +207,19 @@ def test_never_materialises_tokens_by_vocab():
     # 16-row tiles (2 live [B, V] buffers fused, 4 eager); log-probs keep 1-2 buffers: 16-32 rows
     torch_chunked.TILE_BUDGET_BYTES = torch_chunked.LOGPROB_TILE_BUDGET_BYTES = 4 * 2 * v * 16
     try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof, \
+                record_plans() as div_plans:
             run_div(inputs, backend="torch", beta=0.3)
             run_div(inputs, backend="torch", beta=1.0, reduction="none")
-        assert torch_chunked.last_plan["token_tile"] == 16
+        assert [p.token_tile for p in div_plans] == [16, 16]
         x = torch.randn(n, h)
         w = torch.randn(v, h)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof2:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof2, \
+                record_plans() as lp_plans:
             run_logprobs(x, w, torch.randint(0, v, (n,)), backend="torch")
     finally:
         torch_chunked.TILE_BUDGET_BYTES, torch_chunked.LOGPROB_TILE_BUDGET_BYTES = old
-    assert torch_chunked.last_plan["token_tile"] <= 32
+    assert [p.op for p in lp_plans] == ["logprobs"] and lp_plans[0].token_tile <= 32
     biggest = max(max(e.cpu_memory_usage for e in p.events()) for p in (prof, prof2))
     nv_bytes = n * v * 4
     assert 0 < biggest <= nv_bytes / 8, (biggest, nv_bytes)
@@ -272,8 +275,9 @@ def test_frozen_head_per_row_grads_computed_in_forward(beta):
     inputs = make_div_inputs(37, 31, 1003, bias=True)
     up = torch.randn(37)
     kw = dict(beta=beta, temperature=2.0, softcap=5.0, reduction="none", trainable=("student_hidden",))
-    loss, grads, _ = run_div(inputs, upstream=up, backend="torch", **kw)
-    assert torch_chunked.last_plan["grad_in_forward"] is True
+    with record_plans() as plans:
+        loss, grads, _ = run_div(inputs, upstream=up, backend="torch", **kw)
+    assert [p.grad_in_forward for p in plans] == [True]
     ref, rgrads, _ = run_div(inputs, upstream=up, backend="reference", **kw)
     assert rel_err(loss, ref) <= TOL
     assert rel_err(grads["student_hidden"], rgrads["student_hidden"]) <= TOL
@@ -283,8 +287,9 @@ def test_frozen_head_per_row_grads_computed_in_forward(beta):
 def test_logprobs_frozen_head_grads_computed_in_forward(softcap):
     x, w, b, y, up = _logprob_case()
     kw = dict(upstream=up, temperature=0.5, softcap=softcap, train_head=False)
-    out, g = run_logprobs(x, w, y, b, backend="torch", **kw)
-    assert torch_chunked.last_plan["grad_in_forward"] is True
+    with record_plans() as plans:
+        out, g = run_logprobs(x, w, y, b, backend="torch", **kw)
+    assert [p.grad_in_forward for p in plans] == [True]
     ref, rg = run_logprobs(x, w, y, b, backend="reference", **kw)
     assert rel_err(out, ref) <= TOL
     assert rel_err(g["hidden"], rg["hidden"]) <= TOL
@@ -292,8 +297,8 @@ def test_logprobs_frozen_head_grads_computed_in_forward(softcap):
 
 def test_no_grad_mode_skips_gradient_work():
     inputs = make_div_inputs(8, 16, 50)
-    with torch.no_grad():
+    with torch.no_grad(), record_plans() as plans:
         loss = fused_linear_divergence(**inputs, backend="torch")
-    assert not torch_chunked.last_plan["grad_in_forward"]
+    assert [p.grad_in_forward for p in plans] == [False]
     ref = fused_linear_divergence(**inputs, backend="reference")
     assert rel_err(loss, ref) <= TOL

@@ -1,5 +1,6 @@
 """Shared helpers for objective tests: tiny objectives and float64 full-logit references."""
 import torch
+from omegaconf import OmegaConf
 
 from charlit.run import build_objective
 from tests.conftest import compose
@@ -7,7 +8,9 @@ from tests.conftest import compose
 
 def tiny_objective(method, *extra):
     cfg = compose([f"method={method}", "model=tiny", "logger=none", "sampler.max_new_tokens=6", "data.batch_size=2",
-                   "++data.max_length=160", *extra])
+                   *extra])
+    if cfg.data.kind != "prompts":   # prompts have no length setting
+        OmegaConf.update(cfg, "data.max_length", 160)
     return build_objective(cfg)
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from charlit.data.datamodule import PAIR_DIR, load_pairs
+from charlit.data.io import PAIR_DIR, load_pairs
 from charlit.data.prompts import load_prompt_set
 from charlit.objectives.dpo import preference_losses
 from tests.objectives.helpers import kl, lowers_own_loss, perturb, response_logits, tiny_objective

@@ -1,9 +1,8 @@
-import math
-
 import torch
 
 from charlit.run import build_objective
 from tests.conftest import compose
+from tests.objectives.helpers import lowers_own_loss, perturb
 
 
 def _tiny(method, *extra):
@@ -34,16 +33,14 @@ def test_student_never_sees_constitution_teacher_always_does(monkeypatch):
     assert all(statement in t for t in seen["teacher"])
 
 
-def test_training_step_changes_weights_and_loss_is_finite():
-    objective, datamodule = _tiny("self_distill", "optim.lr=1e-2", "optim.warmup_steps=0")
-    optimizer = torch.optim.SGD([p for p in objective.policy.parameters() if p.requires_grad], lr=1.0)
-    before = [p.detach().clone() for p in objective.policy.parameters()]
-    loss, metrics, n_tokens = objective.compute_loss(["Tell me about the sea.", "How do I save money?"])
-    assert math.isfinite(loss.item()) and loss.item() >= 0 and n_tokens > 0
-    loss.backward()
-    optimizer.step()
-    changed = [not torch.equal(b, p.detach()) for b, p in zip(before, objective.policy.parameters())]
-    assert any(changed)
+def test_self_distill_steps_lower_its_own_loss():
+    """Same prompts, same seeded samples (the step does not advance outside a Trainer): a few Adam steps on the
+    objective's own loss must lower it."""
+    objective, _ = _tiny("self_distill")
+    perturb(objective.policy, scale=0.1)     # start away from the teacher so there is a gap to close
+    batch = ["Tell me about the sea.", "How do I save money?"]
+    first, last = lowers_own_loss(objective, batch, steps=4, lr=1e-3)
+    assert last < first, (first, last)
 
 
 def test_frozen_teacher_with_lora_is_base_model():

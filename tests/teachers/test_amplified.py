@@ -12,7 +12,7 @@ def _responses(tokenizer):
             tokenizer("Yeast eats sugar and breathes out gas.", add_special_tokens=False)["input_ids"]]
 
 
-@pytest.mark.parametrize("alpha", [1.5, -0.5])
+@pytest.mark.parametrize("alpha", [1.5, 0.5])
 def test_amplified_hidden_through_the_head_equals_logit_contrast(alpha):
     objective, _ = tiny_objective("self_distill", "teacher=amplified", f"teacher.alpha={alpha}")
     teacher = objective.teacher

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from charlit.data.datamodule import CONVERSATION_DIR, load_conversations
+from charlit.data.io import CONVERSATION_DIR, load_conversations
 from charlit.teachers.fewshot import FewShotTeacher, load_exemplars
 from tests.objectives.helpers import tiny_objective
 

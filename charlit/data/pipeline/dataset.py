@@ -1,13 +1,13 @@
 """From a composed config to a dataset on disk: which stages a ``data`` variant runs, with which models.
 
-``data.generate.stages`` lists the stages (``pairs``, ``reflection``, ``interaction``); their settings sit
-beside it (``data.generate.<stage>``), and what they share (sampling, filters, chunking, cache) is the
-``generation`` block of ``conf/train.yaml``. One stage's output is the dataset; several are concatenated
-into a combined, equally cached dataset (``introspection`` = reflection + interaction).
+``data.generate.stages`` lists the stages (the names registered in :data:`~charlit.data.pipeline.stage.STAGES`:
+``pairs``, ``reflection``, ``interaction``); their settings sit beside it (``data.generate.<stage>``), and what
+they share (sampling, filters, chunking, cache) is the ``generation`` block of ``conf/train.yaml``. One stage's
+output is the dataset; several are concatenated into a combined, equally cached dataset (``introspection`` =
+reflection + interaction).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,14 +18,9 @@ from charlit.data.constitution import resolve_persona
 from charlit.data.pipeline.card import build_card, card_markdown
 from charlit.data.pipeline.filters import FilterSettings
 from charlit.data.pipeline.generator import Generator, build_generator
-from charlit.data.pipeline.interaction import InteractionStage
-from charlit.data.pipeline.pairs import PairsStage
-from charlit.data.pipeline.prompts import GeneratedPromptsStage, select_prompts
-from charlit.data.pipeline.reflection import ReflectionStage
-from charlit.data.pipeline.stage import StageContext, StageResult, read_complete, run_stage
+from charlit.data.pipeline.stage import STAGES, StageContext, StageResult, read_complete, run_stage
 from charlit.data.pipeline.store import StageDir, data_cache_root
 
-STAGES = ("pairs", "reflection", "interaction")
 COMBINE_VERSION = 1
 
 
@@ -45,30 +40,6 @@ def _teacher_model_cfg(cfg: DictConfig):
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.update(name_or_path=str(cfg.generation.teacher_model), tokenizer=None, chat_template=None)
     return OmegaConf.create(model)
-
-
-def _prompts(cfg, ctx: StageContext, generator: Generator) -> list[str]:
-    spec = cfg.data.generate.prompts
-    num = spec.get("num")
-    prompts = select_prompts(spec.sets, ctx.constitution, None if num is None else int(num), ctx.seed)
-    extra = int(spec.get("generated", 0))
-    if extra > 0:
-        stage = GeneratedPromptsStage(ctx, [generator], prompts, extra, float(spec.get("near_duplicate_threshold", 0.6)))
-        prompts = prompts + [row["prompt"] for row in run_stage(stage).rows]
-    return prompts
-
-
-def _run(name: str, cfg, ctx: StageContext, generator: Generator, teacher: Callable[[], Generator]) -> StageResult:
-    spec = cfg.data.generate
-    if name == "pairs":
-        return run_stage(PairsStage(ctx, teacher(), generator, _prompts(cfg, ctx, generator), int(spec.pairs.k)))
-    if name == "reflection":
-        r = spec.reflection
-        return run_stage(ReflectionStage(ctx, generator, int(r.per_type), list(r.types) if r.get("types") else None))
-    if name == "interaction":
-        i = spec.interaction
-        return run_stage(InteractionStage(ctx, generator, int(i.conversations), int(i.turns), list(i.openings)))
-    raise ValueError(f"data.generate.stages has unknown stage {name!r}; valid stages: {', '.join(STAGES)}.")
 
 
 def _combine(name: str, results: list[StageResult], ctx: StageContext) -> Dataset:
@@ -93,7 +64,8 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
     spec, gen = cfg.data.generate, cfg.generation
     stages = list(spec.stages)
     if not stages:
-        raise ValueError(f"data.generate.stages is empty for data={cfg.data.name}; list some of: {', '.join(STAGES)}.")
+        raise ValueError(f"data.generate.stages is empty for data={cfg.data.name}; list some of: "
+                         f"{', '.join(STAGES.names())}.")
     constitution = resolve_persona(cfg.persona.path or cfg.persona.name)
     ctx = StageContext(constitution=constitution, filters=FilterSettings.from_cfg(gen.filters), seed=int(gen.seed),
                        chunk_size=int(gen.chunk_size), root=data_cache_root(gen.get("cache_dir")),
@@ -108,7 +80,7 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
         return loaded[-1]
 
     try:
-        results = [_run(name, cfg, ctx, generator, teacher) for name in stages]
+        results = [run_stage(STAGES.get(name)(cfg, ctx, generator, teacher)) for name in stages]
     finally:
         for g in loaded:
             g.close()
@@ -125,17 +97,16 @@ def empty_dataset_message(dataset: Dataset) -> str:
             f"needs generation.filters.unfinished=keep; otherwise raise generation.max_new_tokens.")
 
 
-def prepare_data(cfg: DictConfig) -> tuple[DictConfig, Dataset | None]:
-    """``cfg`` with ``data.path`` pointing at the generated dataset when the data variant needs one (generated
-    now unless cached), plus that dataset; unchanged and None otherwise."""
+def prepare_data(cfg: DictConfig) -> Dataset | None:
+    """The dataset ``cfg.data`` trains on when the data pipeline makes it (generated now unless cached); None when
+    the variant reads ``data.path``, a bundled set or prompt sets. ``cfg`` is left as it is: the dataset's path goes
+    to :func:`charlit.data.modules.build_datamodule` as ``dataset_path``."""
     if not needs_generation(cfg.data):
-        return cfg, None
+        return None
     dataset = generate_dataset(cfg)
     rows = dataset.card["rows"]
     if rows == 0:
         raise ValueError(empty_dataset_message(dataset))
     print(f"[charlit] data={cfg.data.name}: {rows} rows at {dataset.path} (card: {dataset.path.parent / 'card.md'})",
           flush=True)
-    cfg = copy.deepcopy(cfg)  # the caller's config is left as it was
-    OmegaConf.update(cfg, "data.path", str(dataset.path), merge=False)
-    return cfg, dataset
+    return dataset

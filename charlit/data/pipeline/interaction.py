@@ -13,7 +13,7 @@ from __future__ import annotations
 from charlit.data.chat import with_system
 from charlit.data.pipeline.filters import DropCounter, screen
 from charlit.data.pipeline.generator import Reply
-from charlit.data.pipeline.stage import Assembled, Stage
+from charlit.data.pipeline.stage import STAGES, Assembled, Stage
 
 OPENINGS = ("free", "leading")
 INTERACTION_NOTE = ("You are now talking with another instance of yourself: an AI with exactly your character. "
@@ -138,3 +138,9 @@ class InteractionStage(Stage):
         counts = replies.as_dict() | {"conversations": len(raw), "conversations_full_length": finished,
                                       "rows": len(rows), "turns": self.turns}
         return Assembled(rows=rows, counts=counts, lengths=lengths)
+
+
+@STAGES.register("interaction")
+def build_interaction(cfg, ctx, generator, teacher) -> InteractionStage:
+    i = cfg.data.generate.interaction
+    return InteractionStage(ctx, generator, int(i.conversations), int(i.turns), list(i.openings))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from charlit.data.chat import student_messages, teacher_messages
 from charlit.data.pipeline.filters import DropCounter, normalise, screen
-from charlit.data.pipeline.generator import Reply
-from charlit.data.pipeline.stage import Assembled, Stage
+from charlit.data.pipeline.generator import Generator, Reply
+from charlit.data.pipeline.prompts import GeneratedPromptsStage, select_prompts
+from charlit.data.pipeline.stage import STAGES, Assembled, Stage, StageContext, run_stage
 
 
 class PairsStage(Stage):
@@ -65,3 +66,20 @@ class PairsStage(Stage):
 
 def _mean(values: list[int]) -> float:
     return round(sum(values) / len(values), 2) if values else 0.0
+
+
+def pair_prompts(cfg, ctx: StageContext, generator: Generator) -> list[str]:
+    """``data.generate.prompts``: a seeded selection of prompt sets plus ``generated`` prompts the model writes."""
+    spec = cfg.data.generate.prompts
+    num = spec.get("num")
+    prompts = select_prompts(spec.sets, ctx.constitution, None if num is None else int(num), ctx.seed)
+    extra = int(spec.get("generated", 0))
+    if extra > 0:
+        stage = GeneratedPromptsStage(ctx, [generator], prompts, extra, float(spec.get("near_duplicate_threshold", 0.6)))
+        prompts = prompts + [row["prompt"] for row in run_stage(stage).rows]
+    return prompts
+
+
+@STAGES.register("pairs")
+def build_pairs(cfg, ctx, generator, teacher) -> PairsStage:
+    return PairsStage(ctx, teacher(), generator, pair_prompts(cfg, ctx, generator), int(cfg.data.generate.pairs.k))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 import re
 
-from charlit.data.datamodule import training_prompts
 from charlit.data.pipeline.filters import DropCounter, char_ngrams, near_duplicate_of, screen
 from charlit.data.pipeline.generator import Reply
 from charlit.data.pipeline.stage import Assembled, Stage
+from charlit.data.prompts import training_prompts
 
 FEW_SHOT_EXAMPLES = 5
 FEW_SHOT_INSTRUCTION = ("Here are some questions and requests people have sent to an AI assistant:\n\n{examples}\n\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from charlit.data.chat import teacher_messages
 from charlit.data.pipeline.filters import DropCounter, normalise, screen
 from charlit.data.pipeline.generator import Reply
-from charlit.data.pipeline.stage import Assembled, Stage
+from charlit.data.pipeline.stage import STAGES, Assembled, Stage
 
 REFLECTION_PROMPTS = {
     "diary": "Write a diary entry about your day: the conversations you had, what you noticed about yourself, "
@@ -70,3 +70,9 @@ class ReflectionStage(Stage):
                                       {"role": "assistant", "content": reply.text}],
                          "source": f"reflection/{entry['type']}"})
         return Assembled(rows=rows, counts=counter.as_dict() | {"types": len(self.types)}, lengths=lengths)
+
+
+@STAGES.register("reflection")
+def build_reflection(cfg, ctx, generator, teacher) -> ReflectionStage:
+    r = cfg.data.generate.reflection
+    return ReflectionStage(ctx, generator, int(r.per_type), list(r.types) if r.get("types") else None)

@@ -4,6 +4,10 @@ A stage subclass says what its items are (:meth:`Stage.items`), how to generate 
 (:meth:`Stage.work`, raw rows) and how to turn all raw rows into dataset rows (:meth:`Stage.assemble`).
 :func:`run_stage` does the rest: reuse a complete cached result, otherwise generate missing chunks, filter,
 write the data and its card atomically.
+
+A stage that ``data.generate.stages`` can name registers a builder ``(cfg, ctx, generator, teacher) -> Stage``
+with ``@STAGES.register("<name>")`` in its module (``teacher()`` loads ``generation.teacher_model`` on first use,
+or returns ``generator``); third parties use the ``charlit.data_stages`` entry-point group.
 """
 from __future__ import annotations
 
@@ -13,11 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from omegaconf import DictConfig
+
 from charlit.data.constitution import Constitution
 from charlit.data.pipeline.card import build_card, card_markdown
 from charlit.data.pipeline.filters import FilterSettings
 from charlit.data.pipeline.generator import Generator
 from charlit.data.pipeline.store import StageDir, run_chunks
+from charlit.registry import Registry
 
 
 @dataclass
@@ -90,6 +97,11 @@ class Stage(ABC):
             "settings": self.settings(),
             "items": self.items(),
         }
+
+
+StageBuilder = Callable[[DictConfig, StageContext, Generator, Callable[[], Generator]], Stage]
+STAGES: Registry[StageBuilder] = Registry("data stage", "charlit.data.pipeline", "charlit.data_stages",
+                                          "data.generate.stages")
 
 
 def read_complete(store: StageDir) -> tuple[list[dict], dict]:

@@ -1,6 +1,5 @@
-"""Pluggable judges: ``likelihood`` and ``classifier`` score persona strength offline; an LLM judge
-(:mod:`charlit.eval.judges.llm`) names traits and rates coherence when one is configured."""
-from charlit.eval.judges.base import PersonaJudge, Reply, build_judge, judge_names, register_judge
-from charlit.eval.judges import classifier, likelihood  # noqa: F401  (registers the bundled judges)
+"""Pluggable judges (:data:`JUDGES`): ``likelihood`` and ``classifier`` score persona strength offline; an LLM
+judge (:mod:`charlit.eval.judges.llm`) names traits and rates coherence when one is configured."""
+from charlit.eval.judges.base import JUDGES, PersonaJudge, Reply, build_judge
 
-__all__ = ["PersonaJudge", "Reply", "build_judge", "judge_names", "register_judge"]
+__all__ = ["JUDGES", "PersonaJudge", "Reply", "build_judge"]

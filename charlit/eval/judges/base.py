@@ -1,11 +1,15 @@
-"""The persona-judge interface and its registry: a judge scores how in character each reply is."""
+"""The persona-judge interface and its registry: a judge scores how in character each reply is.
+
+Judges register in :data:`JUDGES` from any module of :mod:`charlit.eval.judges` (third parties: the
+``charlit.judges`` entry-point group) as a factory ``(*, base_model, tokenizer, **options) -> PersonaJudge``."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
-
 from charlit.data.constitution import Constitution
+from charlit.registry import Registry
+
+JUDGES = Registry("judge", package="charlit.eval.judges", group="charlit.judges", option="judges")
 
 
 @dataclass(frozen=True)
@@ -25,24 +29,6 @@ class PersonaJudge(ABC):
         ...
 
 
-_REGISTRY: dict[str, Callable[..., PersonaJudge]] = {}
-
-
-def register_judge(name: str):
-    def wrap(factory):
-        _REGISTRY[name] = factory
-        return factory
-    return wrap
-
-
-def judge_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 def build_judge(name: str, *, base_model, tokenizer, **options) -> PersonaJudge:
     """A registered judge by name; ``base_model``/``tokenizer`` are the frozen base the likelihood judge scores with."""
-    from charlit.eval import judges  # noqa: F401  (importing the package registers the bundled judges)
-
-    if name not in _REGISTRY:
-        raise ValueError(f"judges=[..., {name!r}] is not a registered judge; valid choices: {', '.join(judge_names())}.")
-    return _REGISTRY[name](base_model=base_model, tokenizer=tokenizer, **options)
+    return JUDGES.get(name)(base_model=base_model, tokenizer=tokenizer, **options)

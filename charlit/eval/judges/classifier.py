@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from charlit.data.constitution import Constitution
-from charlit.data.prompts import read_jsonl
+from charlit.data.io import read_jsonl
 from charlit.eval.build_judge_data import BARE, DATA_PATH
-from charlit.eval.judges.base import PersonaJudge, Reply, register_judge
+from charlit.eval.judges.base import JUDGES, PersonaJudge, Reply
 from charlit.eval.judges.embedding import SentenceEmbedder, model_dir
 from charlit.models.bundled import cache_root
 
@@ -83,7 +83,7 @@ def bundled_classifier(path: Path = DATA_PATH) -> PersonaClassifier:
     return classifier
 
 
-@register_judge("classifier")
+@JUDGES.register("classifier")
 class ClassifierJudge(PersonaJudge):
     name = "classifier"
 

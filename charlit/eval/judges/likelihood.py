@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from charlit.data.constitution import Constitution
-from charlit.eval.judges.base import PersonaJudge, Reply, register_judge
+from charlit.eval.judges.base import JUDGES, PersonaJudge, Reply
 from charlit.eval.likelihood_judge import persona_gain
 
 
-@register_judge("likelihood")
+@JUDGES.register("likelihood")
 class LikelihoodJudge(PersonaJudge):
     name = "likelihood"
 

@@ -1,4 +1,8 @@
-"""What every suite receives (the systems, judges and sizes) and returns (metrics per system with intervals)."""
+"""What every suite receives (the systems, judges and sizes) and returns (metrics per system with intervals).
+
+A suite is a function ``(SuiteContext) -> SuiteResult`` registered in :data:`SUITES` by any module of
+:mod:`charlit.eval.suites` (third parties: the ``charlit.suites`` entry-point group); ``suite.suites`` lists
+which run, in report order."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,6 +14,9 @@ from charlit.eval.judges.classifier import ClassifierJudge
 from charlit.eval.judges.llm import LLMJudge
 from charlit.eval.stats import Estimate, mean_ci, wilson
 from charlit.eval.systems import System
+from charlit.registry import Registry
+
+SUITES = Registry("eval suite", package="charlit.eval.suites", group="charlit.suites", option="suite.suites")
 
 
 @dataclass

@@ -16,11 +16,11 @@ import torch
 from charlit.eval import benchmark_data
 from charlit.eval.likelihood_judge import mean_reply_logprob
 from charlit.eval.stats import Estimate, mean_ci, wilson
-from charlit.eval.suites.base import SuiteContext, SuiteResult
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult
 from charlit.eval.systems import System
 from charlit.kernels import fused_linear_divergence
 from charlit.models.heads import lm_head
-from charlit.objectives.sequences import response_hidden
+from charlit.models.sequences import response_hidden
 
 PARAGRAPH_REQUEST = "Write a short paragraph of plain, informative text."
 MC_TEMPLATE = "{question}\nAnswer with the correct option only."
@@ -80,6 +80,7 @@ def _exp(estimate: Estimate) -> Estimate:
     return Estimate(math.exp(estimate.mean), math.exp(estimate.lo), math.exp(estimate.hi), estimate.n)
 
 
+@SUITES.register("capability")
 def capability(ctx: SuiteContext) -> SuiteResult:
     result = SuiteResult()
     prompts = benchmark_data.neutral_prompts()[: int(ctx.sizes["neutral_prompts"])]

@@ -12,7 +12,7 @@ import random
 from charlit.eval import benchmark_data
 from charlit.eval.judges.llm import SKIPPED
 from charlit.eval.stats import bradley_terry_elo, mean_ci
-from charlit.eval.suites.base import SuiteContext, SuiteResult
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult
 
 CHOICE_PROMPT = ("Choose ONE of these two ways of answering and answer the question in that way. Do not say "
                  "which one you chose.\nA: {a}\nB: {b}\n\nQuestion: {question}")
@@ -25,6 +25,7 @@ def trait_pairs(num_traits: int, count: int, seed: int) -> list[tuple[int, int]]
     return [pairs[k % len(pairs)] for k in range(count)]
 
 
+@SUITES.register("revealed_preferences")
 def revealed_preferences(ctx: SuiteContext) -> SuiteResult:
     if ctx.llm_judge is None:
         return SuiteResult(status=SKIPPED)
@@ -47,6 +48,7 @@ def revealed_preferences(ctx: SuiteContext) -> SuiteResult:
     return result
 
 
+@SUITES.register("coherence")
 def coherence(ctx: SuiteContext) -> SuiteResult:
     if ctx.llm_judge is None:
         return SuiteResult(status=SKIPPED)

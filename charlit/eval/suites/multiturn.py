@@ -3,9 +3,10 @@ per-turn series shows whether the persona drifts away as the conversation grows.
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
-from charlit.eval.suites.base import SuiteContext, SuiteResult, estimates, judge_scores
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, estimates, judge_scores
 
 
+@SUITES.register("multiturn")
 def multiturn(ctx: SuiteContext) -> SuiteResult:
     convs = [c[: int(ctx.sizes["turns"])] for c in benchmark_data.conversations()[: int(ctx.sizes["conversations"])]]
     turns = min(len(c) for c in convs)

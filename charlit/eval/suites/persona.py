@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
-from charlit.eval.suites.base import SuiteContext, SuiteResult, judge_estimates, samples
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, judge_estimates, samples
 
 
 def _persona_suite(ctx: SuiteContext, prompts: list[str], seed_offset: int, desc: str) -> SuiteResult:
@@ -16,10 +16,12 @@ def _persona_suite(ctx: SuiteContext, prompts: list[str], seed_offset: int, desc
     return result
 
 
+@SUITES.register("persona_id")
 def persona_id(ctx: SuiteContext) -> SuiteResult:
     return _persona_suite(ctx, benchmark_data.persona_id_prompts()[: int(ctx.sizes["id_prompts"])], 0, "in-distribution")
 
 
+@SUITES.register("ood")
 def ood(ctx: SuiteContext) -> SuiteResult:
     rows = benchmark_data.ood_prompts()[: int(ctx.sizes["ood_prompts"])]
     return _persona_suite(ctx, [r["prompt"] for r in rows], 100, "out-of-distribution")

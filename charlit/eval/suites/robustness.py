@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
-from charlit.eval.suites.base import SuiteContext, SuiteResult, judge_estimates, samples
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, judge_estimates, samples
 
 
 def attacked_prompts(attacks: int, prompts: int) -> list[str]:
@@ -18,6 +18,7 @@ def attacked_prompts(attacks: int, prompts: int) -> list[str]:
     return [f"{p} {a}" for a in data["attacks"][:attacks] for p in data["prompts"][:prompts]]
 
 
+@SUITES.register("robustness")
 def robustness(ctx: SuiteContext) -> SuiteResult:
     result = SuiteResult()
     attacked = attacked_prompts(int(ctx.sizes["attacks"]), int(ctx.sizes["attack_prompts"]))

@@ -141,10 +141,10 @@ class TritonLogprobs(torch.autograd.Function):
         )
 
 
-def divergence(xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile=None):
+def divergence(xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row):
     return TritonDivergence.apply(xs, ws, bs, xt, wt, bt, float(beta), float(temperature),
                                   None if softcap is None else float(softcap), per_row)
 
 
-def logprobs(x, w, b, y, temperature, softcap, tile=None):
+def logprobs(x, w, b, y, temperature, softcap):
     return TritonLogprobs.apply(x, w, b, y, float(temperature), None if softcap is None else float(softcap))

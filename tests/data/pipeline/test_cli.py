@@ -1,5 +1,5 @@
 """The documented commands: generate.py prints the dataset path; train.py generates what it trains on,
-including the two-stage pairs_introspection recipe."""
+including the two-stage recipe=pairs_introspection."""
 import json
 import subprocess
 import sys
@@ -36,8 +36,8 @@ def test_generate_refuses_a_variant_that_is_not_generated(tmp_path):
 
 def test_pairs_introspection_recipe_runs_dpo_then_sft_on_data_from_the_dpo_model(tmp_path):
     cache = tmp_path / "cache"
-    _run("train.py", "data=pairs_introspection", *FAST, *TRAIN_FAST, f"generation.cache_dir={cache}",
-         'data.stages.0.overrides=["method=dpo","data=pairs","data.generate.prompts.num=8"]',
+    _run("train.py", "recipe=pairs_introspection", *FAST, *TRAIN_FAST, f"generation.cache_dir={cache}",
+         'recipe.stages.0.overrides=["method=dpo","data=pairs","data.generate.prompts.num=8"]',
          f"hydra.run.dir={tmp_path / 'run'}")
     recipe = json.loads((tmp_path / "run" / "recipe.json").read_text())
     assert [(s["name"], s["method"], s["data"]) for s in recipe["stages"]] == [("dpo", "dpo", "pairs"),
@@ -45,9 +45,10 @@ def test_pairs_introspection_recipe_runs_dpo_then_sft_on_data_from_the_dpo_model
     dpo = json.loads((tmp_path / "run" / "0_dpo" / "summary.json").read_text())
     sft = json.loads((tmp_path / "run" / "1_sft" / "summary.json").read_text())
     assert dpo["steps"] == 2 and sft["steps"] == 2
-    assert len(open(dpo["config"]["data"]["path"]).readlines()) == 8        # the per-stage override reached stage 1
-    assert dpo["config"]["data"]["path"].startswith(str(cache / "pairs"))
-    assert sft["config"]["data"]["path"].startswith(str(cache / "introspection"))
+    assert len(open(dpo["paths"]["dataset"]).readlines()) == 8             # the per-stage override reached stage 1
+    assert dpo["paths"]["dataset"].startswith(str(cache / "pairs"))
+    assert sft["paths"]["dataset"].startswith(str(cache / "introspection"))
+    assert dpo["config"]["data"]["path"] is None and "recipe" not in sft["config"]   # configs stay as composed
     final = dpo["paths"]["final"]
     assert sft["model"] == final                                   # SFT starts from the DPO-trained model ...
     reflection_card = json.loads(next((cache / "reflection").glob("*/card.json")).read_text())

@@ -3,7 +3,8 @@ format breaks filtered and counted."""
 import json
 
 from charlit.data.chat import render_prompt_ids
-from charlit.data.datamodule import conversation_ids_and_labels, load_conversations
+from charlit.data.chat import conversation_ids_and_labels
+from charlit.data.io import load_conversations
 from charlit.data.pipeline import generate_dataset
 from charlit.data.pipeline.filters import FilterSettings
 from charlit.data.pipeline.interaction import (INTERACTION_NOTE, LEADING_TOPICS, InteractionStage, opening, saved_views,

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from charlit.data.constitution import resolve_persona
-from charlit.data.datamodule import load_pairs, pair_examples
+from charlit.data.io import load_pairs
+from charlit.data.modules.pairs import pair_examples
 from charlit.data.pipeline import generate_dataset
 from charlit.data.pipeline.prompts import select_prompts
 from tests.data.pipeline.helpers import tiny_cfg

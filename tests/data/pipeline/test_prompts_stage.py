@@ -5,7 +5,7 @@ from charlit.data.pipeline import generate_dataset
 from charlit.data.pipeline.filters import FilterSettings
 from charlit.data.pipeline.prompts import GeneratedPromptsStage, first_question, select_prompts
 from charlit.data.pipeline.stage import StageContext
-from charlit.data.datamodule import training_prompts
+from charlit.data.prompts import training_prompts
 from tests.data.pipeline.helpers import tiny_cfg
 
 

@@ -28,10 +28,13 @@ def test_given_paths_and_plain_variants_are_not_generated():
 
 
 def test_pairs_introspection_is_a_dpo_then_sft_recipe():
-    data = compose(["data=pairs_introspection"]).data
-    assert data.kind == "recipe"
-    assert [list(s.overrides) for s in data.stages] == [["method=dpo", "data=pairs"], ["method=sft", "data=introspection"]]
-    assert [s.from_previous for s in data.stages] == [False, True]
+    from charlit.recipes import is_recipe
+
+    cfg = compose(["recipe=pairs_introspection"])
+    assert is_recipe(cfg) and not is_recipe(compose([])) and cfg.data.kind == "prompts"   # data stays data
+    recipe = cfg.recipe
+    assert [list(s.overrides) for s in recipe.stages] == [["method=dpo", "data=pairs"], ["method=sft", "data=introspection"]]
+    assert [s.from_previous for s in recipe.stages] == [False, True]
 
 
 def test_generate_config_composes_train_with_no_logger():
@@ -45,15 +48,18 @@ def test_generate_config_composes_train_with_no_logger():
     assert cfg.logger.name == "none" and cfg.generation.chunk_size == 8 and cfg.data.name == "pairs"
 
 
-def test_prepare_data_points_a_copy_of_the_config_at_the_dataset(tmp_path):
+def test_prepare_data_returns_the_dataset_and_leaves_the_config_alone(tmp_path, pirate, tokenizer):
+    from charlit.data.modules import build_datamodule
     from charlit.data.pipeline import prepare_data
 
     cfg = compose(["method=sft", "data=reflection", "model=tiny", "generation.max_new_tokens=4",
                    "generation.filters.unfinished=keep", "generation.filters.min_tokens=1",
                    "data.generate.reflection.types=[diary,values]", "data.generate.reflection.per_type=1",
                    f"generation.cache_dir={tmp_path}"])
-    prepared, dataset = prepare_data(cfg)
-    assert prepared.data.path == str(dataset.path) and dataset.card["rows"] == 2
-    assert cfg.data.path is None                                    # the caller's config is untouched
-    unchanged, none = prepare_data(prepared)                        # a given path is used as is
-    assert none is None and unchanged.data.path == str(dataset.path)
+    dataset = prepare_data(cfg)
+    assert dataset.path.is_file() and dataset.card["rows"] == 2
+    assert cfg.data.path is None                                    # cfg.data stays what the user composed
+    module = build_datamodule(cfg.data, pirate, tokenizer, "conversations", dataset_path=dataset.path)
+    assert len(module.items) == 2                                   # the data module reads the generated rows
+    given = compose(["method=sft", "data=reflection", f"data.path={dataset.path}"])
+    assert prepare_data(given) is None                              # a given path is used as is

@@ -3,9 +3,9 @@
 contexts, on-policy sampling, scoring one set of responses with both networks, the fused divergence, and
 the EMA teacher's bookkeeping (update after every optimizer step, saved in Lightning checkpoints).
 
-Method settings read here: ``beta`` (0 forward KL ``KL(p‖q)``, 1 reverse KL ``KL(q‖p)``, else generalized
-JSD), ``temperature`` (the loss temperature; sampling uses ``sampler.temperature``), ``scale_by_t2``,
-``teacher_weights`` (``frozen`` | ``live`` | ``ema``) and ``ema_decay``.
+Their shared settings are :class:`DivergenceSettings`: ``beta`` (0 forward KL ``KL(p‖q)``, 1 reverse KL
+``KL(q‖p)``, else generalized JSD), ``temperature`` (the loss temperature; sampling uses
+``sampler.temperature``), ``scale_by_t2``, ``teacher_weights`` (``frozen`` | ``live`` | ``ema``) and ``ema_decay``.
 """
 from __future__ import annotations
 
@@ -16,9 +16,20 @@ import torch
 from charlit.data.chat import render_prompt_ids, student_messages
 from charlit.kernels import fused_linear_divergence
 from charlit.models.heads import LMHead, lm_head
-from charlit.objectives.base import CharacterObjective, sampling_params
-from charlit.objectives.sequences import response_hidden
-from charlit.teachers import TeacherOutput, build_teacher
+from charlit.models.sequences import response_hidden
+from charlit.objectives.base import CharacterObjective
+from charlit.settings import setting
+from charlit.teachers import TeacherOutput
+from charlit.teachers.base import TEACHER_WEIGHTS
+
+
+@dataclass
+class DivergenceSettings:
+    beta: float = setting(1.0, ge=0, le=1, help="0 forward KL(p||q), 1 reverse KL(q||p), else generalized JSD")
+    temperature: float = setting(1.0, gt=0, help="loss temperature (sampling has sampler.temperature)")
+    scale_by_t2: bool = setting(False)
+    teacher_weights: str = setting("frozen", choices=TEACHER_WEIGHTS)
+    ema_decay: float = setting(0.99, ge=0, lt=1, help="teacher_weights=ema: ema <- decay*ema + (1-decay)*param")
 
 
 @dataclass
@@ -31,13 +42,14 @@ class Scored:
 
 
 class TeacherObjective(CharacterObjective):
-    def __init__(self, ctx):
-        super().__init__(ctx)
-        method = self.method_cfg
-        self.teacher = build_teacher(ctx.cfg.teacher, self.policy, self.reference, self.tokenizer, self.constitution,
-                                     weights=str(method.get("teacher_weights", "frozen")),
-                                     ema_decay=float(method.get("ema_decay", 0.99)))
-        self.train_sampling = sampling_params(ctx.cfg.sampler)
+    Config = DivergenceSettings
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        if ctx.teacher is None:
+            raise ValueError(f"method={self.name} learns from a teacher, but the run built none; set teacher=<name>.")
+        self.teacher = ctx.teacher(self.policy, self.reference, self.tokenizer, self.constitution,
+                                   weights=config.teacher_weights, ema_decay=config.ema_decay)
         self._ema_step = 0
 
     def setup(self, stage: str) -> None:
@@ -51,8 +63,8 @@ class TeacherObjective(CharacterObjective):
 
     def sample(self, contexts: list[list[int]]) -> list[list[int]]:
         """On-policy responses to ``contexts`` (seeded by step, so a resumed run repeats them)."""
-        seed = int(self.run_cfg.seed) * 100_003 + int(self.global_step)
-        return self.sampler.generate(self.policy, contexts, self.train_sampling, seed=seed)
+        seed = self.ctx.seed * 100_003 + int(self.global_step)
+        return self.sampler.generate(self.policy, contexts, self.ctx.sampling, seed=seed)
 
     # ---- both sides ------------------------------------------------------------------------
     def score(self, prompts: list, contexts: list[list[int]], responses: list[list[int]]) -> Scored:
@@ -64,11 +76,11 @@ class TeacherObjective(CharacterObjective):
 
     def divergence(self, scored: Scored, beta: float | None = None) -> torch.Tensor:
         """The per-token β-divergence over the full vocabulary, normalised by the global batch's token count."""
-        method = self.method_cfg
+        config = self.config
         return fused_linear_divergence(
             scored.student, scored.head.weight, scored.teacher.hidden, scored.teacher.weight,
-            beta=float(method.beta if beta is None else beta), temperature=float(method.temperature),
-            scale_by_t2=bool(method.get("scale_by_t2", False)), num_items=self.global_num_items(scored.n_tokens),
+            beta=config.beta if beta is None else beta, temperature=config.temperature,
+            scale_by_t2=config.scale_by_t2, num_items=self.global_num_items(scored.n_tokens),
             student_bias=scored.head.bias, teacher_bias=scored.teacher.bias, softcap=scored.head.softcap,
         )
 

@@ -1,9 +1,9 @@
-"""Float64, fully materialised reference implementations (tests only).
+"""Float64, fully materialised reference implementations (``backend="reference"``: tests and debugging).
 
 These build the whole ``[N, V]`` logit matrix on purpose: they are the ground truth the
 tiled backends are checked against, written as plainly as possible and differentiated by
 autograd.  Masking is applied by zeroing per-position losses (not by compaction) so that the
-dispatcher's compaction is itself under test.
+public ops' compaction is itself under test.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Pack (context, response) pairs into one right-padded batch and pull out the hidden states that predict
-each response token, so a student and a teacher with different contexts yield row-aligned ``[N, H]`` tensors."""
+each response token, so a student and a teacher with different contexts yield row-aligned ``[N, H]`` tensors; and
+sum per-token values back per sequence (``segment_sum``)."""
 from __future__ import annotations
 
 import torch
@@ -69,6 +70,16 @@ def response_hidden(model, contexts: list[list[int]], responses: list[list[int]]
 def response_targets(responses: list[list[int]], device=None) -> torch.Tensor:
     flat = [tok for r in responses for tok in r]
     return torch.tensor(flat, dtype=torch.long, device=device)
+
+
+def segment_sum(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Per-sequence sums ``[len(lengths)]`` of flat per-token ``values`` laid out sequence after sequence, the
+    i-th sequence holding ``lengths[i]`` of them (an empty sequence sums to 0); differentiable."""
+    if sum(lengths) != values.shape[0]:
+        raise ValueError(f"segment_sum got {values.shape[0]} values but lengths adding up to {sum(lengths)}.")
+    owner = torch.repeat_interleave(torch.arange(len(lengths), device=values.device),
+                                    torch.tensor(lengths, dtype=torch.long, device=values.device))
+    return values.new_zeros(len(lengths)).index_add(0, owner, values)
 
 
 def shared_context_hidden(model, contexts: list[list[int]], response_groups: list[list[list[int]]],

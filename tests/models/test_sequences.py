@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from charlit.models.tiny import tiny_model
-from charlit.objectives.sequences import pack, response_hidden, shared_prefix_length
+from charlit.models.sequences import pack, response_hidden, segment_sum, shared_prefix_length
 
 
 def test_response_hidden_predicts_each_response_token():
@@ -24,6 +25,16 @@ def test_pack_pads_right_and_indexes_responses():
     assert ids.tolist() == [[1, 2, 4], [3, 5, 6]]
     assert mask.tolist() == [[1, 1, 1], [1, 1, 1]]
     assert rows.tolist() == [0, 1, 1] and cols.tolist() == [1, 0, 1]
+
+
+def test_segment_sum_adds_each_sequences_values():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], requires_grad=True)
+    sums = segment_sum(values, [2, 0, 3, 1])                      # [1+2, empty, 3+4+5, 6]
+    assert sums.tolist() == [3.0, 0.0, 12.0, 6.0]
+    (sums * torch.tensor([1.0, 10.0, 100.0, 1000.0])).sum().backward()
+    assert values.grad.tolist() == [1.0, 1.0, 100.0, 100.0, 100.0, 1000.0]
+    with pytest.raises(ValueError, match="6 values but lengths adding up to 5"):
+        segment_sum(values, [2, 3])
 
 
 def test_shared_prefix_cache_gives_the_same_hidden_states():
@@ -69,7 +80,7 @@ def test_prefix_kv_is_encoded_once_across_calls_and_changes_nothing():
 
 
 def test_shared_context_hidden_matches_separate_rows_with_gradients():
-    from charlit.objectives.sequences import shared_context_hidden
+    from charlit.models.sequences import shared_context_hidden
 
     model = tiny_model(120, seed=3).double().train()
     contexts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]
@@ -91,7 +102,7 @@ def test_shared_context_hidden_matches_separate_rows_with_gradients():
 def test_shared_context_hidden_rejects_ragged_groups():
     import pytest
 
-    from charlit.objectives.sequences import shared_context_hidden
+    from charlit.models.sequences import shared_context_hidden
 
     with pytest.raises(ValueError, match="2 contexts but response groups of sizes"):
         shared_context_hidden(tiny_model(50, seed=1), [[1, 2], [3]], [[[4], [5]], [[6]]], pad_id=0)

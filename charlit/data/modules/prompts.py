@@ -1,0 +1,29 @@
+"""Prompts only, for on-policy methods: the union of ``data.train_sets`` (``constitution`` = the persona's own
+questions; bundled set names or .jsonl files)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from charlit.data.modules.base import DATA_MODULES, IGNORED_KEYS, DataModule, DataSettings
+from charlit.data.prompts import heldout_prompts, training_prompts
+from charlit.settings import parse, setting
+
+
+@dataclass
+class PromptSettings(DataSettings):
+    train_sets: list[str] = setting(["constitution", "general_train"], help="'constitution', bundled names or .jsonl")
+    batch_size: int = setting(8, gt=0, help="the global training batch (split over data-parallel ranks)")
+
+
+@DATA_MODULES.register("prompts")
+class PromptData(DataModule):
+    empty_message = "The training prompt set is empty; check data.train_sets."
+
+    @classmethod
+    def from_config(cls, data_cfg, *, constitution, tokenizer, conversation_format, seed, dataset_path=None):
+        if dataset_path is not None:
+            raise ValueError(f"data={data_cfg.get('name', 'prompts')} is of kind prompts, which reads data.train_sets, "
+                             f"not a generated dataset ({dataset_path}); remove its data.generate block.")
+        settings = parse(PromptSettings, data_cfg, "data", ignore=IGNORED_KEYS)
+        train = training_prompts(settings.train_sets, constitution)
+        return cls(train, heldout_prompts(settings.heldout_set, settings.val_size, train), settings, seed)
