@@ -57,6 +57,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def _plural(unit: str, n: int) -> str:
+    return unit if n == 1 else unit + ("es" if unit.endswith(("s", "x", "ch", "sh")) else "s")
+
+
 class Progress:
     """One phase's progress: ``update(n)``, ``update_to(n)``, ``set_postfix_str(text)``, ``close()`` (or ``with``)."""
 
@@ -93,7 +97,8 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n - self.n)
         self.n = n
-        if self.shown and self._bar is None and every_s() > 0 and time.monotonic() - self._last >= every_s():
+        if (self.shown and self._bar is None and every_s() > 0 and time.monotonic() - self._last >= every_s()
+                and not (self.total and n >= self.total)):   # the closing line reports the end
             self._line()
 
     def _line(self, final: bool = False) -> None:
@@ -102,9 +107,9 @@ class Progress:
         elapsed = now - self._start
         text = f"[charlit] {self.desc}: {self.n}"
         if self.total:
-            text += f"/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%)"
+            text += f"/{self.total} {_plural(self.unit, self.total)} ({100 * self.n / self.total:.0f}%)"
         else:
-            text += f" {self.unit}"
+            text += f" {_plural(self.unit, self.n)}"
         text += f", {_duration(elapsed)}"
         done = self.n - self._initial
         if final:
@@ -162,10 +167,10 @@ def setup() -> None:
     * Lightning's info lines ("GPU available", "TPU available", a litlogger advertisement, "`Trainer.fit`
       stopped") leave the console and stay in the run dir's ``train.log`` (Hydra's file handler); its warnings
       and errors still print. charlit prints the device and steps in its own ``[charlit] training:`` line.
-    * Two deprecation warnings raised *inside* libraries, where nothing on charlit's side calls the deprecated API,
-      are ignored by exact message and module: Lightning 2.6 builds torch's deprecated ``LeafSpec`` in
-      ``lightning.pytorch.utilities._pytree`` whenever it wraps a data loader, and peft 0.21 reads transformers'
-      deprecated ``is_gradient_checkpointing`` in ``PeftModel.__init__``.
+    * One deprecation warning raised *inside* a library, where nothing on charlit's side calls the deprecated
+      API, is ignored by exact message and the module it is attributed to: Lightning 2.6 builds torch's
+      deprecated ``LeafSpec`` in ``lightning.pytorch.utilities._pytree`` whenever it wraps a data loader (the same
+      warning from any other module, charlit's included, still shows).
     * Off a terminal, transformers' own tqdm bars (loading and writing weights) are turned off: in a log they
       are carriage-return noise, and charlit reports its phases itself.
     """
@@ -174,8 +179,6 @@ def setup() -> None:
             handler.setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
                             module=r"lightning\.pytorch\.utilities\._pytree")
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
-                            module=r"transformers\.modeling_utils")
     if not interactive():
         from transformers.utils import logging as hf_logging
 
@@ -264,6 +267,9 @@ def _callback_classes():
                 self._suspended = None
 
         def on_train_end(self, trainer, pl_module):
+            self.teardown(trainer, pl_module, "fit")
+
+        def on_exception(self, trainer, pl_module, exception):
             self.teardown(trainer, pl_module, "fit")
 
         def teardown(self, trainer, pl_module, stage):

@@ -17,6 +17,7 @@ from charlit.data.modules import build_datamodule
 from charlit.data.pipeline import prepare_data
 from charlit.data.pipeline.card import log_card_to_wandb
 from charlit.eval import train_hook
+from charlit.kernels import set_default_backend
 from charlit.loggers import build_logger, plain_config
 from charlit.models import load_model
 from charlit.objectives import OBJECTIVES
@@ -48,8 +49,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _trainer_kwargs(cfg: DictConfig, model) -> dict:
+def _trainer_kwargs(cfg: DictConfig, model, callbacks: list = ()) -> dict:
+    from charlit import progress
+
+    progress.setup()   # Lightning's info lines to train.log only (see charlit.progress)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # charlit's console output instead of Lightning's: a `[charlit] training:` line replaces the model summary
+    # table (its FLOPs column is 0 for models without a FLOP counter), and one bar / plain lines show the steps
+    kwargs.setdefault("enable_model_summary", False)
+    kwargs["callbacks"] = [*callbacks, *progress.trainer_callbacks(bool(kwargs.get("enable_progress_bar", True)))]
     kwargs["strategy"] = build_strategy(kwargs, model, bool(cfg.model.get("gradient_checkpointing", False)))
     kwargs.pop("fsdp", None)
     kwargs["use_distributed_sampler"] = False   # charlit's loaders shard global batches themselves (data/loader.py)
@@ -101,6 +109,7 @@ def build_objective(cfg: DictConfig, dataset_path: Path | None = None):
     make_teacher = teacher_factory(cfg.teacher)
     optim = parse(OptimSettings, cfg.optim, "optim")
     validation = ValidationSettings.from_config(cfg.val)
+    set_default_backend(str(cfg.kernels.backend))
     loaded = load_model(cfg.model)
     check_context_window(cfg, loaded.model)
     datamodule = build_datamodule(cfg.data, constitution, loaded.tokenizer, objective_cls.accepted_data_kinds(),
@@ -164,8 +173,8 @@ def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) ->
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=int(cfg.output.checkpoint_every_n_steps) or None)
-    trainer = L.Trainer(logger=logger, callbacks=[checkpoint], default_root_dir=str(run_dir),
-                        plugins=[AtomicCheckpointIO()], **_trainer_kwargs(cfg, objective.policy))
+    trainer = L.Trainer(logger=logger, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
+                        **_trainer_kwargs(cfg, objective.policy, callbacks=[checkpoint]))
 
     has_val = int(cfg.val.every_n_steps) > 0
     if has_val and checkpoint_path is None:   # a resumed run restores its start-of-run validation

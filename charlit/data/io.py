@@ -97,5 +97,6 @@ def resolve_data_path(given: str | None, directory: Path, persona: str, what: st
     path = Path(given) if given and given != "bundled" else directory / f"{persona}.jsonl"
     if not path.is_file():
         bundled = ", ".join(sorted(p.stem for p in directory.glob("*.jsonl")))
-        raise ValueError(f"No {what} at {path}: set data.path to a JSONL file of them (bundled sets exist for: {bundled}).")
+        raise ValueError(f"No {what} at {path}: set data.path to a JSONL file of them "
+                         f"(bundled sets exist for: {bundled}).")
     return path

@@ -8,7 +8,9 @@ import copy
 
 import torch
 
+from charlit.models.heads import cache_kwargs, output_cache
 from charlit.models.modes import eval_mode
+from charlit.progress import progress
 from charlit.models.sequences import shared_prefix_length
 from charlit.sampling.base import Sampler, SamplingParams
 from charlit.sampling.hf import HFSampler, end_token_ids, trim_response
@@ -32,8 +34,9 @@ class SharedPrefixSampler(Sampler):
         with eval_mode(model), self.plain.decode_weights(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             if seed is not None:
                 torch.manual_seed(seed)
-            prefix_cache = model(input_ids=prefix[None], use_cache=True).past_key_values
-            for start in range(0, len(prompts), self.batch_size):
+            prefix_cache = output_cache(model(input_ids=prefix[None], use_cache=True))
+            starts = range(0, len(prompts), self.batch_size)
+            for start in progress(starts, desc or "generate", unit="batch", leave=False, show=len(starts) > 1):
                 chunk = [p[shared:] for p in prompts[start: start + self.batch_size]]
                 width = max(len(s) for s in chunk)
                 input_ids = torch.full((len(chunk), shared + width), pad_id, dtype=torch.long)
@@ -47,7 +50,7 @@ class SharedPrefixSampler(Sampler):
                 cache.batch_repeat_interleave(len(chunk))
                 sampling = params.temperature > 0
                 generated = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device), past_key_values=cache,
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), **cache_kwargs(model, cache),
                     max_new_tokens=params.max_new_tokens, do_sample=sampling,
                     temperature=params.temperature if sampling else None,
                     top_p=params.top_p if sampling else None, top_k=params.top_k if sampling else None,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +13,26 @@ def _unwrap(model):
     """The underlying transformers model of a peft wrapper (LoRA layers stay injected in it)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+@functools.cache
+def _cache_argument(cls: type) -> str:
+    """The keyword ``cls.forward`` takes a KV cache under: ``cache`` in transformers releases that renamed it
+    (5.x, where ``past_key_values`` is a deprecated alias), ``past_key_values`` in earlier ones."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(model, cache) -> dict:
+    """``{<the model's cache keyword>: cache}`` for a forward or ``generate`` call of ``model`` (a transformers
+    model, its decoder, or a peft wrapper, which passes the keyword through)."""
+    return {_cache_argument(type(_unwrap(model))): cache}
+
+
+def output_cache(output):
+    """The KV cache a ``use_cache=True`` forward returned (``output.cache``; ``past_key_values`` before the rename)."""
+    if "cache" in getattr(type(output), "__dataclass_fields__", {}):
+        return output.cache
+    return output.past_key_values
 
 
 @dataclass
@@ -45,7 +67,7 @@ class PrefixKV:
     def get(self, decoder, prefix_ids: torch.Tensor):
         key = (id(decoder), prefix_ids.device, tuple(prefix_ids.tolist()))
         if key != self._key:
-            self._cache = decoder(input_ids=prefix_ids[None], use_cache=True).past_key_values
+            self._cache = output_cache(decoder(input_ids=prefix_ids[None], use_cache=True))
             self._key = key
         return copy.deepcopy(self._cache)
 
@@ -66,9 +88,9 @@ def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, p
     if prefix_kv is not None:
         cache = prefix_kv.get(decoder, prefix_ids)
     else:
-        cache = decoder(input_ids=prefix_ids[None], use_cache=True).past_key_values
+        cache = output_cache(decoder(input_ids=prefix_ids[None], use_cache=True))
     cache.batch_repeat_interleave(input_ids.shape[0])
     prefix_mask = torch.ones((input_ids.shape[0], prefix_ids.numel()), dtype=attention_mask.dtype, device=attention_mask.device)
     out = decoder(input_ids=input_ids, attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
-                  past_key_values=cache, use_cache=True)
+                  use_cache=True, **cache_kwargs(decoder, cache))
     return out.last_hidden_state

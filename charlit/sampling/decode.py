@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from charlit.models.heads import cache_kwargs
 from charlit.sampling.base import SamplingParams
 
 
@@ -58,8 +59,9 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, params:
     cache = StaticCache(config=model.config, max_cache_len=slots)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    cache_arg = cache_kwargs(model, cache)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1,
+                   **cache_arg).logits[:, -1]
     position = position[:, -1:]
     tokens = []
     for step in range(params.max_new_tokens):
@@ -70,6 +72,6 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, params:
             break
         mask[:, width + step] = 1
         position = position + 1
-        logits = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position, past_key_values=cache,
-                       use_cache=True).logits[:, -1]
+        logits = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position, use_cache=True,
+                       **cache_arg).logits[:, -1]
     return torch.stack(tokens, dim=1)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from tqdm.auto import tqdm
 
 from charlit.models import onednn
 from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
+from charlit.progress import progress
 from charlit.sampling import decode
 from charlit.sampling.base import SAMPLERS, Sampler, SamplingParams
 from charlit.sampling.lean_lora import lean_adapters
@@ -59,7 +59,7 @@ class HFSampler(Sampler):
         pad_id = self.tokenizer.pad_token_id
         device = next(model.parameters()).device
         chunks = [prompts[i: i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
-        bar = tqdm(chunks, desc=desc or "generate", unit="batch", disable=len(chunks) < 2, leave=False)
+        bar = progress(chunks, desc or "generate", unit="batch", leave=False, show=len(chunks) > 1)
         out: list[list[int]] = []
         lean = onednn.supported(model)
         with eval_mode(model), self.decode_weights(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):

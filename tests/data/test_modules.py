@@ -19,7 +19,7 @@ def _conversations(tmp_path, *convs):
 
 def test_every_kind_is_a_registered_data_module():
     assert DATA_MODULES.builtin_names() == ["conversations", "pairs", "prompts"]
-    with pytest.raises(ValueError, match="data.kind='nope' is not a registered data kind; valid choices: conversations"):
+    with pytest.raises(ValueError, match="data.kind='nope' is not a registered data kind; valid choices: conv"):
         DATA_MODULES.get("nope")
 
 
@@ -53,8 +53,10 @@ def test_conversation_heldout_prompts_exclude_training_prompts(tmp_path, pirate,
 
 
 def test_token_batches_are_right_padded_with_masked_labels(tmp_path, pirate, tokenizer):
-    assert {k: v.tolist() for k, v in collate_tokens([([1, 2, 3], [-100, 2, 3]), ([4], [4])], pad_id=0).items()} == {
-        "input_ids": [[1, 2, 3], [4, 0, 0]], "attention_mask": [[1, 1, 1], [1, 0, 0]], "labels": [[-100, 2, 3], [4, -100, -100]]}
+    batch = collate_tokens([([1, 2, 3], [-100, 2, 3]), ([4], [4])], pad_id=0)
+    assert {k: v.tolist() for k, v in batch.items()} == {"input_ids": [[1, 2, 3], [4, 0, 0]],
+                                                         "attention_mask": [[1, 1, 1], [1, 0, 0]],
+                                                         "labels": [[-100, 2, 3], [4, -100, -100]]}
     cfg = compose(["method=sft", "data.batch_size=2"])
     batch = next(iter(build_datamodule(cfg.data, pirate, tokenizer, "conversations").train_dataloader()))
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape

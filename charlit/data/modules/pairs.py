@@ -28,9 +28,11 @@ def pair_examples(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
                    "rejected_ids": rejected[:room]}
         if row.get("ref_chosen_logp") is not None:
             if len(chosen) > room or len(rejected) > room:
-                raise ValueError(f"A pair with precomputed reference log-probs is longer than data.max_length={max_length} "
-                                 f"tokens; raise data.max_length so the stored log-probs still match the responses.")
-            example.update(ref_chosen_logp=float(row["ref_chosen_logp"]), ref_rejected_logp=float(row["ref_rejected_logp"]))
+                raise ValueError(f"A pair with precomputed reference log-probs is longer than "
+                                 f"data.max_length={max_length} tokens; raise data.max_length so the stored log-probs "
+                                 f"still match the responses.")
+            example.update(ref_chosen_logp=float(row["ref_chosen_logp"]),
+                           ref_rejected_logp=float(row["ref_rejected_logp"]))
         examples.append(example)
     return examples
 

@@ -75,7 +75,8 @@ def pair_prompts(cfg, ctx: StageContext, generator: Generator) -> list[str]:
     prompts = select_prompts(spec.sets, ctx.constitution, None if num is None else int(num), ctx.seed)
     extra = int(spec.get("generated", 0))
     if extra > 0:
-        stage = GeneratedPromptsStage(ctx, [generator], prompts, extra, float(spec.get("near_duplicate_threshold", 0.6)))
+        threshold = float(spec.get("near_duplicate_threshold", 0.6))
+        stage = GeneratedPromptsStage(ctx, [generator], prompts, extra, threshold)
         prompts = prompts + [row["prompt"] for row in run_stage(stage).rows]
     return prompts
 

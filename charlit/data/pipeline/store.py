@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tqdm.auto import tqdm
-
 from charlit.models.bundled import cache_root
+from charlit.progress import Progress
 
 COMPLETE = "COMPLETE"
 
@@ -135,7 +134,7 @@ def run_chunks(store: StageDir, items: Sequence, chunk_size: int, work: Callable
     chunks = [list(items[i: i + chunk_size]) for i in range(0, len(items), chunk_size)]
     results: list[ChunkResult | None] = [store.read_chunk(i) for i in range(len(chunks))]
     done = sum(len(c) for c, r in zip(chunks, results) if r is not None)
-    with tqdm(total=len(items), initial=done, desc=desc, unit="item", dynamic_ncols=True) as bar:
+    with Progress(len(items), desc, unit="item", initial=done) as bar:
         for index, chunk in enumerate(chunks):
             if results[index] is not None:
                 continue

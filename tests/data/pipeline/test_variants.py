@@ -33,7 +33,8 @@ def test_pairs_introspection_is_a_dpo_then_sft_recipe():
     cfg = compose(["recipe=pairs_introspection"])
     assert is_recipe(cfg) and not is_recipe(compose([])) and cfg.data.kind == "prompts"   # data stays data
     recipe = cfg.recipe
-    assert [list(s.overrides) for s in recipe.stages] == [["method=dpo", "data=pairs"], ["method=sft", "data=introspection"]]
+    assert [list(s.overrides) for s in recipe.stages] == [["method=dpo", "data=pairs"],
+                                                          ["method=sft", "data=introspection"]]
     assert [s.from_previous for s in recipe.stages] == [False, True]
 
 

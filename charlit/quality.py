@@ -1,0 +1,115 @@
+"""Text quality of a generated reply, without any judge: looping, distinct-n, compression ratio, ending.
+
+Every persona judge can be won by degenerate text (a loop of in-character words scores as strong persona on
+the likelihood judge), so every reply charlit scores is also measured here, and every persona score has a
+*coherence-gated* twin in which a reply that fails :class:`QualityGate` counts as no gain (see
+``docs/evaluation.md``, "Text quality and the coherence gate").
+
+The looping rule: a reply *loops* when some ``n``-token sequence occurs at least ``min_count`` times within
+``window`` consecutive tokens (default: a 4-gram 3 times within 64 tokens). The family of thresholds is the
+three numbers; :data:`LOOP_RULES` lists the ones reports show beside the default. This module depends on
+nothing else in charlit, so data filters, validation and evaluation all apply the same rule.
+"""
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class LoopRule:
+    n: int = 4
+    min_count: int = 3
+    window: int = 64
+
+    def __post_init__(self):
+        if self.n < 1 or self.min_count < 2 or self.window < self.n * self.min_count:
+            raise ValueError(f"loop rule n={self.n}, min_count={self.min_count}, window={self.window} is not valid: "
+                             f"n >= 1, min_count >= 2 and window >= n * min_count (e.g. 4, 3, 64).")
+
+    @property
+    def label(self) -> str:
+        return f"{self.n}gram_x{self.min_count}_in{self.window}"
+
+
+DEFAULT_RULE = LoopRule()
+LOOP_RULES = (LoopRule(3, 3, 64), DEFAULT_RULE, LoopRule(4, 2, 64), LoopRule(8, 2, 128))
+
+
+def loop_span(tokens: Sequence, rule: LoopRule = DEFAULT_RULE) -> int | None:
+    """The index at which the first loop completes (the start of the ``min_count``-th repeat), or None.
+
+    Tokens can be ids or words: anything hashable.
+    """
+    positions: dict[tuple, list[int]] = defaultdict(list)
+    for i in range(len(tokens) - rule.n + 1):
+        seen = positions[tuple(tokens[i: i + rule.n])]
+        seen.append(i)
+        if len(seen) >= rule.min_count and i + rule.n - seen[-rule.min_count] <= rule.window:
+            return i
+    return None
+
+
+def loops(tokens: Sequence, rule: LoopRule = DEFAULT_RULE) -> bool:
+    return loop_span(tokens, rule) is not None
+
+
+def distinct_n(tokens: Sequence, n: int) -> float:
+    """Distinct ``n``-grams over all ``n``-grams (1.0 for a reply shorter than ``n``: nothing repeats)."""
+    grams = [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 bytes over zlib-compressed bytes: about 1–2 for prose, higher for repetitive text (Whisper flags
+    transcripts above 2.4). An empty text gives 1.0."""
+    raw = text.encode("utf-8")
+    if not raw:
+        return 1.0
+    return len(raw) / len(zlib.compress(raw, 9))
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """Which replies count as coherent: no loop under ``rule``, and not empty. ``max_compression`` (0 = off)
+    also fails replies whose compression ratio exceeds it."""
+    rule: LoopRule = DEFAULT_RULE
+    max_compression: float = 0.0
+
+    def passes(self, tokens: Sequence, text: str) -> bool:
+        if not text.strip() or loops(tokens, self.rule):
+            return False
+        return not (self.max_compression > 0 and compression_ratio(text) > self.max_compression)
+
+
+@dataclass(frozen=True)
+class ReplyQuality:
+    loops: bool
+    loops_by_rule: dict
+    distinct_1: float
+    distinct_2: float
+    compression: float
+    ended: bool                 # the reply ends with an end-of-turn token (it finished)
+    coherent: bool              # passes the gate
+
+
+def reply_quality(tokens: Sequence[int], text: str, end_ids: Sequence[int] = (), gate: QualityGate = QualityGate()
+                  ) -> ReplyQuality:
+    """Every text-quality number for one reply (``tokens``: its ids as sampled, end-of-turn token included)."""
+    body = list(tokens)
+    ended = bool(body) and body[-1] in set(end_ids)
+    if ended:
+        body = body[:-1]
+    return ReplyQuality(loops=loops(body, gate.rule), loops_by_rule={r.label: loops(body, r) for r in LOOP_RULES},
+                        distinct_1=distinct_n(body, 1), distinct_2=distinct_n(body, 2),
+                        compression=compression_ratio(text), ended=ended, coherent=gate.passes(body, text))
+
+
+def gated_scores(scores: Sequence[float], coherent: Sequence[bool], floor: float) -> list[float]:
+    """The coherence-gated twin of per-reply persona scores: a reply that fails the gate scores ``floor`` (the
+    bare base's level: no gain), whatever the judge said."""
+    if len(scores) != len(coherent):
+        raise ValueError(f"{len(scores)} scores but {len(coherent)} coherence flags.")
+    return [float(s) if ok else float(floor) for s, ok in zip(scores, coherent)]
