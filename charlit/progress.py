@@ -246,7 +246,7 @@ def _callback_classes():
 
         def on_train_start(self, trainer, pl_module):
             self._bar = Progress(self._total(trainer), "train", unit="step", initial=int(trainer.global_step),
-                                 show=self._enabled)
+                                 show=self._enabled and trainer.is_global_zero)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if self._bar is None:

@@ -53,6 +53,60 @@ def test_tiny_run_is_quiet_and_calls_no_deprecated_api(tmp_path, method, extra):
     assert "[charlit] training:" in proc.stdout     # the one line that replaces Lightning's summary table
 
 
+def test_pretrained_policy_trains_without_an_eval_mode_warning(tmp_path, monkeypatch):
+    """``from_pretrained`` returns a model in eval mode; it must be in train mode before Lightning's fit loop
+    checks (it warns "Found N module(s) in eval mode at the start of training" otherwise)."""
+    import warnings
+
+    import charlit.run as run
+    from tests.conftest import compose
+
+    load_model = run.load_model
+
+    def load_pretrained_like(cfg):
+        loaded = load_model(cfg)
+        loaded.model.eval()
+        return loaded
+
+    monkeypatch.setattr(run, "load_model", load_pretrained_like)
+    cfg = compose(["method=sft", "model=tiny", "trainer.max_steps=1", "logger=none", "val.every_n_steps=0",
+                   "data.batch_size=2", "output.save_final=false"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.train(cfg, tmp_path, reuse_finished=False)
+    assert not [str(w.message) for w in caught if "eval mode" in str(w.message)]
+
+
+def test_progress_off_a_terminal_is_a_line_every_interval_and_nested_phases_are_silent(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from charlit import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(progress, "interactive", lambda: False)
+    monkeypatch.setenv("CHARLIT_PROGRESS_EVERY", "10")
+
+    def ticking(n):
+        for i in range(n):
+            clock[0] += 20
+            yield i
+
+    with progress.Progress(4, "phase", unit="batch") as bar:
+        for _ in range(4):
+            clock[0] += 6
+            assert list(progress.progress(ticking(2), "inner", total=2)) == [0, 1]   # inside a phase: silent
+            bar.update()
+    for _ in progress.progress(range(3), "short"):   # shorter than the interval: nothing
+        pass
+    assert capsys.readouterr().out.splitlines() == [
+        "[charlit] phase: 1/4 batches (25%), 46 s, ~2 min 18 s left",
+        "[charlit] phase: 2/4 batches (50%), 1 min 32 s, ~1 min 32 s left",
+        "[charlit] phase: 3/4 batches (75%), 2 min 18 s, ~46 s left",
+        "[charlit] phase: 4/4 batches (100%), 3 min 04 s (done)",   # the end, not a periodic line at 100%
+    ]
+
+
 def test_harness_attributes_a_deprecated_call_to_charlit():
     """The attribution rule on a synthetic stack: a deprecated forward argument passed by charlit through
     ``nn.Module.__call__`` is charlit's; the same warning reached through Lightning's own code is not."""

@@ -1,1 +1,1 @@
-"""Constitutions, prompt sets, chat construction and Lightning data modules."""
+"""Constitutions, prompt sets, data files (``io``), chat construction and the Lightning data modules (``modules``)."""

@@ -66,6 +66,7 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
     if not stages:
         raise ValueError(f"data.generate.stages is empty for data={cfg.data.name}; list some of: "
                          f"{', '.join(STAGES.names())}.")
+    builders = [STAGES.get(name) for name in stages]   # unknown names fail before any model loads
     constitution = resolve_persona(cfg.persona.path or cfg.persona.name)
     ctx = StageContext(constitution=constitution, filters=FilterSettings.from_cfg(gen.filters), seed=int(gen.seed),
                        chunk_size=int(gen.chunk_size), root=data_cache_root(gen.get("cache_dir")),
@@ -80,7 +81,7 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
         return loaded[-1]
 
     try:
-        results = [run_stage(STAGES.get(name)(cfg, ctx, generator, teacher)) for name in stages]
+        results = [run_stage(build(cfg, ctx, generator, teacher)) for build in builders]
     finally:
         for g in loaded:
             g.close()

@@ -64,3 +64,15 @@ def test_prepare_data_returns_the_dataset_and_leaves_the_config_alone(tmp_path, 
     assert len(module.items) == 2                                   # the data module reads the generated rows
     given = compose(["method=sft", "data=reflection", f"data.path={dataset.path}"])
     assert prepare_data(given) is None                              # a given path is used as is
+
+
+def test_stages_are_looked_up_in_the_stage_registry(tmp_path):
+    from charlit.data.pipeline import generate_dataset
+    from charlit.data.pipeline.stage import STAGES
+
+    assert STAGES.builtin_names() == ["interaction", "pairs", "reflection"]
+    cfg = compose(["method=sft", "data=reflection", "model=tiny", "data.generate.stages=[reflection,diaries]",
+                   f"generation.cache_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"data.generate.stages='diaries' is not a registered data stage; "
+                                         r"valid choices: interaction, pairs, reflection"):
+        generate_dataset(cfg)
