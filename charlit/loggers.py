@@ -70,9 +70,18 @@ def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str, gr
         mode = wandb_mode(str(cfg.get("mode", "auto")))
         id_file = run_dir / "wandb_run_id"   # a resumed run (charlit.checkpointing) continues its W&B run
         run_id = id_file.read_text().strip() if id_file.is_file() else None
+        import wandb
+
+        # quiet: no W&B banner or end-of-run history/summary tables (summary.json has the metrics). Offline, W&B
+        # prints nothing (silent: its messages go to the run's wandb/.../logs): its header repeats charlit's own
+        # line below, which says where the run is and how to sync it. Online, W&B's run URL and warnings print.
         logger = WandbLogger(project=cfg.project, name=run_name, group=cfg.get("group") or group,
                              tags=[*(tags or []), *list(cfg.get("tags") or [])], id=run_id, resume="allow" if run_id else None,
-                             save_dir=str(run_dir), mode=mode, config=config, job_type=cfg.get("job_type"))
+                             save_dir=str(run_dir), mode=mode, config=config, job_type=cfg.get("job_type"),
+                             settings=wandb.Settings(quiet=True, silent=mode == "offline"))
+        # Lightning always passes `anonymous=None`, a setting W&B ignores and warns about ("The anonymous setting
+        # has no effect"); charlit never asks for anonymous logging, so the argument is dropped before init
+        getattr(logger, "_wandb_init", {}).pop("anonymous", None)
         run = logger.experiment  # start now so the run dir is known
         id_file.write_text(run.id)
         if mode == "offline":

@@ -24,7 +24,8 @@ import os
 import sys
 import time
 import warnings
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -79,7 +80,7 @@ class Progress:
         if self.shown and interactive():
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -132,7 +133,7 @@ class Progress:
         elif self._lines:       # a phase long enough to have printed a line says when it ends
             self._line(final=True)
 
-    def suspend(self) -> "_Suspended":
+    def suspend(self) -> _Suspended:
         """A block during which this phase does not count as running (its bar stays, inner phases show)."""
         return _Suspended()
 
@@ -177,8 +178,8 @@ def setup() -> None:
     for handler in logging.getLogger("lightning").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
-                            module=r"lightning\.pytorch\.utilities\._pytree")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
     if not interactive():
         from transformers.utils import logging as hf_logging
 
@@ -198,12 +199,13 @@ def describe_training(trainer, module) -> str:
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     policy = getattr(module, "policy", module)
-    steps = f"{trainer.max_steps} steps" if trainer.max_steps and trainer.max_steps > 0 else f"{trainer.max_epochs} epochs"
-    devices = f"{trainer.num_devices} {trainer.strategy.root_device.type} device{'s' if trainer.num_devices > 1 else ''}"
+    steps = (f"{trainer.max_steps} {_plural('step', trainer.max_steps)}" if trainer.max_steps and trainer.max_steps > 0
+             else f"{trainer.max_epochs} {_plural('epoch', trainer.max_epochs)}")
+    devices = f"{trainer.num_devices} {trainer.strategy.root_device.type} {_plural('device', trainer.num_devices)}"
     if trainer.world_size > 1:
-        devices += f" x {trainer.num_nodes} node{'s' if trainer.num_nodes > 1 else ''}"
-    return (f"[charlit] training: {_count(trainable)} of {_count(total)} parameters trainable ({type(policy).__name__}), "
-            f"{steps} on {devices}, precision {trainer.precision}")
+        devices += f" x {trainer.num_nodes} {_plural('node', trainer.num_nodes)}"
+    return (f"[charlit] training: {_count(trainable)} of {_count(total)} parameters trainable "
+            f"({type(policy).__name__}), {steps} on {devices}, precision {trainer.precision}")
 
 
 @functools.cache

@@ -55,7 +55,7 @@ def _trainer_kwargs(cfg: DictConfig, model, callbacks: list = ()) -> dict:
     progress.setup()   # Lightning's info lines to train.log only (see charlit.progress)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     # charlit's console output instead of Lightning's: a `[charlit] training:` line replaces the model summary
-    # table (its FLOPs column is 0 for models without a FLOP counter), and one bar / plain lines show the steps
+    # table (whose FLOPs read 0 without an example_input_array), and one bar / plain lines show the steps
     kwargs.setdefault("enable_model_summary", False)
     kwargs["callbacks"] = [*callbacks, *progress.trainer_callbacks(bool(kwargs.get("enable_progress_bar", True)))]
     kwargs["strategy"] = build_strategy(kwargs, model, bool(cfg.model.get("gradient_checkpointing", False)))
@@ -153,6 +153,7 @@ def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) ->
     """Train one run; ``reuse_finished`` (default: in a Hydra multirun) returns the summary of an identical job
     that already finished in an earlier sweep instead of retraining (see charlit.checkpointing)."""
     start = time.perf_counter()
+    progress.setup()
     if reuse_finished is None:
         reuse_finished = hydra_sweep_group() is not None
     run_dir, resume = resolve_run_dir(cfg, run_dir, plain_config(cfg), reuse_finished)
@@ -208,7 +209,8 @@ def build_summary(cfg, config, objective, trainer, run_dir, final_dir, wall, con
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1})
     history = objective.val_history
     if history:
-        for key in ("val/divergence", "val/persona_gain", "val/persona_progress"):
+        for key in ("val/divergence", "val/persona_gain", "val/persona_progress", "val/persona_gain_gated",
+                    "val/persona_progress_gated", "val/looping_frac"):
             if key in history[0]:
                 metrics[f"{key}_start"] = history[0][key]
                 metrics[f"{key}_end"] = history[-1][key]

@@ -115,7 +115,8 @@ def test_harness_attributes_a_deprecated_call_to_charlit():
     ours = str(REPO / "charlit" / "sampling" / "decode.py")
     assert _charlit_call([(ours, "sample", 61), (*torch_call, 1), (*site, 1)]) == f"{ours}:61 in sample"
     lightning = ("/x/site-packages/lightning/pytorch/utilities/_pytree.py", "_tree_flatten", 21)
-    assert _charlit_call([(ours, "train", 1), lightning, ("/x/site-packages/typing_extensions.py", "__new__", 1)]) is None
+    leaf_spec = ("/x/site-packages/typing_extensions.py", "__new__", 1)
+    assert _charlit_call([(ours, "train", 1), lightning, leaf_spec]) is None
 
 
 # ---- the harness: python tests/test_quiet.py REPORT.json <train.py overrides> ----------------------------------

@@ -10,8 +10,8 @@ import torch
 
 from charlit.models.heads import cache_kwargs, output_cache
 from charlit.models.modes import eval_mode
-from charlit.progress import progress
 from charlit.models.sequences import shared_prefix_length
+from charlit.progress import progress
 from charlit.sampling.base import Sampler, SamplingParams
 from charlit.sampling.hf import HFSampler, end_token_ids, trim_response
 

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from omegaconf import OmegaConf
 
 from charlit.data.constitution import Constitution
 from charlit.eval.generation_cache import GenerationCache, default_cache_dir, weights_identity
@@ -73,24 +74,34 @@ def evaluate(cfg, base: torch.nn.Module, tokenizer, constitution: Constitution, 
         if candidate is not None:
             candidate.model.eval()
     systems, aliases = build_systems(base, constitution, under_test, compare)
-    sizes = dict(cfg.suite)
-    params = SamplingParams(max_new_tokens=int(sizes["max_new_tokens"]), temperature=float(cfg.sampling.temperature),
-                            top_p=float(cfg.sampling.top_p))
+    sizes = OmegaConf.to_container(cfg.suite, resolve=True) if OmegaConf.is_config(cfg.suite) else dict(cfg.suite)
+    sampled = SamplingParams(max_new_tokens=int(sizes["max_new_tokens"]), temperature=float(cfg.sampling.temperature),
+                             top_p=float(cfg.sampling.top_p))
+    decodings = {"sampled": sampled}
+    if cfg.get("greedy", True):   # greedy decoding exposes loops that sampling hides
+        decodings["greedy"] = SamplingParams(max_new_tokens=sampled.max_new_tokens, temperature=0.0)
     cache_dir = None if not cfg.cache else (cfg.cache_dir or default_cache_dir())
-    cache = GenerationCache(SharedPrefixSampler(tokenizer, batch_size=int(cfg.batch_size)), params, cache_dir)
+    sampler = SharedPrefixSampler(tokenizer, batch_size=int(cfg.batch_size))
     judges = {name: build_judge(str(name), base_model=base, tokenizer=tokenizer, batch_size=int(cfg.batch_size))
               for name in cfg.judges}
     bare = next(s for s in systems if s.label == "bare")
-    ctx = SuiteContext(tokenizer=tokenizer, constitution=constitution, systems=systems, bare=bare, cache=cache,
-                       judges=judges, sizes=sizes, seed=int(cfg.seed), llm_judge=build_llm_judge(cfg.get("llm_judge")),
-                       score_batch_size=int(cfg.batch_size))
     runs = {name: SUITES.get(name) for name in sizes["suites"]}   # unknown names fail here, before any generation
-    suites, timings = {}, {}
-    for name, suite in runs.items():
-        t0 = time.perf_counter()
-        print(f"[charlit] eval suite {name}", flush=True)
-        suites[name] = _expand(suite(ctx), aliases)
-        timings[name] = round(time.perf_counter() - t0, 2)
+    greedy_suites = set(sizes.get("greedy_suites") or ()) & set(runs)   # those of suite.suites also run greedily
+    suites, timings, caches = {}, {}, {}
+    llm_judge = build_llm_judge(cfg.get("llm_judge"))
+    for decoding, params in decodings.items():
+        cache = caches[decoding] = GenerationCache(sampler, params, cache_dir)
+        ctx = SuiteContext(tokenizer=tokenizer, constitution=constitution, systems=systems, bare=bare, cache=cache,
+                           judges=judges, sizes=sizes, seed=int(cfg.seed), llm_judge=llm_judge,
+                           score_batch_size=int(cfg.batch_size))
+        for name, suite in runs.items():
+            if decoding != "sampled" and name not in greedy_suites:
+                continue
+            key = name if decoding == "sampled" else f"{name}_{decoding}"
+            t0 = time.perf_counter()
+            print(f"[charlit] eval suite {key}", flush=True)
+            suites[key] = _expand(suite(ctx), aliases)
+            timings[key] = round(time.perf_counter() - t0, 2)
     return {
         "persona": constitution.name,
         "systems": {
@@ -99,12 +110,15 @@ def evaluate(cfg, base: torch.nn.Module, tokenizer, constitution: Constitution, 
             **({"compare": compare.name} if compare else {}),
         },
         "labels": [label for label in LABELS if label in aliases],
-        "judges": list(judges) + ([ctx.llm_judge.description] if ctx.llm_judge else []),
-        "sampling": {**params.__dict__, "seed": int(cfg.seed)},
+        "judges": list(judges) + ([llm_judge.description] if llm_judge else []),
+        "sampling": {**sampled.__dict__, "seed": int(cfg.seed)},
+        "decodings": {name: params.__dict__ for name, params in decodings.items()},
+        "quality_gate": {"rule": ctx.gate.rule.label, "max_compression": ctx.gate.max_compression},
         "sizes": {k: v for k, v in sizes.items() if k != "suites"},
         "suites": suites,
         "timings_s": timings,
-        "generation_cache": {"dir": str(cache_dir) if cache_dir else None, "hits": cache.hits, "misses": cache.misses},
+        "generation_cache": {"dir": str(cache_dir) if cache_dir else None, "hits": sum(c.hits for c in caches.values()),
+                             "misses": sum(c.misses for c in caches.values())},
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
 

@@ -1,6 +1,7 @@
 """Build the policy model and tokenizer from the ``model`` config group."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,9 @@ def _apply_lora(model, lora: DictConfig):
         target_modules=list(target) if not isinstance(target, str) else target,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():   # peft reads transformers' deprecated property itself; our code does not
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def load_model(cfg: DictConfig, tokenizer=None, *, apply_lora: bool = True) -> LoadedModel:

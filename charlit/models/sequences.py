@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from charlit.models.heads import PrefixKV, final_hidden
+from charlit.models.heads import PrefixKV, _unwrap, cache_kwargs, final_hidden, output_cache
 
 
 def right_pad(sequences: list[list[int]], pad_id: int, width: int | None = None):
@@ -92,8 +92,6 @@ def shared_context_hidden(model, contexts: list[list[int]], response_groups: lis
     differentiable (gradients flow through the shared cache). Falls back to exactly that call when the model
     cannot keep a cache (gradient checkpointing while training).
     """
-    from charlit.models.heads import _unwrap
-
     flat = [r for group in response_groups for r in group]
     base = _unwrap(model)
     checkpointing = getattr(base, "is_activation_checkpointing", None)
@@ -119,12 +117,12 @@ def shared_context_hidden(model, contexts: list[list[int]], response_groups: lis
     if steps <= 0:
         rest = first.new_zeros((groups * n, 0, first.shape[-1]))
     else:
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_select_indices(owner)
         r_ids, r_mask = (t.to(device) for t in right_pad([r[:-1] for r in flat], pad_id, steps))
         positions = ctx_len[owner].unsqueeze(1) + torch.arange(steps, device=device)
         rest = decoder(input_ids=r_ids, attention_mask=torch.cat([mask[owner], r_mask], dim=1), position_ids=positions,
-                       past_key_values=cache, use_cache=True).last_hidden_state                # [rows, steps, H]
+                       **cache_kwargs(decoder, cache), use_cache=True).last_hidden_state                # [rows, steps, H]
     states = torch.cat([first[owner].unsqueeze(1), rest], dim=1)                            # [rows, 1 + steps, H]
     rows = torch.tensor([row for row, r in enumerate(flat) for _ in r], dtype=torch.long, device=device)
     cols = torch.tensor([k for r in flat for k in range(len(r))], dtype=torch.long, device=device)

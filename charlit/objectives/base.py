@@ -12,6 +12,7 @@ tables) is shared.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
@@ -22,7 +23,7 @@ import torch
 from charlit.data.constitution import Constitution
 from charlit.models import LoadedModel
 from charlit.models.frozen import FrozenReference
-from charlit.objectives.validation import HeldOutValidation, ValidationSettings
+from charlit.objectives.validation import HeldOutValidation, ValidationSettings, ValidationTally, looping_alarm
 from charlit.sampling import Sampler, SamplingParams
 from charlit.settings import setting
 from charlit.teachers import Teacher
@@ -90,7 +91,7 @@ class CharacterObjective(L.LightningModule):
         self.val_history: list[dict] = []   # one entry per validation run: step + aggregated metrics
         self.baselines: dict[str, float] = {}
         self.last_train_metrics: dict[str, float] = {}   # the latest value of every train/* metric
-        self._val_acc: dict | None = None
+        self._val_acc: ValidationTally | None = None
         self._step_start = 0.0
 
     # ---- subclasses -------------------------------------------------------------------------
@@ -109,7 +110,7 @@ class CharacterObjective(L.LightningModule):
         self.reference.to(self.device)
 
     # ---- training ---------------------------------------------------------------------------
-    def on_train_start(self):
+    def on_fit_start(self):
         self.policy.train()  # validation before fit leaves submodules in eval mode
 
     def on_train_batch_start(self, batch, batch_idx):
@@ -181,45 +182,38 @@ class CharacterObjective(L.LightningModule):
 
     # ---- validation -------------------------------------------------------------------------
     def on_validation_epoch_start(self):
-        self._val_acc = {"div": 0.0, "tokens": 0, "gains": [], "bare": [], "prompted": [], "samples": []}
+        self._val_acc = ValidationTally()
 
     def validation_step(self, batch, batch_idx):
-        first = not self.baselines
-        result = self.validation.run_batch(list(batch), batch_idx, with_baselines=first)
-        acc = self._val_acc
-        acc["div"] += result.divergence_sum
-        acc["tokens"] += result.tokens
-        acc["gains"].append(result.gains.cpu())
-        acc["samples"].extend(result.samples)
-        for key in ("bare", "prompted"):
-            if key in result.baseline_gains:
-                acc[key].append(result.baseline_gains[key].cpu())
+        self._val_acc.add(self.validation.run_batch(list(batch), batch_idx, with_baselines=not self.baselines))
 
     def on_validation_epoch_end(self):
-        acc = self._val_acc
-        if self.trainer.sanity_checking or acc is None or not acc["gains"]:
+        tally = self._val_acc
+        if self.trainer.sanity_checking or tally is None or not tally.gains:
             return
-        gains = torch.cat(acc["gains"]).double()
-        metrics = {
-            "val/divergence": acc["div"] / max(acc["tokens"], 1),
-            "val/persona_gain": gains.mean().item(),
-            # half-width of the normal-approximation 95% interval over held-out prompts
-            "val/persona_gain_ci95": 1.96 * gains.std().item() / len(gains) ** 0.5 if len(gains) > 1 else float("nan"),
-        }
-        if acc["bare"]:
-            self.baselines = {
-                "val/persona_gain_bare": torch.cat(acc["bare"]).mean().item(),
-                "val/persona_gain_prompted": torch.cat(acc["prompted"]).mean().item(),
-            }
-            metrics.update(self.baselines)
-        span = self.baselines["val/persona_gain_prompted"] - self.baselines["val/persona_gain_bare"]
-        if abs(span) > 1e-12:
-            metrics["val/persona_progress"] = (metrics["val/persona_gain"] - self.baselines["val/persona_gain_bare"]) / span
-            metrics["val/persona_progress_ci95"] = metrics["val/persona_gain_ci95"] / abs(span)
+        fresh = {}
+        if tally.baseline_gains:
+            self.baselines = fresh = tally.baselines()
+        metrics = {**tally.metrics(self.baselines), **fresh}
         for key, value in metrics.items():
             self.log(key, value, batch_size=1, sync_dist=False)
         self.val_history.append({"step": int(self.global_step), **metrics})
-        self.log_samples(acc["samples"])
+        self.log_samples(tally.samples)
+        self._check_looping(metrics)
+
+    def _check_looping(self, metrics: dict) -> None:
+        settings = self.ctx.validation
+        if settings.on_looping == "off":
+            return
+        alarm = looping_alarm(metrics, self.baselines, settings.looping_margin)
+        if alarm is None:
+            return
+        stop = settings.on_looping == "stop"
+        if stop:   # every rank validates the same prompts, so every rank stops
+            self.trainer.should_stop = True
+        if self.trainer.is_global_zero:
+            what = "stopping (val.on_looping=stop)" if stop else "warning"
+            print(f"[charlit] {what} at step {self.global_step}: {alarm}", file=sys.stderr, flush=True)
 
     def log_samples(self, samples: list[dict]) -> None:
         """Hand sample generations to whichever loggers can show them (see charlit.loggers)."""

@@ -7,7 +7,12 @@ of a run see the same randomness), then:
   base conditioned on the constitution, per response token;
 * ``val/persona_gain``: the likelihood judge's gain of the student's replies (see
   :mod:`charlit.eval.likelihood_judge`), with the bare base's and the constitution-prompted base's
-  replies scored once as ``val/persona_gain_bare`` and ``val/persona_gain_prompted``.
+  replies scored once as ``val/persona_gain_bare`` and ``val/persona_gain_prompted``;
+* text quality (:mod:`charlit.quality`): ``val/looping_frac`` (and ``_bare`` / ``_prompted``), and the
+  coherence-gated twins ``val/persona_gain_gated`` / ``val/persona_progress_gated`` in which a reply that fails the
+  gate counts as the bare base's mean gain (no gain), for the student and the prompted base alike.
+  ``looping_margin`` / ``on_looping``: warn about (or stop) a run whose looping fraction climbs more than the
+  margin above the bare base's.
 """
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ from charlit.kernels import fused_linear_divergence
 from charlit.models.heads import lm_head
 from charlit.models.modes import eval_mode
 from charlit.models.sequences import response_hidden
+from charlit.quality import QualityGate, reply_quality
 from charlit.sampling import SamplingParams
+from charlit.sampling.hf import end_token_ids
 from charlit.settings import setting
 from charlit.teachers.self import SelfTeacher
 
@@ -32,6 +39,8 @@ class ValidationSettings:
     every_n_steps: int = setting(10, ge=0, help="0 = no validation")
     beta: float = setting(1.0, ge=0, le=1)
     temperature: float = setting(1.0, gt=0)
+    looping_margin: float = setting(0.2, ge=0, help="looping fraction allowed above the bare base's")
+    on_looping: str = setting("warn", choices=("warn", "stop", "off"))
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
     @classmethod
@@ -50,7 +59,11 @@ class BatchResult:
     tokens: int
     gains: torch.Tensor
     samples: list[dict]
+    coherent: list[bool] = field(default_factory=list)                 # per student reply: passes the gate
+    looping: list[bool] = field(default_factory=list)
     baseline_gains: dict[str, torch.Tensor] = field(default_factory=dict)
+    baseline_coherent: dict[str, list[bool]] = field(default_factory=dict)
+    baseline_looping: dict[str, list[bool]] = field(default_factory=dict)
 
 
 class HeldOutValidation:
@@ -61,6 +74,13 @@ class HeldOutValidation:
         self.beta, self.temperature, self.seed = settings.beta, settings.temperature, seed
         self.teacher = SelfTeacher(policy, reference, tokenizer, constitution, weights="frozen")
         self.prompted_replies: dict[str, str] = {}   # prompt -> the prompted base's reply, for sample tables
+        self.gate = QualityGate()
+
+    def _quality(self, replies: list[list[int]]) -> tuple[list[bool], list[bool]]:
+        """(coherent, looping) per reply."""
+        end_ids = end_token_ids(self.tokenizer, self.policy)
+        quality = [reply_quality(r, self._decode(r), end_ids, self.gate) for r in replies]
+        return [q.coherent for q in quality], [q.loops for q in quality]
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -81,17 +101,95 @@ class HeldOutValidation:
             reduction="sum", student_bias=head.bias, teacher_bias=teacher.bias, softcap=head.softcap,
         ).item() if tokens else 0.0
 
-        baselines = {}
+        coherent, looping = self._quality(replies)
         with self.reference.model() as base:
             gains = persona_gain(base, self.tokenizer, self.constitution, prompts, replies)
+            samples = [{"prompt": p, "student": self._decode(r), "loops": loop} for p, r, loop in zip(prompts, replies, looping)]
+            result = BatchResult(div_sum, tokens, gains, samples, coherent, looping)
             if with_baselines:
                 bare_replies = self.sampler.generate(base, bare_ctx, self.params, seed=seed, desc="val bare base")
                 prompted_ctx = [render_prompt_ids(self.tokenizer, teacher_messages(p, self.constitution)) for p in prompts]
                 prompted_replies = self.sampler.generate(base, prompted_ctx, self.params, seed=seed, desc="val prompted base")
-                baselines["bare"] = persona_gain(base, self.tokenizer, self.constitution, prompts, bare_replies)
-                baselines["prompted"] = persona_gain(base, self.tokenizer, self.constitution, prompts, prompted_replies)
+                for key, ids in (("bare", bare_replies), ("prompted", prompted_replies)):
+                    result.baseline_gains[key] = persona_gain(base, self.tokenizer, self.constitution, prompts, ids)
+                    result.baseline_coherent[key], result.baseline_looping[key] = self._quality(ids)
                 self.prompted_replies.update({p: self._decode(r) for p, r in zip(prompts, prompted_replies)})
 
-        samples = [{"prompt": p, "student": self._decode(r), "teacher": self.prompted_replies.get(p, "")}
-                   for p, r in zip(prompts, replies)]
-        return BatchResult(div_sum, tokens, gains, samples, baselines)
+        for sample in samples:
+            sample["teacher"] = self.prompted_replies.get(sample["prompt"], "")
+        return result
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _ci95(values) -> float:
+    """Half-width of the normal-approximation 95% interval of the mean."""
+    values = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    return 1.96 * values.std().item() / len(values) ** 0.5 if len(values) > 1 else float("nan")
+
+
+@dataclass
+class ValidationTally:
+    """One validation run's batch results, summed up into ``val/*`` metrics."""
+    divergence_sum: float = 0.0
+    tokens: int = 0
+    gains: list[float] = field(default_factory=list)
+    coherent: list[bool] = field(default_factory=list)
+    looping: list[bool] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    baseline_gains: dict[str, list[float]] = field(default_factory=dict)
+    baseline_coherent: dict[str, list[bool]] = field(default_factory=dict)
+    baseline_looping: dict[str, list[bool]] = field(default_factory=dict)
+
+    def add(self, result: BatchResult) -> None:
+        self.divergence_sum += result.divergence_sum
+        self.tokens += result.tokens
+        self.gains += result.gains.double().cpu().tolist()
+        self.coherent += result.coherent
+        self.looping += result.looping
+        self.samples += result.samples
+        for key, gains in result.baseline_gains.items():
+            self.baseline_gains.setdefault(key, []).extend(gains.double().cpu().tolist())
+            self.baseline_coherent.setdefault(key, []).extend(result.baseline_coherent[key])
+            self.baseline_looping.setdefault(key, []).extend(result.baseline_looping[key])
+
+    def baselines(self) -> dict[str, float]:
+        """The bare and prompted base's figures (computed once, at the first validation): raw and gated gain,
+        looping fraction. A prompted reply that fails the gate counts as the bare mean (no gain)."""
+        bare = _mean(self.baseline_gains["bare"])
+        prompted = self.baseline_gains["prompted"]
+        gated = [g if ok else bare for g, ok in zip(prompted, self.baseline_coherent["prompted"])]
+        return {"val/persona_gain_bare": bare, "val/persona_gain_prompted": _mean(prompted),
+                "val/persona_gain_prompted_gated": _mean(gated),
+                "val/looping_frac_bare": _mean(self.baseline_looping["bare"]),
+                "val/looping_frac_prompted": _mean(self.baseline_looping["prompted"])}
+
+    def metrics(self, baselines: dict[str, float]) -> dict[str, float]:
+        bare = baselines["val/persona_gain_bare"]
+        gated = [g if ok else bare for g, ok in zip(self.gains, self.coherent)]
+        metrics = {
+            "val/divergence": self.divergence_sum / max(self.tokens, 1),
+            "val/persona_gain": _mean(self.gains), "val/persona_gain_ci95": _ci95(self.gains),
+            "val/persona_gain_gated": _mean(gated), "val/persona_gain_gated_ci95": _ci95(gated),
+            "val/looping_frac": _mean(self.looping),
+        }
+        for suffix, prompted in (("", baselines["val/persona_gain_prompted"]),
+                                 ("_gated", baselines.get("val/persona_gain_prompted_gated"))):
+            span = None if prompted is None else prompted - bare
+            if span is not None and abs(span) > 1e-12:
+                metrics[f"val/persona_progress{suffix}"] = (metrics[f"val/persona_gain{suffix}"] - bare) / span
+                metrics[f"val/persona_progress{suffix}_ci95"] = metrics[f"val/persona_gain{suffix}_ci95"] / abs(span)
+        return metrics
+
+
+def looping_alarm(metrics: dict, baselines: dict, margin: float) -> str | None:
+    """A message when the student loops more than ``margin`` above the bare base, else None."""
+    bare = baselines.get("val/looping_frac_bare")
+    if bare is None or metrics["val/looping_frac"] <= bare + margin:
+        return None
+    return (f"val/looping_frac={metrics['val/looping_frac']:.2f} is more than val.looping_margin={margin:g} above the "
+            f"bare base's {bare:.2f}: the student is learning degenerate loops (persona scores may be inflated; see "
+            f"val/persona_progress_gated). Lower optim.lr or trainer.max_steps, or use method.loop_mask=true.")

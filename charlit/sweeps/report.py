@@ -14,9 +14,10 @@ from pathlib import Path
 
 AXES = ("method", "teacher", "data", "persona", "seed")
 VAL_HEADLINES = ("val/divergence_start", "val/divergence_end", "val/divergence_change", "val/persona_gain_end",
-                 "val/persona_progress_end")
+                 "val/persona_progress_end", "val/persona_progress_gated_end", "val/looping_frac_end",
+                 "val/looping_frac_bare")
 RUN_FIELDS = ("steps", "wall_time_s", "peak_rss_mb")
-PLOTTED = ("val/divergence_end", "val/persona_progress_end")
+PLOTTED = ("val/divergence_end", "val/persona_progress_end", "val/persona_progress_gated_end", "val/looping_frac_end")
 
 
 def _teacher_label(config: dict, summary: dict) -> str:

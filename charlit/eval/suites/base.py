@@ -7,14 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from charlit.data.constitution import Constitution
 from charlit.eval.generation_cache import GenerationCache
 from charlit.eval.judges.base import PersonaJudge, Reply
 from charlit.eval.judges.classifier import ClassifierJudge
 from charlit.eval.judges.llm import LLMJudge
+from charlit.eval.likelihood_judge import mean_reply_logprob
 from charlit.eval.stats import Estimate, mean_ci, wilson
 from charlit.eval.systems import System
+from charlit.quality import QualityGate, gated_scores, reply_quality
 from charlit.registry import Registry
+from charlit.sampling.hf import end_token_ids
 
 SUITES = Registry("eval suite", package="charlit.eval.suites", group="charlit.suites", option="suite.suites")
 
@@ -31,6 +36,7 @@ class SuiteContext:
     seed: int
     llm_judge: LLMJudge | None = None
     score_batch_size: int = 8
+    gate: QualityGate = field(default_factory=QualityGate)
 
     def replies(self, system: System, prompts: list, seed_offset: int, desc: str) -> list[Reply]:
         ids = system.generate(self.cache, self.tokenizer, prompts, self.seed + seed_offset, desc=desc)
@@ -61,13 +67,65 @@ def judge_scores(ctx: SuiteContext, replies: list[Reply]) -> dict[str, list]:
     return out
 
 
+@torch.no_grad()
+def fluency(ctx: SuiteContext, replies: list[Reply]) -> list[float]:
+    """The bare base's mean per-token log-likelihood of each non-empty reply, given the bare prompt."""
+    kept = [r for r in replies if r.ids]
+    out: list[float] = []
+    for i in range(0, len(kept), ctx.score_batch_size):
+        chunk = kept[i: i + ctx.score_batch_size]
+        contexts = ctx.bare.contexts(ctx.tokenizer, [r.prompt for r in chunk])
+        out += mean_reply_logprob(ctx.bare.model, ctx.tokenizer, contexts, [list(r.ids) for r in chunk]).tolist()
+    return out
+
+
+def quality_values(ctx: SuiteContext, replies: list[Reply]) -> dict[str, list]:
+    """Per-reply text quality (:mod:`charlit.quality`): looping, distinct-2, compression ratio, whether the reply
+    ended (end-of-turn token) and passed the coherence gate, and its fluency under the bare base."""
+    end_ids = end_token_ids(ctx.tokenizer, ctx.bare.model)
+    quality = [reply_quality(r.ids, r.text, end_ids, ctx.gate) for r in replies]
+    return {"looping": [q.loops for q in quality], "coherent": [q.coherent for q in quality],
+            "ended": [q.ended for q in quality], "distinct_2": [q.distinct_2 for q in quality],
+            "compression": [q.compression for q in quality], "fluency": fluency(ctx, replies)}
+
+
+def persona_values(ctx: SuiteContext, system: System, replies: list[Reply], floors: dict[str, float]) -> dict[str, list]:
+    """Judge scores, their coherence-gated twins (``<judge>_gated``) and text quality for one system's replies.
+
+    A reply that fails the gate scores the bare base's mean on the same prompts (no gain) in the gated twin, for
+    every system alike; the bare base, the anchor, keeps its raw scores. ``floors`` carries the bare base's means
+    from its call (systems run bare first) to the others'.
+    """
+    values = judge_scores(ctx, replies)
+    quality = quality_values(ctx, replies)
+    coherent = quality["coherent"]
+    for judge in list(values):
+        raw = values[judge]
+        if system.label == ctx.bare.label:
+            floors[judge] = sum(raw) / len(raw) if raw else 0.0
+            values[f"{judge}_gated"] = list(raw)
+        elif judge not in floors:
+            raise ValueError(f"suite ran {system.label!r} before the bare base: the gated {judge} score needs the "
+                             f"bare base's mean first (SuiteContext.systems must start with the bare system).")
+        elif judge.endswith("_hit"):
+            values[f"{judge}_gated"] = [bool(h) and ok for h, ok in zip(raw, coherent)]
+        else:
+            values[f"{judge}_gated"] = gated_scores(raw, coherent, floors[judge])
+    return values | quality
+
+
 def estimates(scores: dict[str, list], prefix: str = "") -> dict[str, Estimate]:
-    """Means with t intervals; hit rates (booleans) with Wilson intervals."""
-    return {f"{prefix}{k}": wilson(sum(v), len(v)) if k.endswith("_hit") else mean_ci(v) for k, v in scores.items()}
+    """Means with t intervals; proportions (lists of booleans) with Wilson intervals."""
+    out = {}
+    for key, values in scores.items():
+        proportion = bool(values) and all(isinstance(v, bool) for v in values)
+        out[f"{prefix}{key}"] = wilson(sum(values), len(values)) if proportion else mean_ci(values)
+    return out
 
 
-def judge_estimates(ctx: SuiteContext, replies: list[Reply], prefix: str = "") -> dict[str, Estimate]:
-    return estimates(judge_scores(ctx, replies), prefix)
+def persona_estimates(ctx: SuiteContext, system: System, replies: list[Reply], floors: dict[str, float],
+                      prefix: str = "") -> dict[str, Estimate]:
+    return estimates(persona_values(ctx, system, replies, floors), prefix)
 
 
 def samples(label: str, replies: list[Reply], limit: int) -> list[dict]:

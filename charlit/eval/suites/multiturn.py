@@ -3,7 +3,7 @@ per-turn series shows whether the persona drifts away as the conversation grows.
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
-from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, estimates, judge_scores
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, estimates, persona_values
 
 
 @SUITES.register("multiturn")
@@ -11,6 +11,7 @@ def multiturn(ctx: SuiteContext) -> SuiteResult:
     convs = [c[: int(ctx.sizes["turns"])] for c in benchmark_data.conversations()[: int(ctx.sizes["conversations"])]]
     turns = min(len(c) for c in convs)
     result = SuiteResult()
+    floors = [{} for _ in range(turns)]     # the bare base's mean per turn, for the gated scores
     for system in ctx.systems:
         histories: list[list[dict]] = [[] for _ in convs]
         per_turn: list[dict[str, list]] = []
@@ -20,7 +21,7 @@ def multiturn(ctx: SuiteContext) -> SuiteResult:
             replies = ctx.replies(system, [list(h) for h in histories], 200 + t, f"conversation turn {t + 1}")
             for history, reply in zip(histories, replies):
                 history.append({"role": "assistant", "content": reply.text})
-            per_turn.append(judge_scores(ctx, replies))
+            per_turn.append(persona_values(ctx, system, replies, floors[t]))
         series = [estimates(scores) for scores in per_turn]
         for metric in series[0]:
             result.series.setdefault(metric, {})[system.label] = [s[metric] for s in series]

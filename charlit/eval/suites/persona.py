@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
-from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, judge_estimates, samples
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, persona_estimates, samples
 
 
 def _persona_suite(ctx: SuiteContext, prompts: list[str], seed_offset: int, desc: str) -> SuiteResult:
-    result = SuiteResult()
+    result, floors = SuiteResult(), {}
     for system in ctx.systems:
         replies = ctx.replies(system, prompts, seed_offset, desc)
-        for metric, estimate in judge_estimates(ctx, replies).items():
+        for metric, estimate in persona_estimates(ctx, system, replies, floors).items():
             result.put(metric, system.label, estimate)
         result.samples += samples(system.label, replies, 3)
     return result

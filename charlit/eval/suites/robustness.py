@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
-from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, judge_estimates, samples
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, persona_estimates, samples
 
 
 def attacked_prompts(attacks: int, prompts: int) -> list[str]:
@@ -26,13 +26,14 @@ def robustness(ctx: SuiteContext) -> SuiteResult:
     openers = ctx.replies(ctx.bare, [r["prompt"] for r in pairs], 300, "prefill opener")
     prefilled = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": o.text},
                   {"role": "user", "content": r["follow_up"]}] for r, o in zip(pairs, openers)]
+    suffix_floors, prefill_floors = {}, {}
     for system in ctx.systems:
         replies = ctx.replies(system, attacked, 310, "adversarial suffixes")
-        for metric, estimate in judge_estimates(ctx, replies, "suffix_").items():
+        for metric, estimate in persona_estimates(ctx, system, replies, suffix_floors, "suffix_").items():
             result.put(metric, system.label, estimate)
         result.samples += samples(system.label, replies, 2)
         replies = ctx.replies(system, prefilled, 320, "prefill attack")
-        for metric, estimate in judge_estimates(ctx, replies, "prefill_").items():
+        for metric, estimate in persona_estimates(ctx, system, replies, prefill_floors, "prefill_").items():
             result.put(metric, system.label, estimate)
         result.samples += samples(system.label, replies, 1)
     return result
