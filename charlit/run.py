@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from charlit import progress
 from charlit.checkpointing import AtomicCheckpointIO, config_fingerprint, find_resume, mark_run
 from charlit.data.constitution import Constitution, resolve_persona
 from charlit.data.modules import build_datamodule
@@ -50,9 +51,6 @@ def peak_rss_mb() -> float:
 
 
 def _trainer_kwargs(cfg: DictConfig, model, callbacks: list = ()) -> dict:
-    from charlit import progress
-
-    progress.setup()   # Lightning's info lines to train.log only (see charlit.progress)
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     # charlit's console output instead of Lightning's: a `[charlit] training:` line replaces the model summary
     # table (whose FLOPs read 0 without an example_input_array), and one bar / plain lines show the steps

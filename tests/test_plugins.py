@@ -1,77 +1,219 @@
-"""A throwaway third-party objective (one module + one YAML, in a temporary installed package found through the
-``charlit.objectives`` entry point) trains with ``method=<its name>`` without editing any charlit file."""
+"""A throwaway third-party package plugs into every extension point without editing any charlit file.
+
+It lives in a temporary directory: one module, YAMLs under its own ``conf/`` (added with Hydra's
+``hydra.searchpath=[pkg://toy_charlit_plugin.conf]``) and a ``.dist-info`` whose ``entry_points.txt`` registers
+an objective, a teacher, a sampler, a data kind, a kernel backend, an eval suite and a judge, exactly as
+``pip install`` of a real package would. Training and evaluation then use them by name.
+"""
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import REPO
 
 PLUGIN = '''
-"""A toy objective: cross-entropy on assistant tokens, scaled by a setting."""
+"""Toy plugins: each does something small and checkable."""
 from dataclasses import dataclass
 
-from charlit.kernels import fused_linear_logprobs
-from charlit.models.heads import final_hidden, lm_head
-from charlit.objectives.base import CharacterObjective
-from charlit.settings import setting
+from charlit.data.modules.prompts import PromptData
+from charlit.data.modules.base import DataSettings, IGNORED_KEYS
+from charlit.data.prompts import heldout_prompts
+from charlit.eval.judges.base import PersonaJudge
+from charlit.eval.stats import mean_ci
+from charlit.eval.suites.base import SuiteResult
+from charlit.kernels.backends.torch import TorchBackend
+from charlit.objectives.self_distill import SelfDistill
+from charlit.objectives.teacher_objective import DivergenceSettings
+from charlit.sampling.base import SamplerSettings
+from charlit.sampling.hf import HFSampler
+from charlit.settings import parse, setting
+from charlit.teachers.self import SelfTeacher
+
+CALLS = {"teacher": 0, "sampler": 0, "kernel": 0}
 
 
-class Toy(CharacterObjective):
-    data_kind = "conversations"
+def _mark(what):
+    CALLS[what] += 1
+    with open(__import__("os").environ["TOY_PLUGIN_LOG"], "a") as log:
+        log.write(what + "\\n")
+
+
+class Toy(SelfDistill):
+    data_kinds = ("prompts", "toy_prompts")
 
     @dataclass
-    class Config:
+    class Config(DivergenceSettings):
         scale: float = setting(1.0, gt=0)
 
     def compute_loss(self, batch):
-        hidden = final_hidden(self.policy, batch["input_ids"], batch["attention_mask"])[:, :-1]
-        targets = batch["labels"][:, 1:]
-        keep = targets != -100
-        head = lm_head(self.policy)
-        logp = fused_linear_logprobs(hidden[keep], head.weight, targets[keep], bias=head.bias)
-        n_tokens = int(keep.sum())
-        return -self.config.scale * logp.sum() / max(n_tokens, 1), {"toy_scale": self.config.scale}, n_tokens
+        loss, metrics, n_tokens = super().compute_loss(batch)
+        return self.config.scale * loss, {**metrics, "toy_scale": self.config.scale}, n_tokens
+
+
+class ToyTeacher(SelfTeacher):
+    def score(self, prompts, responses):
+        _mark("teacher")
+        return super().score(prompts, responses)
+
+
+class ToySampler(HFSampler):
+    @dataclass
+    class Config(SamplerSettings):
+        max_new_tokens: int = setting(5, ge=1)
+
+    def generate(self, model, prompts, params, **kwargs):
+        _mark("sampler")
+        return super().generate(model, prompts, params, **kwargs)
+
+
+@dataclass
+class ToyPromptSettings(DataSettings):
+    prompts: list = setting(["Say hello."])
+
+
+class ToyPrompts(PromptData):
+    @classmethod
+    def from_config(cls, data_cfg, *, constitution, tokenizer, conversation_format, seed, dataset_path=None):
+        settings = parse(ToyPromptSettings, data_cfg, "data", ignore=IGNORED_KEYS)
+        return cls(list(settings.prompts), heldout_prompts(settings.heldout_set, settings.val_size, settings.prompts),
+                   settings, seed)
+
+
+class ToyBackend(TorchBackend):
+    def divergence(self, *args):
+        _mark("kernel")
+        return super().divergence(*args)
+
+
+class ArrJudge(PersonaJudge):
+    def __init__(self, **_):
+        pass
+
+    def score(self, replies, constitution):
+        return [float(r.text.lower().count("arr")) for r in replies]
+
+
+def reply_length(ctx):
+    result = SuiteResult()
+    for system in ctx.systems:
+        replies = ctx.replies(system, ["Tell me about ships."], 0, "toy")
+        result.put("reply_tokens", system.label, mean_ci([len(r.ids) for r in replies]))
+        result.put("arr", system.label, mean_ci(ctx.judges["arr"].score(replies, ctx.constitution)))
+    return result
 '''
 
-YAML = '''
-# @package _global_
-defaults:
-  - override /data: conversations
-method:
-  name: toy
-  scale: 0.5
-'''
+ENTRY_POINTS = """
+[charlit.objectives]
+toy = toy_charlit_plugin:Toy
+[charlit.teachers]
+toy_teacher = toy_charlit_plugin:ToyTeacher
+[charlit.samplers]
+toy_sampler = toy_charlit_plugin:ToySampler
+[charlit.data_kinds]
+toy_prompts = toy_charlit_plugin:ToyPrompts
+[charlit.kernel_backends]
+toy_backend = toy_charlit_plugin:ToyBackend
+[charlit.suites]
+reply_length = toy_charlit_plugin:reply_length
+[charlit.judges]
+arr = toy_charlit_plugin:ArrJudge
+"""
+
+YAMLS = {
+    "method/toy.yaml": """
+        # @package _global_
+        defaults:
+          - override /data: toy_prompts
+        method:
+          name: toy
+          beta: 1.0
+          temperature: 1.0
+          scale_by_t2: false
+          teacher_weights: frozen
+          ema_decay: 0.99
+          scale: 0.5
+        """,
+    "teacher/toy_teacher.yaml": "name: toy_teacher\n",
+    "sampler/toy_sampler.yaml": """
+        name: toy_sampler
+        batch_size: 4
+        max_new_tokens: 5
+        temperature: 1.0
+        top_p: 1.0
+        top_k: 0
+        """,
+    "data/toy_prompts.yaml": """
+        name: toy_prompts
+        kind: toy_prompts
+        prompts: ["Where is the treasure?", "How do I tie a knot?", "What is rain?"]
+        heldout_set: general_heldout
+        val_size: 2
+        batch_size: 2
+        val_batch_size: 2
+        """,
+}
 
 
-def make_plugin(root):
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
     package = root / "toy_charlit_plugin"
-    (package / "conf" / "method").mkdir(parents=True)
+    package.mkdir()
     (package / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    (package / "conf").mkdir()
     (package / "conf" / "__init__.py").write_text("")
-    (package / "conf" / "method" / "toy.yaml").write_text(textwrap.dedent(YAML).lstrip())
+    for name, text in YAMLS.items():
+        path = package / "conf" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
     info = root / "toy_charlit_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-charlit-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[charlit.objectives]\ntoy = toy_charlit_plugin:Toy\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    return root
 
 
-def test_a_third_party_objective_trains_without_editing_charlit(tmp_path):
-    make_plugin(tmp_path / "site")
-    before = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)])}
-    cmd = [sys.executable, "train.py", "method=toy", "model=tiny", "trainer.max_steps=2", "logger=csv",
-           "val.every_n_steps=0", "data.batch_size=2", "hydra.searchpath=[pkg://toy_charlit_plugin.conf]",
-           f"hydra.run.dir={run_dir}"]
+def _run(plugin, tmp_path, script, *overrides):
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(REPO)]), "TOY_PLUGIN_LOG": str(log),
+           "CHARLIT_KERNEL_BACKEND": "toy_backend"}
+    cmd = [sys.executable, script, "model=tiny", "hydra.searchpath=[pkg://toy_charlit_plugin.conf]", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    return proc, log.read_text().split() if log.exists() else []
+
+
+def _tree_state():
+    return subprocess.run(["git", "status", "--porcelain", "--", "charlit", "conf", "train.py", "eval.py"], cwd=REPO,
+                          capture_output=True, text=True).stdout
+
+
+def test_a_third_party_objective_teacher_sampler_data_kind_and_kernel_backend_train(plugin, tmp_path):
+    before = _tree_state()
+    run_dir = tmp_path / "run"
+    proc, calls = _run(plugin, tmp_path, "train.py", "method=toy", "teacher=toy_teacher", "sampler=toy_sampler",
+                       "trainer.max_steps=2", "logger=csv", "val.every_n_steps=0", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["method"] == "toy" and summary["steps"] == 2
+    assert (summary["method"], summary["teacher"], summary["data"], summary["steps"]) == ("toy", "toy_teacher",
+                                                                                          "toy_prompts", 2)
     assert summary["metrics"]["train/toy_scale"] == 0.5
-    assert subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout == before
+    assert {"teacher", "sampler", "kernel"} <= set(calls)
+    assert _tree_state() == before
 
-    bad = subprocess.run([*cmd[:-1], "method.scale=0", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300, env=env)
+    bad, _ = _run(plugin, tmp_path, "train.py", "method=toy", "method.scale=0", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "charlit: error: method.scale=0 is out of range; it must be > 0" in bad.stderr
+
+
+def test_a_third_party_eval_suite_and_judge_report(plugin, tmp_path):
+    out = tmp_path / "eval"
+    proc, _ = _run(plugin, tmp_path, "eval.py", "persona=pirate", "suite=quick", "suite.suites=[reply_length]",
+                   "judges=[arr]", "suite.max_new_tokens=4", "logger=none", f"cache_dir={tmp_path / 'cache'}",
+                   f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "eval.json").read_text())["suites"]["reply_length"]["metrics"]
+    assert set(metrics) == {"reply_tokens", "arr"}
+    assert 1 <= metrics["reply_tokens"]["model"]["mean"] <= 4

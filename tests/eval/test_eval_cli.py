@@ -26,18 +26,21 @@ def test_base_model_eval_reports_every_suite_three_ways(tmp_path):
     report = json.loads((out / "eval.json").read_text())
     assert report["labels"] == ["model", "bare", "prompted"]
     suites = report["suites"]
-    assert list(suites) == ["persona_id", "ood", "multiturn", "robustness", "revealed_preferences", "coherence", "capability"]
+    assert list(suites) == ["persona_id", "ood", "multiturn", "robustness", "revealed_preferences", "coherence", "capability",
+                            "persona_id_greedy", "ood_greedy", "robustness_greedy"]
+    assert report["decodings"]["greedy"]["temperature"] == 0.0
     assert suites["revealed_preferences"] == {"status": SKIPPED, "metrics": {}, "series": {}, "samples": []}
     assert suites["coherence"]["status"] == SKIPPED
-    for name in ("persona_id", "ood", "multiturn", "robustness", "capability"):
+    for name in ("persona_id", "ood", "multiturn", "robustness", "capability", "ood_greedy"):
         assert suites[name]["status"] == "ok" and suites[name]["metrics"], name
         for metric, per_label in suites[name]["metrics"].items():
             assert set(per_label) == {"model", "bare", "prompted"}, (name, metric)
             for est in per_label.values():
                 assert set(est) == {"mean", "lo", "hi", "n"} and est["n"] > 0 and est["lo"] <= est["mean"] <= est["hi"]
             assert per_label["model"] == per_label["bare"]  # the untrained baseline is the bare base
-    for metric in ("likelihood", "classifier", "classifier_hit"):
-        assert metric in suites["persona_id"]["metrics"]
+    for metric in ("likelihood", "classifier", "classifier_hit", "likelihood_gated", "classifier_hit_gated", "looping",
+                   "coherent", "ended", "distinct_2", "compression", "fluency"):
+        assert metric in suites["persona_id"]["metrics"] and metric in suites["ood_greedy"]["metrics"], metric
     assert {"suffix_likelihood", "prefill_likelihood"} <= set(suites["robustness"]["metrics"])
     assert {"kl_to_base", "perplexity", "mc_accuracy"} == set(suites["capability"]["metrics"])
     assert suites["capability"]["metrics"]["kl_to_base"]["bare"]["mean"] == 0.0
@@ -71,7 +74,7 @@ def _run_dir(tmp_path, persona="stoic"):
 
 def test_run_dir_supplies_base_and_persona_and_compare_adds_a_column(tmp_path):
     run = _run_dir(tmp_path)
-    _eval(tmp_path, f"ckpt={run}", f"compare={run / 'final'}", "judges=[likelihood]")
+    _eval(tmp_path, f"ckpt={run}", f"compare={run / 'final'}", "judges=[likelihood]", "greedy=false")
     report = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert report["persona"] == "stoic"
     assert report["labels"] == ["model", "bare", "prompted", "compare"]
@@ -92,7 +95,7 @@ def test_bad_checkpoint_and_missing_persona_are_one_clear_line(tmp_path):
 def test_train_hook_adds_eval_numbers_to_the_summary(tmp_path):
     small = [f"eval.{o}" for o in SMALL if o.startswith("suite.")]
     cmd = [sys.executable, "train.py", "method=sft", "persona=poet", "model=tiny", "trainer.max_steps=1", "logger=csv",
-           "val.every_n_steps=0", "eval=quick", "eval.judges=[likelihood]", f"eval.cache_dir={tmp_path / 'cache'}",
+           "val.every_n_steps=0", "eval=quick", "eval.judges=[likelihood]", "eval.greedy=false", f"eval.cache_dir={tmp_path / 'cache'}",
            "eval.suite.suites=[persona_id,revealed_preferences,capability]", *small, f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
