@@ -1,4 +1,5 @@
 """charlit evaluation entry point: ``python eval.py ckpt=<run dir> persona=<p>`` (see README, Evaluation)."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """charlit data generation: ``python generate.py data=pairs persona=stoic`` runs (or reuses) the data pipeline
 for a data variant and prints the dataset's path (see README, "Data pipeline")."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Aggregate a sweep: ``python report.py multirun/<date>`` writes report.csv, report.md and plots (see README)."""
+
 import argparse
 import sys
 from pathlib import Path

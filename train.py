@@ -1,5 +1,6 @@
 """charlit training entry point: ``python train.py method=self_distill``, or a multi-stage
 ``python train.py recipe=pairs_introspection`` (see README)."""
+
 import sys
 from pathlib import Path
 

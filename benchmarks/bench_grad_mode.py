@@ -6,6 +6,7 @@ load from other processes on a shared CPU hits both alike.  ``--threads 1`` with
 
     python benchmarks/bench_grad_mode.py --n 1024 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,7 @@ import time
 
 import torch
 
-from charlit.kernels import fused_linear_divergence
-from charlit.kernels import torch_chunked
+from charlit.kernels import fused_linear_divergence, torch_chunked
 
 
 def main() -> None:
@@ -45,10 +45,10 @@ def main() -> None:
         t0 = clock()
         with torch.no_grad():
             for i in range(0, a.n, 1024):
-                s = xs[i:i + 1024] @ ws.t()
-                xt[i:i + 1024] @ wt.t()
+                s = xs[i : i + 1024] @ ws.t()
+                xt[i : i + 1024] @ wt.t()
                 s @ ws
-                s.t() @ xs[i:i + 1024]
+                s.t() @ xs[i : i + 1024]
         return clock() - t0
 
     step(True), step(False), floor()  # warm-up
@@ -60,8 +60,10 @@ def main() -> None:
     torch_chunked.GRAD_IN_FORWARD = True
     f, r, g = best["forward"], best["recompute"], best["floor"]
     print(f"N={a.n} H={a.hidden} V={a.vocab} beta={a.beta} threads={torch.get_num_threads()} clock={clock.__name__}")
-    print(f"4-GEMM floor {g:.3f}s | grad-in-forward {f:.3f}s ({f / g:.2f}x floor) | "
-          f"recompute {r:.3f}s ({r / g:.2f}x floor) | recompute/forward = {r / f:.2f}")
+    print(
+        f"4-GEMM floor {g:.3f}s | grad-in-forward {f:.3f}s ({f / g:.2f}x floor) | "
+        f"recompute {r:.3f}s ({r / g:.2f}x floor) | recompute/forward = {r / f:.2f}"
+    )
 
 
 if __name__ == "__main__":

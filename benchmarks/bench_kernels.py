@@ -23,6 +23,7 @@ Usage:
   python benchmarks/bench_kernels.py --shapes smollm2 --ns 512,2048 --cases torch,naive
   python benchmarks/bench_kernels.py            # everything that fits this device
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,7 +101,9 @@ def _naive_jsd(s_logits, t_logits, beta, temperature=1.0):
     elif beta == 1:
         per = (ls.exp() * (ls - lt)).sum(-1)
     else:
-        lm = torch.logsumexp(torch.stack([lt + torch.log(torch.tensor(beta)), ls + torch.log(torch.tensor(1 - beta))]), 0)
+        lm = torch.logsumexp(
+            torch.stack([lt + torch.log(torch.tensor(beta)), ls + torch.log(torch.tensor(1 - beta))]), 0
+        )
         per = beta * (lt.exp() * (lt - lm)).sum(-1) + (1 - beta) * (ls.exp() * (ls - lm)).sum(-1)
     return per.mean()
 
@@ -114,12 +117,12 @@ def _gemm_floor(xs, ws, xt, wt, ngemm, sync):
     def run():
         dw = torch.zeros_like(ws)
         for i in range(0, n, 1024):
-            s = xs[i:i + 1024] @ ws.t()
+            s = xs[i : i + 1024] @ ws.t()
             if ngemm == 4:
-                torch.mm(xt[i:i + 1024], wt.t())
+                torch.mm(xt[i : i + 1024], wt.t())
             torch.mm(s.to(ws.dtype), ws)
             if ngemm >= 3:
-                dw.addmm_(s.t().to(ws.dtype), xs[i:i + 1024])
+                dw.addmm_(s.t().to(ws.dtype), xs[i : i + 1024])
         sync()
 
     return run
@@ -144,8 +147,10 @@ def worker(spec: dict) -> dict:
     wt = torch.randn(v, h, device=dev, dtype=dtype) / h**0.5
     ngemm = 4
     if case in ("naive", "compile"):
+
         def loss_fn(a, b, c, d):
             return _naive_jsd(a @ b.t(), c @ d.t(), beta)
+
         fn = torch.compile(loss_fn) if case == "compile" else loss_fn
         step = lambda: fn(xs, ws, xt, wt).backward()  # noqa: E731
     elif case in ("torch", "triton", "cuda"):
@@ -153,7 +158,9 @@ def worker(spec: dict) -> dict:
     elif case == "liger_jsd":
         from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
-        mod = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=beta, compiled=dev.type == "cuda")
+        mod = LigerFusedLinearJSDLoss(
+            weight_hard_loss=0.0, weight_soft_loss=1.0, beta=beta, compiled=dev.type == "cuda"
+        )
         labels = torch.zeros(n, dtype=torch.long, device=dev)
         step = lambda: mod(xs, ws, xt, wt, labels).backward()  # noqa: E731
     elif case in LOGPROB_CASES:
@@ -165,6 +172,7 @@ def worker(spec: dict) -> dict:
         else:
             ngemm = 3
         if case == "logprobs_naive":
+
             def step():
                 z = torch.log_softmax((xs @ ws.t()).float(), -1)
                 z.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).backward(up)
@@ -179,6 +187,7 @@ def worker(spec: dict) -> dict:
         tgt[:, : t // 4] = -100  # prompt tokens
         half = seqs // 2
         if case == "dpo_ours":
+
             def step():
                 lp = fused_linear_logprobs(hid, ws, tgt).sum(-1)
                 with torch.no_grad():
@@ -186,11 +195,13 @@ def worker(spec: dict) -> dict:
                 margin = (lp[:half] - rlp[:half]) - (lp[half:] - rlp[half:])
                 torch.nn.functional.logsigmoid(0.1 * margin).neg().mean().backward()
         elif case == "dpo_naive":
+
             def step():
                 def seq_lp(hh, w):
                     z = torch.log_softmax((hh @ w.t()).float(), -1)
                     m = tgt != -100
                     return (z.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1) * m).sum(-1)
+
                 lp = seq_lp(hid, ws)
                 with torch.no_grad():
                     rlp = seq_lp(ref_hid, wt)
@@ -240,8 +251,15 @@ def worker(spec: dict) -> dict:
         with torch.no_grad():
             floor_fn()
         floors.append(time.perf_counter() - t0)
-    return dict(time_s=min(times), floor_s=min(floors), ratio=min(times) / min(floors), peak_extra_mb=peak / 2**20,
-                ngemm=ngemm, times=times, floors=floors)
+    return dict(
+        time_s=min(times),
+        floor_s=min(floors),
+        ratio=min(times) / min(floors),
+        peak_extra_mb=peak / 2**20,
+        ngemm=ngemm,
+        times=times,
+        floors=floors,
+    )
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -315,7 +333,9 @@ def write_outputs(rows: list[dict], tag: str) -> None:
                     row[0].plot(g["n"], g["ratio"], marker="o", label=case)
                     row[1].plot(g["n"], g["peak_extra_mb"], marker="o", label=case)
                 row[0].set(xscale="log", title=f"{shape}: time / bare-GEMM floor", xlabel="tokens N", ylabel="ratio")
-                row[1].set(xscale="log", yscale="log", title=f"{shape}: peak extra memory", xlabel="tokens N", ylabel="MB")
+                row[1].set(
+                    xscale="log", yscale="log", title=f"{shape}: peak extra memory", xlabel="tokens N", ylabel="MB"
+                )
                 row[0].axhline(1.0, color="k", lw=0.5)
                 row[0].legend(fontsize=7)
                 row[1].legend(fontsize=7)
@@ -334,12 +354,18 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", default=",".join(DIV_CASES + LOGPROB_CASES + DPO_CASES), help="comma list of cases")
     ap.add_argument("--beta", type=float, default=0.5, help="divergence beta (0 fwd KL, 1 rev KL, else JSD)")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
-    ap.add_argument("--reps", type=int, default=None, help="timed iterations per case (default 3; 2 when N*H*V > 1e11 on CPU)")
+    ap.add_argument(
+        "--reps", type=int, default=None, help="timed iterations per case (default 3; 2 when N*H*V > 1e11 on CPU)"
+    )
     ap.add_argument("--mem-limit-gb", type=float, default=8.0, help="skip materialising cases needing more")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per case")
     ap.add_argument("--tag", default=None, help="output file stem under benchmarks/results/")
-    ap.add_argument("--tile-budget-mb", type=float, default=None,
-                    help="override both tile budgets of torch_chunked (live [B, V] buffers) for our cases")
+    ap.add_argument(
+        "--tile-budget-mb",
+        type=float,
+        default=None,
+        help="override both tile budgets of torch_chunked (live [B, V] buffers) for our cases",
+    )
     args = ap.parse_args(argv)
     if args.worker:
         res = worker(json.loads(args.worker))
@@ -380,7 +406,10 @@ def main(argv=None) -> None:
         res = dict(status=f"skipped: {why}") if why else run_case(spec, args.timeout)
         row = dict(job, device=device, dtype=dtype, beta=args.beta, reps=reps, **res)
         rows.append(row)
-        print(json.dumps({k: row.get(k) for k in ("shape", "n", "case", "time_s", "ratio", "peak_extra_mb", "status")}), flush=True)
+        print(
+            json.dumps({k: row.get(k) for k in ("shape", "n", "case", "time_s", "ratio", "peak_extra_mb", "status")}),
+            flush=True,
+        )
     tag = args.tag or f"bench_{device}{'_quick' if args.quick else ''}"
     write_outputs(rows, tag)
     print(f"wrote {RESULTS}/{tag}.{{csv,md,png}} in {time.time() - t_start:.0f}s")

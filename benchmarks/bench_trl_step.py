@@ -24,6 +24,7 @@ Usage: ``python benchmarks/bench_trl_step.py [--steps 5] [--cases charlit_dpo,tr
 (needs ``pip install trl datasets`` for the TRL cases; they are reported as skipped without it).
 Writes ``benchmarks/results/trl_step.{csv,md}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,10 +61,21 @@ def _charlit(method_overrides: list[str], steps: int) -> list[float]:
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            "logger=none", "val.every_n_steps=0", f"optim.lr={LR}", "optim.warmup_steps=0",
-            f"model.lora.r={LORA_R}", f"model.lora.alpha={LORA_ALPHA}", f"trainer.max_steps={steps}",
-            "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", *method_overrides])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "logger=none",
+                "val.every_n_steps=0",
+                f"optim.lr={LR}",
+                "optim.warmup_steps=0",
+                f"model.lora.r={LORA_R}",
+                f"model.lora.alpha={LORA_ALPHA}",
+                f"trainer.max_steps={steps}",
+                "trainer.enable_progress_bar=false",
+                "+trainer.enable_model_summary=false",
+                *method_overrides,
+            ],
+        )
     objective, datamodule = build_objective(cfg)
     times: list[float] = []
 
@@ -74,17 +86,31 @@ def _charlit(method_overrides: list[str], steps: int) -> list[float]:
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             times.append(time.perf_counter() - self.t0)
 
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[StepTimer()],
-                        **{k: v for k, v in cfg.trainer.items()})
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, callbacks=[StepTimer()], **{k: v for k, v in cfg.trainer.items()}
+    )
     trainer.fit(objective, datamodule=datamodule)
     return times
 
 
 def _trl_common(out_dir: str, steps: int, batch: int) -> dict:
-    return dict(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch, learning_rate=LR,
-                lr_scheduler_type="constant", warmup_steps=0, bf16=False, fp16=False, use_cpu=True,
-                gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[],
-                dataloader_num_workers=0, seed=0)
+    return dict(
+        output_dir=out_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        seed=0,
+    )
 
 
 def _trl(kind: str, steps: int, pairs: Path) -> list[float]:
@@ -100,7 +126,9 @@ def _trl(kind: str, steps: int, pairs: Path) -> list[float]:
     source = str(converted_dir())
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -117,31 +145,65 @@ def _trl(kind: str, steps: int, pairs: Path) -> list[float]:
             rows = read_jsonl(pairs)
             data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
             args = DPOConfig(**_trl_common(out_dir, steps, DPO_PAIRS), beta=0.1, max_length=1024)
-            trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                 peft_config=lora, callbacks=[StepTimer()])
+            trainer = DPOTrainer(
+                model=model,
+                args=args,
+                train_dataset=data,
+                processing_class=tokenizer,
+                peft_config=lora,
+                callbacks=[StepTimer()],
+            )
         else:
             from trl.experimental.gkd import GKDConfig, GKDTrainer
 
             teacher = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
             prompts = load_prompt_set("general_train")
             # GKD's collator needs a full conversation; with lmbda=1 the assistant turn is replaced by a sample.
-            data = Dataset.from_list([{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Sure."}]}
-                                      for p in prompts])
-            args = GKDConfig(**_trl_common(out_dir, steps, GKD_PROMPTS), lmbda=1.0, beta=1.0, temperature=1.0,
-                             max_new_tokens=GKD_NEW_TOKENS, max_length=512)
-            trainer = GKDTrainer(model=model, teacher_model=teacher, args=args, train_dataset=data,
-                                 processing_class=tokenizer, peft_config=lora, callbacks=[StepTimer()])
+            data = Dataset.from_list(
+                [
+                    {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Sure."}]}
+                    for p in prompts
+                ]
+            )
+            args = GKDConfig(
+                **_trl_common(out_dir, steps, GKD_PROMPTS),
+                lmbda=1.0,
+                beta=1.0,
+                temperature=1.0,
+                max_new_tokens=GKD_NEW_TOKENS,
+                max_length=512,
+            )
+            trainer = GKDTrainer(
+                model=model,
+                teacher_model=teacher,
+                args=args,
+                train_dataset=data,
+                processing_class=tokenizer,
+                peft_config=lora,
+                callbacks=[StepTimer()],
+            )
         trainer.train()
     return times
 
 
 def worker(case: str, steps: int, pairs: Path) -> dict:
     if case == "charlit_dpo":
-        times = _charlit(["method=dpo", f"data.path={pairs}", f"data.batch_size={DPO_PAIRS}", "data.max_length=1024"], steps)
+        times = _charlit(
+            ["method=dpo", f"data.path={pairs}", f"data.batch_size={DPO_PAIRS}", "data.max_length=1024"], steps
+        )
     elif case == "charlit_gkd":
-        times = _charlit(["method=on_policy_distill", "data=prompts", "method.lmbda=1.0", "method.beta=1.0",
-                          f"data.batch_size={GKD_PROMPTS}", f"sampler.max_new_tokens={GKD_NEW_TOKENS}",
-                          "sampler.temperature=1.0"], steps)
+        times = _charlit(
+            [
+                "method=on_policy_distill",
+                "data=prompts",
+                "method.lmbda=1.0",
+                "method.beta=1.0",
+                f"data.batch_size={GKD_PROMPTS}",
+                f"sampler.max_new_tokens={GKD_NEW_TOKENS}",
+                "sampler.temperature=1.0",
+            ],
+            steps,
+        )
     elif case in ("trl_dpo", "trl_gkd"):
         try:
             import trl  # noqa: F401
@@ -159,7 +221,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--tag", default="trl_step")
-    parser.add_argument("--dpo-pairs", default=str(PIPELINE_PAIRS), help="JSONL of prompt/chosen/rejected, or 'bundled'")
+    parser.add_argument(
+        "--dpo-pairs", default=str(PIPELINE_PAIRS), help="JSONL of prompt/chosen/rejected, or 'bundled'"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     pairs = BUNDLED_PAIRS if args.dpo_pairs == "bundled" else Path(args.dpo_pairs).resolve()
@@ -170,18 +234,28 @@ def main() -> None:
     rows = []
     for case in args.cases.split(","):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--worker", case, "--steps", str(args.steps), "--dpo-pairs", str(pairs)], cwd=REPO,
-                              capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", case, "--steps", str(args.steps), "--dpo-pairs", str(pairs)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "WANDB_MODE": "disabled"},
+        )
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            rows.append({"case": case, "status": f"failed (rc {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"})
+            rows.append(
+                {"case": case, "status": f"failed (rc {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"}
+            )
         else:
-            result = json.loads(line[len("RESULT "):])
-            kept = result.get("step_times_s", [])[args.warmup:]
+            result = json.loads(line[len("RESULT ") :])
+            kept = result.get("step_times_s", [])[args.warmup :]
             if kept:
                 result["median_step_s"] = statistics.median(kept)
             rows.append(result)
-        print(f"{case}: {rows[-1].get('median_step_s', rows[-1]['status'])} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"{case}: {rows[-1].get('median_step_s', rows[-1]['status'])} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
 
     by_case = {r["case"]: r for r in rows}
     for ours, theirs in (("charlit_dpo", "trl_dpo"), ("charlit_gkd", "trl_gkd")):
@@ -196,11 +270,16 @@ def main() -> None:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| case | median s/step | peak RSS MB | speed-up vs TRL | RSS vs TRL | status |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| case | median s/step | peak RSS MB | speed-up vs TRL | RSS vs TRL | status |",
+        "|---|---|---|---|---|---|",
+    ]
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
     for r in rows:
-        lines.append(f"| {r['case']} | {fmt(r.get('median_step_s'), '.2f')} | {fmt(r.get('peak_rss_mb'), '.0f')} | "
-                     f"{fmt(r.get('speedup_vs_trl'), '.2f')} | {fmt(r.get('rss_vs_trl'), '.2f')} | {r['status']} |")
+        lines.append(
+            f"| {r['case']} | {fmt(r.get('median_step_s'), '.2f')} | {fmt(r.get('peak_rss_mb'), '.0f')} | "
+            f"{fmt(r.get('speedup_vs_trl'), '.2f')} | {fmt(r.get('rss_vs_trl'), '.2f')} | {r['status']} |"
+        )
     (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

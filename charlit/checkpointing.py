@@ -13,6 +13,7 @@ same fingerprint) *finished* is reused
 instead of retrained, so rerunning a sweep or a two-stage recipe after a crash redoes only the unfinished
 jobs. ``resume=never`` always starts fresh; ``resume=<run dir or .ckpt>`` resumes that one.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,10 +44,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as err:
             tmp.unlink(missing_ok=True)
             if err.errno == errno.ENOSPC:
-                previous = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"
-                raise OSError(errno.ENOSPC, f"No space left on the device while writing checkpoint {path}; {previous}. "
-                                            f"Free disk space (or point the run dir elsewhere) and rerun the same command "
-                                            f"to resume.") from err
+                previous = (
+                    f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"
+                )
+                raise OSError(
+                    errno.ENOSPC,
+                    f"No space left on the device while writing checkpoint {path}; {previous}. "
+                    f"Free disk space (or point the run dir elsewhere) and rerun the same command "
+                    f"to resume.",
+                ) from err
             raise
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
@@ -62,7 +68,7 @@ def config_fingerprint(config: dict) -> str:
 @dataclass
 class Resume:
     run_dir: Path
-    checkpoint: Path | None      # None: the run finished; reuse its summary.json instead of training
+    checkpoint: Path | None  # None: the run finished; reuse its summary.json instead of training
 
 
 def _same_config(run_dir: Path, fingerprint: str) -> bool:
@@ -73,8 +79,11 @@ def _same_config(run_dir: Path, fingerprint: str) -> bool:
 
 
 def _unfinished(run_dir: Path, fingerprint: str) -> bool:
-    return (_same_config(run_dir, fingerprint) and (run_dir / LAST_CHECKPOINT).is_file()
-            and not (run_dir / "summary.json").exists())
+    return (
+        _same_config(run_dir, fingerprint)
+        and (run_dir / LAST_CHECKPOINT).is_file()
+        and not (run_dir / "summary.json").exists()
+    )
 
 
 def _finished(run_dir: Path, fingerprint: str) -> bool:
@@ -104,8 +113,10 @@ def find_resume(setting: str, run_dir: Path, fingerprint: str, reuse_finished: b
     target = Path(setting)
     checkpoint = target if target.suffix == ".ckpt" else target / LAST_CHECKPOINT
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"resume={setting}: no checkpoint at {checkpoint}; pass a run dir holding "
-                                f"{LAST_CHECKPOINT}, a .ckpt file, 'auto' or 'never'.")
+        raise FileNotFoundError(
+            f"resume={setting}: no checkpoint at {checkpoint}; pass a run dir holding "
+            f"{LAST_CHECKPOINT}, a .ckpt file, 'auto' or 'never'."
+        )
     owner = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else run_dir
     return Resume(owner, checkpoint)
 

@@ -5,6 +5,7 @@ fix), a missing optional dependency (ImportError, e.g. ``sampler=vllm`` without 
 full disk. Anything else is a bug and keeps its traceback;
 ``CHARLIT_FULL_ERROR=1`` shows the traceback for bad input too.
 """
+
 from __future__ import annotations
 
 import errno

@@ -1,4 +1,5 @@
 """Hydra glue: config-store entries for the bundled personas and argv rewriting for persona paths."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Secrets never reach a logger: config values under keys that look like credentials are redacted before
 anything is logged or written (see :func:`redact`).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,10 @@ LOGGERS = ("wandb", "csv", "none")
 def redact(value):
     """A copy of a plain (nested dict/list) config with credential-like keys replaced by '<redacted>'."""
     if isinstance(value, dict):
-        return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in value.items()}
+        return {
+            k: ("<redacted>" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
@@ -50,8 +54,9 @@ def wandb_mode(requested: str) -> str:
     return requested
 
 
-def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str, group: str | None = None,
-                 tags: list[str] | None = None):
+def build_logger(
+    cfg: DictConfig, run_dir: Path, config: dict, run_name: str, group: str | None = None, tags: list[str] | None = None
+):
     """The configured logger; ``group``/``tags`` (a sweep's shared group, method/teacher/... tags) apply to W&B,
     where ``logger.group`` and ``logger.tags`` from the config take precedence / are added."""
     name = cfg.name
@@ -68,17 +73,26 @@ def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str, gr
         from lightning.pytorch.loggers import WandbLogger
 
         mode = wandb_mode(str(cfg.get("mode", "auto")))
-        id_file = run_dir / "wandb_run_id"   # a resumed run (charlit.checkpointing) continues its W&B run
+        id_file = run_dir / "wandb_run_id"  # a resumed run (charlit.checkpointing) continues its W&B run
         run_id = id_file.read_text().strip() if id_file.is_file() else None
         import wandb
 
         # quiet: no W&B banner or end-of-run history/summary tables (summary.json has the metrics). Offline, W&B
         # prints nothing (silent: its messages go to the run's wandb/.../logs): its header repeats charlit's own
         # line below, which says where the run is and how to sync it. Online, W&B's run URL and warnings print.
-        logger = WandbLogger(project=cfg.project, name=run_name, group=cfg.get("group") or group,
-                             tags=[*(tags or []), *list(cfg.get("tags") or [])], id=run_id, resume="allow" if run_id else None,
-                             save_dir=str(run_dir), mode=mode, config=config, job_type=cfg.get("job_type"),
-                             settings=wandb.Settings(quiet=True, silent=mode == "offline"))
+        logger = WandbLogger(
+            project=cfg.project,
+            name=run_name,
+            group=cfg.get("group") or group,
+            tags=[*(tags or []), *list(cfg.get("tags") or [])],
+            id=run_id,
+            resume="allow" if run_id else None,
+            save_dir=str(run_dir),
+            mode=mode,
+            config=config,
+            job_type=cfg.get("job_type"),
+            settings=wandb.Settings(quiet=True, silent=mode == "offline"),
+        )
         # Lightning always passes `anonymous=None`, a setting W&B ignores and warns about ("The anonymous setting
         # has no effect"); charlit never asks for anonymous logging, so the argument is dropped before init
         getattr(logger, "_wandb_init", {}).pop("anonymous", None)
@@ -86,8 +100,11 @@ def build_logger(cfg: DictConfig, run_dir: Path, config: dict, run_name: str, gr
         id_file.write_text(run.id)
         if mode == "offline":
             offline_dir = Path(run.dir).parent
-            print(f"[charlit] W&B offline (no API key configured): run saved in {offline_dir}; "
-                  f"sync later with `wandb sync {offline_dir}`", flush=True)
+            print(
+                f"[charlit] W&B offline (no API key configured): run saved in {offline_dir}; "
+                f"sync later with `wandb sync {offline_dir}`",
+                flush=True,
+            )
         return logger
     raise ValueError(f"logger={name!r} is not available; valid choices: {', '.join(LOGGERS)}.")
 
@@ -104,4 +121,6 @@ def log_samples(trainer, samples: list[dict], step: int, limit: int = 8) -> None
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
             columns = ["step", "prompt", "student", "teacher"]
-            logger.log_table(key="samples", columns=columns, data=[[step, s["prompt"], s["student"], s["teacher"]] for s in samples])
+            logger.log_table(
+                key="samples", columns=columns, data=[[step, s["prompt"], s["student"], s["teacher"]] for s in samples]
+            )

@@ -16,6 +16,7 @@ validation sampler's bars show.
 :func:`trainer_callbacks` gives the Lightning callbacks charlit trains with: the training bar above and one
 ``[charlit] training: ...`` line (trainable parameters, device, steps) in place of Lightning's model summary.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,7 +31,7 @@ from typing import TypeVar
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
-_open = 0          # phases running in this process; one opened inside another shows nothing
+_open = 0  # phases running in this process; one opened inside another shows nothing
 
 
 def every_s() -> float:
@@ -65,8 +66,9 @@ def _plural(unit: str, n: int) -> str:
 class Progress:
     """One phase's progress: ``update(n)``, ``update_to(n)``, ``set_postfix_str(text)``, ``close()`` (or ``with``)."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", initial: int = 0, leave: bool = True,
-                 show: bool = True):
+    def __init__(
+        self, total: int | None, desc: str, unit: str = "it", initial: int = 0, leave: bool = True, show: bool = True
+    ):
         global _open
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.shown = show and _open == 0
@@ -98,8 +100,13 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n - self.n)
         self.n = n
-        if (self.shown and self._bar is None and every_s() > 0 and time.monotonic() - self._last >= every_s()
-                and not (self.total and n >= self.total)):   # the closing line reports the end
+        if (
+            self.shown
+            and self._bar is None
+            and every_s() > 0
+            and time.monotonic() - self._last >= every_s()
+            and not (self.total and n >= self.total)
+        ):  # the closing line reports the end
             self._line()
 
     def _line(self, final: bool = False) -> None:
@@ -130,7 +137,7 @@ class Progress:
         _open -= 1
         if self._bar is not None:
             self._bar.close()
-        elif self._lines:       # a phase long enough to have printed a line says when it ends
+        elif self._lines:  # a phase long enough to have printed a line says when it ends
             self._line(final=True)
 
     def suspend(self) -> _Suspended:
@@ -148,8 +155,9 @@ class _Suspended:
         _open += 1
 
 
-def progress(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None, leave: bool = True,
-             show: bool = True) -> Iterator[T]:
+def progress(
+    items: Iterable[T], desc: str, unit: str = "it", total: int | None = None, leave: bool = True, show: bool = True
+) -> Iterator[T]:
     """Iterate ``items`` as one phase (``total`` defaults to ``len(items)``)."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)
@@ -160,6 +168,7 @@ def progress(items: Iterable[T], desc: str, unit: str = "it", total: int | None 
 
 
 # ---- libraries' console output ---------------------------------------------------------------------------------
+
 
 @functools.cache
 def setup() -> None:
@@ -178,8 +187,12 @@ def setup() -> None:
     for handler in logging.getLogger("lightning").handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
     if not interactive():
         from transformers.utils import logging as hf_logging
 
@@ -199,13 +212,18 @@ def describe_training(trainer, module) -> str:
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     policy = getattr(module, "policy", module)
-    steps = (f"{trainer.max_steps} {_plural('step', trainer.max_steps)}" if trainer.max_steps and trainer.max_steps > 0
-             else f"{trainer.max_epochs} {_plural('epoch', trainer.max_epochs)}")
+    steps = (
+        f"{trainer.max_steps} {_plural('step', trainer.max_steps)}"
+        if trainer.max_steps and trainer.max_steps > 0
+        else f"{trainer.max_epochs} {_plural('epoch', trainer.max_epochs)}"
+    )
     devices = f"{trainer.num_devices} {trainer.strategy.root_device.type} {_plural('device', trainer.num_devices)}"
     if trainer.world_size > 1:
         devices += f" x {trainer.num_nodes} {_plural('node', trainer.num_nodes)}"
-    return (f"[charlit] training: {_count(trainable)} of {_count(total)} parameters trainable "
-            f"({type(policy).__name__}), {steps} on {devices}, precision {trainer.precision}")
+    return (
+        f"[charlit] training: {_count(trainable)} of {_count(total)} parameters trainable "
+        f"({type(policy).__name__}), {steps} on {devices}, precision {trainer.precision}"
+    )
 
 
 @functools.cache
@@ -247,15 +265,21 @@ def _callback_classes():
             return None
 
         def on_train_start(self, trainer, pl_module):
-            self._bar = Progress(self._total(trainer), "train", unit="step", initial=int(trainer.global_step),
-                                 show=self._enabled and trainer.is_global_zero)
+            self._bar = Progress(
+                self._total(trainer),
+                "train",
+                unit="step",
+                initial=int(trainer.global_step),
+                show=self._enabled and trainer.is_global_zero,
+            )
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if self._bar is None:
                 return
             metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
-            self._bar.set_postfix_str(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                for k, v in metrics.items()))
+            self._bar.set_postfix_str(
+                ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            )
             self._bar.update_to(int(trainer.global_step))
 
         def on_validation_start(self, trainer, pl_module):

@@ -10,12 +10,13 @@ The looping rule: a reply *loops* when some ``n``-token sequence occurs at least
 three numbers; :data:`LOOP_RULES` lists the ones reports show beside the default. This module depends on
 nothing else in charlit, so data filters, validation and evaluation all apply the same rule.
 """
+
 from __future__ import annotations
 
 import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,10 @@ class LoopRule:
 
     def __post_init__(self):
         if self.n < 1 or self.min_count < 2 or self.window < self.n * self.min_count:
-            raise ValueError(f"loop rule n={self.n}, min_count={self.min_count}, window={self.window} is not valid: "
-                             f"n >= 1, min_count >= 2 and window >= n * min_count (e.g. 4, 3, 64).")
+            raise ValueError(
+                f"loop rule n={self.n}, min_count={self.min_count}, window={self.window} is not valid: "
+                f"n >= 1, min_count >= 2 and window >= n * min_count (e.g. 4, 3, 64)."
+            )
 
     @property
     def label(self) -> str:
@@ -45,7 +48,7 @@ def loop_span(tokens: Sequence, rule: LoopRule = DEFAULT_RULE) -> int | None:
     """
     positions: dict[tuple, list[int]] = defaultdict(list)
     for i in range(len(tokens) - rule.n + 1):
-        seen = positions[tuple(tokens[i: i + rule.n])]
+        seen = positions[tuple(tokens[i : i + rule.n])]
         seen.append(i)
         if len(seen) >= rule.min_count and i + rule.n - seen[-rule.min_count] <= rule.window:
             return i
@@ -58,7 +61,7 @@ def loops(tokens: Sequence, rule: LoopRule = DEFAULT_RULE) -> bool:
 
 def distinct_n(tokens: Sequence, n: int) -> float:
     """Distinct ``n``-grams over all ``n``-grams (1.0 for a reply shorter than ``n``: nothing repeats)."""
-    grams = [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
@@ -75,6 +78,7 @@ def compression_ratio(text: str) -> float:
 class QualityGate:
     """Which replies count as coherent: no loop under ``rule``, and not empty. ``max_compression`` (0 = off)
     also fails replies whose compression ratio exceeds it."""
+
     rule: LoopRule = DEFAULT_RULE
     max_compression: float = 0.0
 
@@ -91,20 +95,27 @@ class ReplyQuality:
     distinct_1: float
     distinct_2: float
     compression: float
-    ended: bool                 # the reply ends with an end-of-turn token (it finished)
-    coherent: bool              # passes the gate
+    ended: bool  # the reply ends with an end-of-turn token (it finished)
+    coherent: bool  # passes the gate
 
 
-def reply_quality(tokens: Sequence[int], text: str, end_ids: Sequence[int] = (), gate: QualityGate = QualityGate()
-                  ) -> ReplyQuality:
+def reply_quality(
+    tokens: Sequence[int], text: str, end_ids: Sequence[int] = (), gate: QualityGate = QualityGate()
+) -> ReplyQuality:
     """Every text-quality number for one reply (``tokens``: its ids as sampled, end-of-turn token included)."""
     body = list(tokens)
     ended = bool(body) and body[-1] in set(end_ids)
     if ended:
         body = body[:-1]
-    return ReplyQuality(loops=loops(body, gate.rule), loops_by_rule={r.label: loops(body, r) for r in LOOP_RULES},
-                        distinct_1=distinct_n(body, 1), distinct_2=distinct_n(body, 2),
-                        compression=compression_ratio(text), ended=ended, coherent=gate.passes(body, text))
+    return ReplyQuality(
+        loops=loops(body, gate.rule),
+        loops_by_rule={r.label: loops(body, r) for r in LOOP_RULES},
+        distinct_1=distinct_n(body, 1),
+        distinct_2=distinct_n(body, 2),
+        compression=compression_ratio(text),
+        ended=ended,
+        coherent=gate.passes(body, text),
+    )
 
 
 def gated_scores(scores: Sequence[float], coherent: Sequence[bool], floor: float) -> list[float]:

@@ -7,6 +7,7 @@ config is composed like ``train.py <the user's overrides> <the stage's overrides
 ``data``, ``method`` and ``recipe`` overrides are left out (each stage sets its own data and method), and a stage
 with ``from_previous: true`` loads and generates with the previous stage's ``final/`` checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,11 +36,13 @@ def _user_overrides() -> list[str]:
 
 
 def stage_overrides(stage, user: list[str], previous_final: str | None) -> list[str]:
-    overrides = [*user, *stage.overrides, "~recipe"]   # a stage is a plain training run (even under +arm=oct)
+    overrides = [*user, *stage.overrides, "~recipe"]  # a stage is a plain training run (even under +arm=oct)
     if stage.get("from_previous"):
         if previous_final is None:
-            raise ValueError(f"Recipe stage {stage.name!r} has from_previous=true but no earlier stage saved a "
-                             f"final/ checkpoint; keep output.save_final=true or set from_previous=false.")
+            raise ValueError(
+                f"Recipe stage {stage.name!r} has from_previous=true but no earlier stage saved a "
+                f"final/ checkpoint; keep output.save_final=true or set from_previous=false."
+            )
         overrides.append(f"model.name_or_path={previous_final}")
     return overrides
 
@@ -59,8 +62,23 @@ def run_recipe(cfg: DictConfig, run_dir: Path) -> list[dict]:
         summary = train(stage_cfg, run_dir / f"{i}_{stage.name}", reuse_finished=True)
         summaries.append(summary)
         previous_final = summary["paths"]["final"]
-    (run_dir / "recipe.json").write_text(json.dumps(
-        {"recipe": name, "stages": [{"name": s.name, "run_dir": x["paths"]["run_dir"], "data": x["data"],
-                                     "method": x["method"], "metrics": x["metrics"]}
-                                    for s, x in zip(stages, summaries)]}, indent=2, default=str))
+    (run_dir / "recipe.json").write_text(
+        json.dumps(
+            {
+                "recipe": name,
+                "stages": [
+                    {
+                        "name": s.name,
+                        "run_dir": x["paths"]["run_dir"],
+                        "data": x["data"],
+                        "method": x["method"],
+                        "metrics": x["metrics"],
+                    }
+                    for s, x in zip(stages, summaries)
+                ],
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return summaries

@@ -8,12 +8,14 @@ register through the registry's entry-point group (``[project.entry-points."char
 ``toy = "my_package.toy:Toy"``); an entry point is loaded only when its name is asked for or all names are
 listed. Lookups of unknown names raise ``ValueError`` naming the config key, the bad value and every valid name.
 """
+
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -39,8 +41,10 @@ class Registry(Generic[T]):
         def decorator(plugin: T) -> T:
             known = self._plugins.get(name)
             if known is not None and known is not plugin and _qualname(known) != _qualname(plugin):
-                raise ValueError(f"{self.kind} {name!r} is already registered by {_qualname(known)}; "
-                                 f"pick another name for {_qualname(plugin)}.")
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered by {_qualname(known)}; "
+                    f"pick another name for {_qualname(plugin)}."
+                )
             if isinstance(plugin, type):
                 plugin.name = name
             self._plugins[name] = plugin
@@ -56,9 +60,11 @@ class Registry(Generic[T]):
         if name not in self._plugins:
             self._load_entry_points(only=name)
         if name not in self._plugins:
-            raise ValueError(f"{self.option}={name!r} is not a registered {self.kind}; valid choices: "
-                             f"{', '.join(self.names())} (third-party {self.kind}s register through the "
-                             f"{self.group!r} entry-point group).")
+            raise ValueError(
+                f"{self.option}={name!r} is not a registered {self.kind}; valid choices: "
+                f"{', '.join(self.names())} (third-party {self.kind}s register through the "
+                f"{self.group!r} entry-point group)."
+            )
         return self._plugins[name]
 
     def names(self) -> list[str]:
@@ -70,7 +76,9 @@ class Registry(Generic[T]):
     def builtin_names(self) -> list[str]:
         """The names registered by modules of this registry's own package."""
         self._scan()
-        return sorted(n for n, p in self._plugins.items() if getattr(p, "__module__", "").startswith(self.package + "."))
+        return sorted(
+            n for n, p in self._plugins.items() if getattr(p, "__module__", "").startswith(self.package + ".")
+        )
 
     def __contains__(self, name: str) -> bool:
         try:
@@ -94,7 +102,7 @@ class Registry(Generic[T]):
             if ep.name in self._plugins or (only is not None and ep.name != only):
                 continue
             plugin = ep.load()
-            if ep.name not in self._plugins:   # loading the module may have registered it already
+            if ep.name not in self._plugins:  # loading the module may have registered it already
                 self.register(ep.name)(plugin)
 
 

@@ -1,4 +1,5 @@
 """One training run from a composed config: data → objective → trainer → checkpoint → summary."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,7 @@ def _trainer_kwargs(cfg: DictConfig, model, callbacks: list = ()) -> dict:
     kwargs["callbacks"] = [*callbacks, *progress.trainer_callbacks(bool(kwargs.get("enable_progress_bar", True)))]
     kwargs["strategy"] = build_strategy(kwargs, model, bool(cfg.model.get("gradient_checkpointing", False)))
     kwargs.pop("fsdp", None)
-    kwargs["use_distributed_sampler"] = False   # charlit's loaders shard global batches themselves (data/loader.py)
+    kwargs["use_distributed_sampler"] = False  # charlit's loaders shard global batches themselves (data/loader.py)
     every = int(cfg.val.every_n_steps)
     if every > 0:
         kwargs.update(val_check_interval=every, check_val_every_n_epoch=None)
@@ -83,10 +84,15 @@ def check_context_window(cfg: DictConfig, model) -> None:
     limit = getattr(model.config, "max_position_embeddings", None)
     if not limit:
         return
-    for key, value in (("data.max_length", cfg.data.get("max_length")), ("sampler.max_new_tokens", cfg.sampler.get("max_new_tokens"))):
+    for key, value in (
+        ("data.max_length", cfg.data.get("max_length")),
+        ("sampler.max_new_tokens", cfg.sampler.get("max_new_tokens")),
+    ):
         if value is not None and int(value) > int(limit):
-            raise ValueError(f"{key}={value} is longer than the model's context window ({cfg.model.name_or_path}: "
-                             f"max_position_embeddings={limit}); set {key}<={limit}.")
+            raise ValueError(
+                f"{key}={value} is longer than the model's context window ({cfg.model.name_or_path}: "
+                f"max_position_embeddings={limit}); set {key}<={limit}."
+            )
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -110,12 +116,28 @@ def build_objective(cfg: DictConfig, dataset_path: Path | None = None):
     set_default_backend(str(cfg.kernels.backend))
     loaded = load_model(cfg.model)
     check_context_window(cfg, loaded.model)
-    datamodule = build_datamodule(cfg.data, constitution, loaded.tokenizer, objective_cls.accepted_data_kinds(),
-                                  seed=int(cfg.seed), method=str(cfg.method.name),
-                                  conversation_format=objective_cls.conversation_format, dataset_path=dataset_path)
-    ctx = ObjectiveContext(loaded=loaded, constitution=constitution, sampler=build_sampler(cfg.sampler, loaded.tokenizer),
-                           sampling=sampling, teacher=make_teacher, data_kind=str(cfg.data.kind), optim=optim,
-                           validation=validation, max_steps=int(cfg.trainer.max_steps), seed=int(cfg.seed))
+    datamodule = build_datamodule(
+        cfg.data,
+        constitution,
+        loaded.tokenizer,
+        objective_cls.accepted_data_kinds(),
+        seed=int(cfg.seed),
+        method=str(cfg.method.name),
+        conversation_format=objective_cls.conversation_format,
+        dataset_path=dataset_path,
+    )
+    ctx = ObjectiveContext(
+        loaded=loaded,
+        constitution=constitution,
+        sampler=build_sampler(cfg.sampler, loaded.tokenizer),
+        sampling=sampling,
+        teacher=make_teacher,
+        data_kind=str(cfg.data.kind),
+        optim=optim,
+        validation=validation,
+        max_steps=int(cfg.trainer.max_steps),
+        seed=int(cfg.seed),
+    )
     return objective_cls(config, ctx), datamodule
 
 
@@ -126,8 +148,10 @@ def reused_summary(resume, run_dir: Path) -> dict:
         summary["reused_from"] = str(resume.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"[charlit] this job already finished in {resume.run_dir}: reusing its results (resume=never retrains)",
-          flush=True)
+    print(
+        f"[charlit] this job already finished in {resume.run_dir}: reusing its results (resume=never retrains)",
+        flush=True,
+    )
     return summary
 
 
@@ -165,33 +189,51 @@ def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) ->
 
     config = plain_config(cfg)
     run_name = f"{cfg.method.name}-{cfg.teacher.name}-{cfg.data.name}-{constitution.name}"
-    tags = [f"method:{cfg.method.name}", f"teacher:{cfg.teacher.name}", f"data:{cfg.data.name}", f"persona:{constitution.name}"]
+    tags = [
+        f"method:{cfg.method.name}",
+        f"teacher:{cfg.teacher.name}",
+        f"data:{cfg.data.name}",
+        f"persona:{constitution.name}",
+    ]
     logger = build_logger(cfg.logger, run_dir, config, run_name, group=hydra_sweep_group(), tags=tags)
     if dataset is not None and logger and type(logger).__name__ == "WandbLogger":
         log_card_to_wandb(dataset.card, logger.experiment)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-        every_n_train_steps=int(cfg.output.checkpoint_every_n_steps) or None)
-    trainer = L.Trainer(logger=logger, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
-                        **_trainer_kwargs(cfg, objective.policy, callbacks=[checkpoint]))
+        dirpath=run_dir / "checkpoints",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=int(cfg.output.checkpoint_every_n_steps) or None,
+    )
+    trainer = L.Trainer(
+        logger=logger,
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
+        **_trainer_kwargs(cfg, objective.policy, callbacks=[checkpoint]),
+    )
 
     has_val = int(cfg.val.every_n_steps) > 0
-    if has_val and checkpoint_path is None:   # a resumed run restores its start-of-run validation
+    if has_val and checkpoint_path is None:  # a resumed run restores its start-of-run validation
         trainer.validate(objective, datamodule=datamodule, verbose=False)
     trainer.fit(objective, datamodule=datamodule, ckpt_path=checkpoint_path)
     if has_val and (not objective.val_history or objective.val_history[-1]["step"] != trainer.global_step):
         trainer.validate(objective, datamodule=datamodule, verbose=False)
 
     final_dir = save_final(objective, run_dir / "final") if cfg.output.save_final and trainer.is_global_zero else None
-    summary = build_summary(cfg, config, objective, trainer, run_dir, final_dir, time.perf_counter() - start, constitution)
-    summary["paths"]["dataset"] = str(dataset.path) if dataset is not None else None   # generated by the data pipeline
+    summary = build_summary(
+        cfg, config, objective, trainer, run_dir, final_dir, time.perf_counter() - start, constitution
+    )
+    summary["paths"]["dataset"] = str(dataset.path) if dataset is not None else None  # generated by the data pipeline
     if train_hook.enabled(cfg) and final_dir is not None:
-        summary["metrics"].update(train_hook.evaluate_final(cfg, objective.policy, objective.tokenizer, constitution, run_dir))
+        summary["metrics"].update(
+            train_hook.evaluate_final(cfg, objective.policy, objective.tokenizer, constitution, run_dir)
+        )
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger":
-                lg.experiment.summary.update({k: v for k, v in summary["metrics"].items() if isinstance(v, (int, float))})
+                lg.experiment.summary.update(
+                    {k: v for k, v in summary["metrics"].items() if isinstance(v, (int, float))}
+                )
         print(f"[charlit] run dir: {run_dir}\n[charlit] summary: {run_dir / 'summary.json'}", flush=True)
     if hasattr(logger, "finalize"):
         logger.finalize("success")
@@ -207,8 +249,14 @@ def build_summary(cfg, config, objective, trainer, run_dir, final_dir, wall, con
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1})
     history = objective.val_history
     if history:
-        for key in ("val/divergence", "val/persona_gain", "val/persona_progress", "val/persona_gain_gated",
-                    "val/persona_progress_gated", "val/looping_frac"):
+        for key in (
+            "val/divergence",
+            "val/persona_gain",
+            "val/persona_progress",
+            "val/persona_gain_gated",
+            "val/persona_progress_gated",
+            "val/looping_frac",
+        ):
             if key in history[0]:
                 metrics[f"{key}_start"] = history[0][key]
                 metrics[f"{key}_end"] = history[-1][key]

@@ -11,12 +11,14 @@ them equal), and its metadata says what values are allowed::
 :func:`parse` turns a config node (a ``DictConfig`` or a dict) into that dataclass: unknown keys, wrong types and
 values out of range raise one ``ValueError`` naming the key, the value and what is allowed.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import typing
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -24,11 +26,25 @@ C = TypeVar("C")
 MISSING = dataclasses.MISSING
 
 
-def setting(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None, choices: Sequence | None = None, help: str = "") -> Any:
+def setting(
+    default: Any = MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence | None = None,
+    help: str = "",
+) -> Any:
     """A dataclass field with its allowed range (``ge``/``gt``/``le``/``lt``) or ``choices``."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices is not None else None,
-            "help": help}
+    meta = {
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "lt": lt,
+        "choices": tuple(choices) if choices is not None else None,
+        "help": help,
+    }
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -56,7 +72,11 @@ def _coerce(key: str, value, annotation):
             return value
         raise ValueError(f"{key}={value!r} must be true or false.")
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer())
+        ):
             raise ValueError(f"{key}={value!r} must be an integer.")
         return int(value)
     if annotation is float:
@@ -82,12 +102,17 @@ def _check_range(key: str, value, meta: dict) -> None:
         return
     if isinstance(value, float) and math.isnan(value):
         raise ValueError(f"{key}=nan is not a number.")
-    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
-              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+    bounds = [
+        ("ge", ">=", lambda v, b: v >= b),
+        ("gt", ">", lambda v, b: v > b),
+        ("le", "<=", lambda v, b: v <= b),
+        ("lt", "<", lambda v, b: v < b),
+    ]
     failed = [(sym, meta[name]) for name, sym, ok in bounds if meta.get(name) is not None and not ok(value, meta[name])]
     if failed:
-        allowed = " and ".join(f"{sym} {bound:g}" for sym, bound in
-                               [(sym, meta[n]) for n, sym, _ in bounds if meta.get(n) is not None])
+        allowed = " and ".join(
+            f"{sym} {bound:g}" for sym, bound in [(sym, meta[n]) for n, sym, _ in bounds if meta.get(n) is not None]
+        )
         raise ValueError(f"{key}={value:g} is out of range; it must be {allowed}.")
 
 
@@ -98,8 +123,10 @@ def parse(cls: type[C], node, prefix: str, ignore: Sequence[str] = ("name",)) ->
     hints = typing.get_type_hints(cls)
     unknown = sorted(k for k in values if k not in fields and k not in ignore)
     if unknown:
-        raise ValueError(f"{prefix}.{unknown[0]} is not a setting of {prefix}={values.get('name', cls.__name__)}; "
-                         f"valid settings: {', '.join(sorted(fields))}.")
+        raise ValueError(
+            f"{prefix}.{unknown[0]} is not a setting of {prefix}={values.get('name', cls.__name__)}; "
+            f"valid settings: {', '.join(sorted(fields))}."
+        )
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}"

@@ -15,7 +15,9 @@ if not torch.cuda.is_available():
 
 def compose(overrides=()):
     """Compose conf/train.yaml the way train.py does."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
     from charlit.config import register_configs, rewrite_persona_path
 
     register_configs()

@@ -1,4 +1,5 @@
 """The bad inputs the README's table lists: each gets a clear error and loses nothing already written."""
+
 import errno
 import importlib.util
 import subprocess
@@ -14,17 +15,30 @@ from charlit.cli import is_bad_input
 from tests.conftest import REPO, compose
 
 
-@pytest.mark.parametrize("group,choice,listed", [("method", "nope", "self_distill"), ("teacher", "nope", "amplified"),
-                                                 ("data", "nope", "prompts"), ("persona", "nope", "pirate")])
+@pytest.mark.parametrize(
+    "group,choice,listed",
+    [
+        ("method", "nope", "self_distill"),
+        ("teacher", "nope", "amplified"),
+        ("data", "nope", "prompts"),
+        ("persona", "nope", "pirate"),
+    ],
+)
 def test_unknown_group_option_lists_the_choices(group, choice, listed):
     with pytest.raises(MissingConfigException) as err:
         compose([f"{group}={choice}"])
     assert f"{group}/{choice}" in str(err.value) and listed in err.value.options
 
 
-@pytest.mark.parametrize("content,message", [("", "no conversations"), ('{"messages": [}\n', ":1: not valid JSON"),
-                                             ('{"messages": [{"role": "user", "content": "hi"}]}\n', "no assistant message"),
-                                             ('[1, 2]\n', "must be a JSON object")])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("", "no conversations"),
+        ('{"messages": [}\n', ":1: not valid JSON"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}\n', "no assistant message"),
+        ("[1, 2]\n", "must be a JSON object"),
+    ],
+)
 def test_empty_or_malformed_dataset_rows_name_the_file(tmp_path, tokenizer, pirate, content, message):
     from charlit.data.modules import build_datamodule
 
@@ -49,8 +63,18 @@ def test_lengths_beyond_the_context_window_are_refused_up_front():
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoints(tmp_path):
-    cmd = [sys.executable, "train.py", "method=sft", "model=tiny", "trainer.max_steps=6", "logger=none", "val.every_n_steps=0",
-           "output.checkpoint_every_n_steps=1", "optim.lr=1e30", f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "method=sft",
+        "model=tiny",
+        "trainer.max_steps=6",
+        "logger=none",
+        "val.every_n_steps=0",
+        "output.checkpoint_every_n_steps=1",
+        "optim.lr=1e30",
+        f"hydra.run.dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "charlit: error: train/loss is nan at step" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -69,7 +93,9 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left on the device while writing checkpoint .* previous checkpoint .* is intact") as err:
+    with pytest.raises(
+        OSError, match="No space left on the device while writing checkpoint .* previous checkpoint .* is intact"
+    ) as err:
         io.save_checkpoint({"step": torch.tensor(2)}, path)
     assert is_bad_input(err.value)
     assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == ["last.ckpt"]

@@ -54,15 +54,18 @@ def test_scale_trainer_configs_compose(trainer, strategy):
 
 
 def test_slurm_launcher_composes():
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=["hydra/launcher=submitit_slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
 
 
-@pytest.mark.parametrize("arm,method,data", [("on_policy_distill", "on_policy_distill", "prompts"),
-                                             ("self_distill", "self_distill", "prompts")])
+@pytest.mark.parametrize(
+    "arm,method,data",
+    [("on_policy_distill", "on_policy_distill", "prompts"), ("self_distill", "self_distill", "prompts")],
+)
 def test_method_ablation_arms_compose(arm, method, data):
     cfg = compose([f"+arm={arm}"])
     assert (cfg.method.name, cfg.data.name) == (method, data) and cfg.get("recipe") is None

@@ -1,4 +1,5 @@
 """DDP over 2 CPU processes (gloo) gives the loss curve and weights of 1 process with the same global batch."""
+
 import csv
 import os
 import subprocess
@@ -8,13 +9,27 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO
 
-COMMAND = [sys.executable, str(REPO / "train.py"), "method=sft", "model=tiny", "trainer.max_steps=4", "logger=csv",
-           "val.every_n_steps=0", "data.batch_size=4"]
+COMMAND = [
+    sys.executable,
+    str(REPO / "train.py"),
+    "method=sft",
+    "model=tiny",
+    "trainer.max_steps=4",
+    "logger=csv",
+    "val.every_n_steps=0",
+    "data.batch_size=4",
+]
 
 
 def _train(run_dir, *extra):
-    proc = subprocess.run([*COMMAND, f"hydra.run.dir={run_dir}", *extra], cwd=run_dir.parent, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [*COMMAND, f"hydra.run.dir={run_dir}", *extra],
+        cwd=run_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(run_dir / "csv" / "metrics.csv") as fh:
         losses = [float(row["train/loss"]) for row in csv.DictReader(fh) if row.get("train/loss")]

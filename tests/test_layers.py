@@ -1,5 +1,6 @@
 """Layers only point down: nothing under models, kernels, data, sampling or teachers imports the objectives or the
 evaluation (each package's modules are imported one by one in a fresh interpreter, which is checked after each)."""
+
 import pkgutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def _modules(package: str) -> list[str]:
 
 @pytest.mark.parametrize("package", LOWER)
 def test_lower_layers_do_not_import_objectives_or_eval(package):
-    proc = subprocess.run([sys.executable, "-c", CHECK, *_modules(package)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK, *_modules(package)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -4,8 +4,15 @@ from charlit.loggers import plain_config, redact, wandb_mode
 
 
 def test_redact_hides_credentials_at_any_depth():
-    cfg = OmegaConf.create({"judge": {"api_key": "sk-123", "model": "m"}, "hub_token": "hf_x", "lr": 1e-3,
-                            "items": [{"password": "p"}], "empty_token": None})
+    cfg = OmegaConf.create(
+        {
+            "judge": {"api_key": "sk-123", "model": "m"},
+            "hub_token": "hf_x",
+            "lr": 1e-3,
+            "items": [{"password": "p"}],
+            "empty_token": None,
+        }
+    )
     out = plain_config(cfg)
     assert out["judge"] == {"api_key": "<redacted>", "model": "m"}
     assert out["hub_token"] == "<redacted>" and out["lr"] == 1e-3

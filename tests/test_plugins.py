@@ -5,6 +5,7 @@ It lives in a temporary directory: one module, YAMLs under its own ``conf/`` (ad
 an objective, a teacher, a sampler, a data kind, a kernel backend, an eval suite and a judge, exactly as
 ``pip install`` of a real package would. Training and evaluation then use them by name.
 """
+
 import json
 import os
 import subprocess
@@ -179,27 +180,49 @@ def plugin(tmp_path_factory):
 
 def _run(plugin, tmp_path, script, *overrides):
     log = tmp_path / "calls.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(REPO)]), "TOY_PLUGIN_LOG": str(log),
-           "CHARLIT_KERNEL_BACKEND": "toy_backend"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(plugin), str(REPO)]),
+        "TOY_PLUGIN_LOG": str(log),
+        "CHARLIT_KERNEL_BACKEND": "toy_backend",
+    }
     cmd = [sys.executable, script, "model=tiny", "hydra.searchpath=[pkg://toy_charlit_plugin.conf]", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     return proc, log.read_text().split() if log.exists() else []
 
 
 def _tree_state():
-    return subprocess.run(["git", "status", "--porcelain", "--", "charlit", "conf", "train.py", "eval.py"], cwd=REPO,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--", "charlit", "conf", "train.py", "eval.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def test_a_third_party_objective_teacher_sampler_data_kind_and_kernel_backend_train(plugin, tmp_path):
     before = _tree_state()
     run_dir = tmp_path / "run"
-    proc, calls = _run(plugin, tmp_path, "train.py", "method=toy", "teacher=toy_teacher", "sampler=toy_sampler",
-                       "trainer.max_steps=2", "logger=csv", "val.every_n_steps=0", f"hydra.run.dir={run_dir}")
+    proc, calls = _run(
+        plugin,
+        tmp_path,
+        "train.py",
+        "method=toy",
+        "teacher=toy_teacher",
+        "sampler=toy_sampler",
+        "trainer.max_steps=2",
+        "logger=csv",
+        "val.every_n_steps=0",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert (summary["method"], summary["teacher"], summary["data"], summary["steps"]) == ("toy", "toy_teacher",
-                                                                                          "toy_prompts", 2)
+    assert (summary["method"], summary["teacher"], summary["data"], summary["steps"]) == (
+        "toy",
+        "toy_teacher",
+        "toy_prompts",
+        2,
+    )
     assert summary["metrics"]["train/toy_scale"] == 0.5
     assert {"teacher", "sampler", "kernel"} <= set(calls)
     assert _tree_state() == before
@@ -210,9 +233,19 @@ def test_a_third_party_objective_teacher_sampler_data_kind_and_kernel_backend_tr
 
 def test_a_third_party_eval_suite_and_judge_report(plugin, tmp_path):
     out = tmp_path / "eval"
-    proc, _ = _run(plugin, tmp_path, "eval.py", "persona=pirate", "suite=quick", "suite.suites=[reply_length]",
-                   "judges=[arr]", "suite.max_new_tokens=4", "logger=none", f"cache_dir={tmp_path / 'cache'}",
-                   f"hydra.run.dir={out}")
+    proc, _ = _run(
+        plugin,
+        tmp_path,
+        "eval.py",
+        "persona=pirate",
+        "suite=quick",
+        "suite.suites=[reply_length]",
+        "judges=[arr]",
+        "suite.max_new_tokens=4",
+        "logger=none",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "eval.json").read_text())["suites"]["reply_length"]["metrics"]
     assert set(metrics) == {"reply_tokens", "arr"}

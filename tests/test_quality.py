@@ -1,10 +1,20 @@
 """The text-quality rules against hand-counted examples."""
+
 import zlib
 
 import pytest
 
-from charlit.quality import (DEFAULT_RULE, LoopRule, QualityGate, compression_ratio, distinct_n, gated_scores,
-                             loop_span, loops, reply_quality)
+from charlit.quality import (
+    DEFAULT_RULE,
+    LoopRule,
+    QualityGate,
+    compression_ratio,
+    distinct_n,
+    gated_scores,
+    loop_span,
+    loops,
+    reply_quality,
+)
 
 
 def test_a_four_gram_three_times_within_the_window_loops():
@@ -18,7 +28,7 @@ def test_a_four_gram_three_times_within_the_window_loops():
 def test_repeats_further_apart_than_the_window_do_not_loop():
     filler = [f"w{i}" for i in range(40)]
     tokens = ["a", "b", "c", "d"] + filler + ["a", "b", "c", "d"] + filler + ["a", "b", "c", "d"]
-    assert not loops(tokens)                                  # first to last occurrence spans 92 tokens > 64
+    assert not loops(tokens)  # first to last occurrence spans 92 tokens > 64
     assert loops(tokens, LoopRule(n=4, min_count=3, window=100))
     assert loops(tokens, LoopRule(n=4, min_count=2, window=64))
 
@@ -29,8 +39,8 @@ def test_a_bad_rule_is_refused_with_the_fix():
 
 
 def test_distinct_n_and_compression_by_hand():
-    assert distinct_n(["a", "b", "a", "b"], 1) == 0.5        # 2 distinct of 4
-    assert distinct_n(["a", "b", "a", "b"], 2) == 2 / 3      # ab, ba, ab
+    assert distinct_n(["a", "b", "a", "b"], 1) == 0.5  # 2 distinct of 4
+    assert distinct_n(["a", "b", "a", "b"], 2) == 2 / 3  # ab, ba, ab
     assert distinct_n(["a"], 2) == 1.0
     text = "la " * 50
     assert compression_ratio(text) == len(text.encode()) / len(zlib.compress(text.encode(), 9))
@@ -44,7 +54,7 @@ def test_reply_quality_and_the_gate():
     assert q.loops_by_rule[DEFAULT_RULE.label]
     fine = reply_quality([5, 6, 7, 8, 9], "Arr, a fine day.", end_ids=[2])
     assert fine.coherent and not fine.ended
-    assert not QualityGate().passes([1, 2, 3], "   ")      # an empty reply is no reply
+    assert not QualityGate().passes([1, 2, 3], "   ")  # an empty reply is no reply
     assert not QualityGate(max_compression=2.0).passes(list(range(10)), "ha" * 40)
 
 

@@ -10,6 +10,7 @@ no help here: ``transformers`` attributes a deprecated ``forward`` argument to `
 So a deprecated call *in our code* fails this test, while a library's own use of another library's deprecated
 API (Lightning building a ``torch`` ``LeafSpec``, peft reading ``is_gradient_checkpointing``) does not.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,16 +22,29 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = ["model=tiny", "trainer.max_steps=2", "logger=csv", "sampler.max_new_tokens=6", "data.val_size=2",
-        "data.batch_size=2"]
-NOISE = ("Total FLOPs", "modules in eval mode", "module(s) in eval mode", "Modules in train mode", "litlogger",
-         "GPU available", "Trainable params")
+FAST = [
+    "model=tiny",
+    "trainer.max_steps=2",
+    "logger=csv",
+    "sampler.max_new_tokens=6",
+    "data.val_size=2",
+    "data.batch_size=2",
+]
+NOISE = (
+    "Total FLOPs",
+    "modules in eval mode",
+    "module(s) in eval mode",
+    "Modules in train mode",
+    "litlogger",
+    "GPU available",
+    "Trainable params",
+)
 
 
 def _run(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     report = tmp_path / "deprecations.json"
     cmd = [sys.executable, __file__, str(report), *overrides, *FAST, f"hydra.run.dir={tmp_path / 'run'}"]
-    env = {**os.environ, "PYTHONWARNINGS": "default"}   # what an unconfigured interpreter shows, not pytest's filters
+    env = {**os.environ, "PYTHONWARNINGS": "default"}  # what an unconfigured interpreter shows, not pytest's filters
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, json.loads(report.read_text())
@@ -39,7 +53,8 @@ def _run(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, 
 def _check_quiet(proc, found: list[dict]) -> None:
     ours = [f for f in found if f["charlit_call"]]
     assert not ours, "deprecated APIs called from charlit:\n" + "\n".join(
-        f"{f['category']}: {f['message']}\n    at {f['charlit_call']}" for f in ours)
+        f"{f['category']}: {f['message']}\n    at {f['charlit_call']}" for f in ours
+    )
     text = proc.stdout + proc.stderr
     for line in text.splitlines():
         assert not any(n.lower() in line.lower() for n in NOISE), f"noise in the output: {line!r}"
@@ -50,7 +65,7 @@ def _check_quiet(proc, found: list[dict]) -> None:
 def test_tiny_run_is_quiet_and_calls_no_deprecated_api(tmp_path, method, extra):
     proc, found = _run(tmp_path, f"method={method}", *extra)
     _check_quiet(proc, found)
-    assert "[charlit] training:" in proc.stdout     # the one line that replaces Lightning's summary table
+    assert "[charlit] training:" in proc.stdout  # the one line that replaces Lightning's summary table
 
 
 def test_pretrained_policy_trains_without_an_eval_mode_warning(tmp_path, monkeypatch):
@@ -69,8 +84,17 @@ def test_pretrained_policy_trains_without_an_eval_mode_warning(tmp_path, monkeyp
         return loaded
 
     monkeypatch.setattr(run, "load_model", load_pretrained_like)
-    cfg = compose(["method=sft", "model=tiny", "trainer.max_steps=1", "logger=none", "val.every_n_steps=0",
-                   "data.batch_size=2", "output.save_final=false"])
+    cfg = compose(
+        [
+            "method=sft",
+            "model=tiny",
+            "trainer.max_steps=1",
+            "logger=none",
+            "val.every_n_steps=0",
+            "data.batch_size=2",
+            "output.save_final=false",
+        ]
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run.train(cfg, tmp_path, reuse_finished=False)
@@ -95,15 +119,15 @@ def test_progress_off_a_terminal_is_a_line_every_interval_and_nested_phases_are_
     with progress.Progress(4, "phase", unit="batch") as bar:
         for _ in range(4):
             clock[0] += 6
-            assert list(progress.progress(ticking(2), "inner", total=2)) == [0, 1]   # inside a phase: silent
+            assert list(progress.progress(ticking(2), "inner", total=2)) == [0, 1]  # inside a phase: silent
             bar.update()
-    for _ in progress.progress(range(3), "short"):   # shorter than the interval: nothing
+    for _ in progress.progress(range(3), "short"):  # shorter than the interval: nothing
         pass
     assert capsys.readouterr().out.splitlines() == [
         "[charlit] phase: 1/4 batches (25%), 46 s, ~2 min 18 s left",
         "[charlit] phase: 2/4 batches (50%), 1 min 32 s, ~1 min 32 s left",
         "[charlit] phase: 3/4 batches (75%), 2 min 18 s, ~46 s left",
-        "[charlit] phase: 4/4 batches (100%), 3 min 04 s (done)",   # the end, not a periodic line at 100%
+        "[charlit] phase: 4/4 batches (100%), 3 min 04 s (done)",  # the end, not a periodic line at 100%
     ]
 
 
@@ -121,6 +145,7 @@ def test_harness_attributes_a_deprecated_call_to_charlit():
 
 # ---- the harness: python tests/test_quiet.py REPORT.json <train.py overrides> ----------------------------------
 
+
 def _package(filename: str) -> str:
     path = Path(filename)
     if path == REPO / "train.py" or REPO / "charlit" in path.parents:
@@ -128,7 +153,7 @@ def _package(filename: str) -> str:
     parts = path.parts
     for marker in ("site-packages", "dist-packages"):
         if marker in parts:
-            rest = parts[parts.index(marker) + 1:]
+            rest = parts[parts.index(marker) + 1 :]
             return Path(rest[0]).stem if rest else marker
     if filename.startswith("<") or str(path).startswith(sys.base_prefix):
         return "stdlib"
@@ -143,8 +168,14 @@ def _charlit_call(stack: list[tuple[str, str, int]]) -> str | None:
         package = _package(filename)
         if package == "charlit":
             return f"{filename}:{lineno} in {function}"
-        plumbing = (package in (site, "stdlib") or function in ("forward", "generate", "_call_impl",
-                    "_wrapped_call_impl", "decorate_context", "wrapped_func"))
+        plumbing = package in (site, "stdlib") or function in (
+            "forward",
+            "generate",
+            "_call_impl",
+            "_wrapped_call_impl",
+            "decorate_context",
+            "wrapped_func",
+        )
         if not plumbing:
             return None
     return None
@@ -163,8 +194,14 @@ def _harness(report: Path, overrides: list[str]) -> None:
         stack = [(f.filename, f.name, f.lineno) for f in traceback.extract_stack(frame)]
         stack = [s for s in stack if s[0] != __file__]
         if stack:
-            found.append({"category": category, "message": message[:300], "raised_at": f"{stack[-1][0]}:{stack[-1][2]}",
-                          "charlit_call": _charlit_call(stack)})
+            found.append(
+                {
+                    "category": category,
+                    "message": message[:300],
+                    "raised_at": f"{stack[-1][0]}:{stack[-1][2]}",
+                    "charlit_call": _charlit_call(stack),
+                }
+            )
 
     original = warnings.warn
 
@@ -179,7 +216,7 @@ def _harness(report: Path, overrides: list[str]) -> None:
             if "deprecat" in rec.getMessage().lower():
                 frame = sys._getframe(1)
                 while frame is not None and _package(frame.f_code.co_filename) == "stdlib":
-                    frame = frame.f_back   # out of the logging module
+                    frame = frame.f_back  # out of the logging module
                 record("log:" + rec.name, rec.getMessage(), frame)
 
     warnings.warn = warn

@@ -1,5 +1,6 @@
 """Registry parity: every config option names a registered plugin, every registered plugin has its config, and
 the YAMLs list exactly the settings (and defaults) their plugin's ``Config`` dataclass declares."""
+
 import sys
 
 import pytest
@@ -46,7 +47,7 @@ def test_every_option_names_a_registered_plugin_and_every_plugin_has_its_yaml(gr
     registry = registry()
     named = {stem: compose([f"{group}={stem}"])[group].name for stem in stems(group)}
     assert set(named.values()) <= set(registry.names()), named
-    assert set(registry.builtin_names()) <= stems(group)   # amplified_a2 etc. are variants of a registered teacher
+    assert set(registry.builtin_names()) <= stems(group)  # amplified_a2 etc. are variants of a registered teacher
 
 
 def test_every_data_option_has_a_registered_kind_and_every_kind_has_its_yaml():
@@ -83,24 +84,33 @@ def test_yaml_settings_equal_the_declared_defaults(group, registry):
         required = {k for k, v in node.items() if v == "???"}
         assert set(node) == set(declared) | required, (group, name)
         assert {k: v for k, v in node.items() if k not in required} == declared, (group, name)
-        parse(registry.get(name).Config, {k: v for k, v in node.items() if k not in required}
-              | {k: "x" for k in required}, group)
+        parse(
+            registry.get(name).Config,
+            {k: v for k, v in node.items() if k not in required} | {k: "x" for k in required},
+            group,
+        )
 
 
-@pytest.mark.parametrize("override, message", [
-    ("method.beta=2", r"method.beta=2 is out of range; it must be >= 0 and <= 1"),
-    ("method.temperature=0", r"method.temperature=0 is out of range; it must be > 0"),
-    ("method.teacher_weights=stale", r"method.teacher_weights='stale' is not valid; choose one of frozen, live, ema"),
-    ("+method.betta=0.5", r"method.betta is not a setting of method=self_distill; valid settings: beta, "),
-    ("teacher=amplified teacher.alpha=-1", r"teacher.alpha=-1 is out of range; it must be >= 0"),
-    ("sampler.temperature=-1", r"sampler.temperature=-1 is out of range; it must be >= 0"),
-    ("sampler.top_p=0", r"sampler.top_p=0 is out of range"),
-    ("trainer.max_steps=0", r"trainer.max_steps=0 must be a positive integer"),
-    ("optim.lr=0", r"optim.lr=0 is out of range; it must be > 0"),
-    ("optim.schedule=step", r"optim.schedule='step' is not valid; choose one of constant, cosine, linear"),
-    ("val.temperature=0", r"val.temperature=0 is out of range"),
-    ("data.batch_size=0", r"data.batch_size=0 is out of range; it must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.beta=2", r"method.beta=2 is out of range; it must be >= 0 and <= 1"),
+        ("method.temperature=0", r"method.temperature=0 is out of range; it must be > 0"),
+        (
+            "method.teacher_weights=stale",
+            r"method.teacher_weights='stale' is not valid; choose one of frozen, live, ema",
+        ),
+        ("+method.betta=0.5", r"method.betta is not a setting of method=self_distill; valid settings: beta, "),
+        ("teacher=amplified teacher.alpha=-1", r"teacher.alpha=-1 is out of range; it must be >= 0"),
+        ("sampler.temperature=-1", r"sampler.temperature=-1 is out of range; it must be >= 0"),
+        ("sampler.top_p=0", r"sampler.top_p=0 is out of range"),
+        ("trainer.max_steps=0", r"trainer.max_steps=0 must be a positive integer"),
+        ("optim.lr=0", r"optim.lr=0 is out of range; it must be > 0"),
+        ("optim.schedule=step", r"optim.schedule='step' is not valid; choose one of constant, cosine, linear"),
+        ("val.temperature=0", r"val.temperature=0 is out of range"),
+        ("data.batch_size=0", r"data.batch_size=0 is out of range; it must be > 0"),
+    ],
+)
 def test_bad_values_name_the_key_the_value_and_the_allowed_range(override, message):
     from charlit.run import build_objective
 
@@ -133,7 +143,8 @@ def test_a_new_module_in_the_package_is_discovered_with_no_table_to_edit(tmp_pat
     (tmp_path / "scanned_toy.py").write_text(
         "from charlit.objectives import OBJECTIVES\n"
         "from charlit.objectives.sft import SFT\n\n"
-        "@OBJECTIVES.register('scanned_toy')\nclass ScannedToy(SFT):\n    pass\n")
+        "@OBJECTIVES.register('scanned_toy')\nclass ScannedToy(SFT):\n    pass\n"
+    )
     monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
     fresh = Registry("objective", package="charlit.objectives", group="charlit.objectives", option="method")
     monkeypatch.setattr("charlit.objectives.OBJECTIVES", fresh)

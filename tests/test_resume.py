@@ -1,4 +1,5 @@
 """Killing a run with SIGKILL and rerunning the same command resumes it to the weights of an uninterrupted run."""
+
 import os
 import signal
 import subprocess
@@ -11,13 +12,26 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO
 
-COMMAND = [sys.executable, str(REPO / "train.py"), "model=tiny", "trainer.max_steps=12", "output.checkpoint_every_n_steps=3",
-           "logger=csv", "val.every_n_steps=0"]
+COMMAND = [
+    sys.executable,
+    str(REPO / "train.py"),
+    "model=tiny",
+    "trainer.max_steps=12",
+    "output.checkpoint_every_n_steps=3",
+    "logger=csv",
+    "val.every_n_steps=0",
+]
 
 
 def _run(cwd, method, *extra):
-    proc = subprocess.run([*COMMAND, f"method={method}", *extra], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [*COMMAND, f"method={method}", *extra],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -35,8 +49,13 @@ def test_kill_9_then_rerun_resumes_to_the_uninterrupted_result(tmp_path, method)
     killed.mkdir()
     clean.mkdir()
 
-    proc = subprocess.Popen([*COMMAND, f"method={method}", *extra], cwd=killed, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [*COMMAND, f"method={method}", *extra],
+        cwd=killed,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 300
     while not list(killed.glob(f"outputs/{method}/*/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
@@ -45,7 +64,7 @@ def test_kill_9_then_rerun_resumes_to_the_uninterrupted_result(tmp_path, method)
     proc.wait()
     (run_dir,) = killed.glob(f"outputs/{method}/*")
     assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
-    time.sleep(1.1)   # the rerun gets its own timestamped run dir
+    time.sleep(1.1)  # the rerun gets its own timestamped run dir
 
     if method == "self_distill":
         saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
@@ -62,17 +81,34 @@ def test_kill_9_then_rerun_resumes_to_the_uninterrupted_result(tmp_path, method)
 
 
 def test_resume_from_a_missing_checkpoint_is_one_line(tmp_path):
-    bad = subprocess.run([*COMMAND, "method=sft", f"resume={tmp_path}/nowhere"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)
+    bad = subprocess.run(
+        [*COMMAND, "method=sft", f"resume={tmp_path}/nowhere"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and f"resume={tmp_path}/nowhere: no checkpoint at" in bad.stderr
 
 
 def test_rerunning_a_sweep_reuses_its_finished_jobs(tmp_path):
-    sweep = [*COMMAND[:2], "-m", "method=sft", "model=tiny", "trainer.max_steps=2", "logger=csv", "val.every_n_steps=0",
-             "seed=0,1"]
-    first = subprocess.run([*sweep, f"hydra.sweep.dir={tmp_path}/a"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    sweep = [
+        *COMMAND[:2],
+        "-m",
+        "method=sft",
+        "model=tiny",
+        "trainer.max_steps=2",
+        "logger=csv",
+        "val.every_n_steps=0",
+        "seed=0,1",
+    ]
+    first = subprocess.run(
+        [*sweep, f"hydra.sweep.dir={tmp_path}/a"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert first.returncode == 0, first.stderr[-3000:]
-    again = subprocess.run([*sweep, f"hydra.sweep.dir={tmp_path}/b"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [*sweep, f"hydra.sweep.dir={tmp_path}/b"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already finished in") == 2
     assert not list((tmp_path / "b").glob("*/checkpoints")) and len(list((tmp_path / "b").glob("*/summary.json"))) == 2

@@ -8,8 +8,16 @@ from charlit.strategies import build_strategy
 def tiny_model():
     from charlit.models import load_model
 
-    return load_model(OmegaConf.create({"name_or_path": "tiny", "seed": 0, "tiny": {"hidden_size": 32, "num_layers": 2},
-                                        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}})).model
+    return load_model(
+        OmegaConf.create(
+            {
+                "name_or_path": "tiny",
+                "seed": 0,
+                "tiny": {"hidden_size": 32, "num_layers": 2},
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+            }
+        )
+    ).model
 
 
 def test_fsdp_wraps_each_decoder_layer_and_keeps_lora_params(tiny_model):

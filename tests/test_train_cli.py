@@ -1,4 +1,5 @@
 """End to end: the documented tiny-model commands write summary.json and a loadable final/ checkpoint."""
+
 import json
 import subprocess
 import sys
@@ -10,8 +11,17 @@ from tests.conftest import REPO
 
 
 def _run(tmp_path, *overrides):
-    cmd = [sys.executable, "train.py", *overrides, "model=tiny", "trainer.max_steps=2", "logger=csv",
-           "sampler.max_new_tokens=8", "data.val_size=4", f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        *overrides,
+        "model=tiny",
+        "trainer.max_steps=2",
+        "logger=csv",
+        "sampler.max_new_tokens=8",
+        "data.val_size=4",
+        f"hydra.run.dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -25,8 +35,17 @@ def test_tiny_run_writes_summary_and_hf_checkpoint(tmp_path, method):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["method"] == method and summary["steps"] == 2
     metrics = summary["metrics"]
-    for key in ("val/divergence_start", "val/divergence_end", "val/persona_gain_start", "val/persona_gain_end",
-                "val/persona_gain_bare", "val/persona_gain_prompted", "train/loss", "train/grad_norm", "train/tokens_per_s"):
+    for key in (
+        "val/divergence_start",
+        "val/divergence_end",
+        "val/persona_gain_start",
+        "val/persona_gain_end",
+        "val/persona_gain_bare",
+        "val/persona_gain_prompted",
+        "train/loss",
+        "train/grad_norm",
+        "train/tokens_per_s",
+    ):
         assert key in metrics, key
     assert summary["peak_rss_mb"] > 0 and summary["wall_time_s"] > 0
     assert summary["config"]["method"]["name"] == method

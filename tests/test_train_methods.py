@@ -3,6 +3,7 @@
 One run goes through ``train.py`` as a subprocess (the documented command); the rest call
 ``charlit.run.train`` in-process on the same composed config to keep the suite fast.
 """
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,14 @@ import torch
 from charlit.run import train
 from tests.conftest import REPO, compose
 
-FAST = ["model=tiny", "trainer.max_steps=2", "logger=csv", "sampler.max_new_tokens=6", "data.val_size=2",
-        "data.batch_size=2"]
+FAST = [
+    "model=tiny",
+    "trainer.max_steps=2",
+    "logger=csv",
+    "sampler.max_new_tokens=6",
+    "data.val_size=2",
+    "data.batch_size=2",
+]
 
 
 def _check(run_dir, method, teacher="self"):
@@ -34,22 +41,44 @@ def test_dpo_cli_run_with_validation(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _check(tmp_path, "dpo")["metrics"]
-    for key in ("train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins", "train/rewards/accuracy",
-                "val/divergence_start", "val/persona_gain_end"):
+    for key in (
+        "train/rewards/chosen",
+        "train/rewards/rejected",
+        "train/rewards/margins",
+        "train/rewards/accuracy",
+        "val/divergence_start",
+        "val/persona_gain_end",
+    ):
         assert key in metrics, key
 
 
-@pytest.mark.parametrize("overrides, method, teacher, metric", [
-    (["method=distill", "method.ce_coef=0.1"], "distill", "self", "train/ce"),
-    (["method=on_policy_distill", "method.lmbda=0.5"], "on_policy_distill", "self", "train/on_policy"),
-    (["method=on_policy_distill", "data=prompts", "method.lmbda=1", "method.estimator=sampled_token"],
-     "on_policy_distill", "self", "train/kl_estimate"),
-    (["method=self_distill", "method.teacher_weights=ema"], "self_distill", "self", "train/divergence"),
-    (["method=self_distill", "teacher=fewshot"], "self_distill", "fewshot", "train/divergence"),
-    (["method=self_distill", "teacher=amplified", "teacher.alpha=0.5"], "self_distill", "amplified", "train/divergence"),
-    (["method=distill", "teacher=external", "teacher.name_or_path=tiny", "teacher.seed=1"], "distill", "external",
-     "train/divergence"),
-])
+@pytest.mark.parametrize(
+    "overrides, method, teacher, metric",
+    [
+        (["method=distill", "method.ce_coef=0.1"], "distill", "self", "train/ce"),
+        (["method=on_policy_distill", "method.lmbda=0.5"], "on_policy_distill", "self", "train/on_policy"),
+        (
+            ["method=on_policy_distill", "data=prompts", "method.lmbda=1", "method.estimator=sampled_token"],
+            "on_policy_distill",
+            "self",
+            "train/kl_estimate",
+        ),
+        (["method=self_distill", "method.teacher_weights=ema"], "self_distill", "self", "train/divergence"),
+        (["method=self_distill", "teacher=fewshot"], "self_distill", "fewshot", "train/divergence"),
+        (
+            ["method=self_distill", "teacher=amplified", "teacher.alpha=0.5"],
+            "self_distill",
+            "amplified",
+            "train/divergence",
+        ),
+        (
+            ["method=distill", "teacher=external", "teacher.name_or_path=tiny", "teacher.seed=1"],
+            "distill",
+            "external",
+            "train/divergence",
+        ),
+    ],
+)
 def test_tiny_runs_of_methods_and_teachers(tmp_path, overrides, method, teacher, metric):
     cfg = compose([*overrides, *FAST, "val.every_n_steps=0"])
     train(cfg, tmp_path)

@@ -3,6 +3,7 @@
 The student always gets the bare prompt (the model's own default system prompt, if its template adds
 one); the teacher gets the constitution as its system prompt. The constitution never reaches the student.
 """
+
 from __future__ import annotations
 
 from charlit.data.constitution import Constitution
@@ -33,11 +34,13 @@ def with_system(messages: list[dict], system: str) -> list[dict]:
     return [{"role": "system", "content": system}, *messages]
 
 
-def teacher_messages(prompt: str | list[dict], constitution: Constitution, exemplars: list[dict] | None = None) -> list[dict]:
+def teacher_messages(
+    prompt: str | list[dict], constitution: Constitution, exemplars: list[dict] | None = None
+) -> list[dict]:
     """The teacher's view: the constitution as system prompt, then optional exemplar turns, then the prompt."""
     messages = as_messages(prompt)
     system = [m for m in messages[:1] if m.get("role") == "system"]
-    rest = messages[len(system):]
+    rest = messages[len(system) :]
     return with_system([*system, *(exemplars or []), *rest], constitution.system_prompt())
 
 
@@ -57,12 +60,16 @@ def render_response_ids(tokenizer, context: list[dict], response: dict) -> tuple
     context_ids = tokenizer(before, add_special_tokens=False)["input_ids"]
     full = tokenizer(through, add_special_tokens=False)["input_ids"]
     if not through.startswith(before) or full[: len(context_ids)] != context_ids:
-        raise ValueError("The chat template does not render conversations prefix-consistently; "
-                         "cannot separate the response tokens from the prompt.")
-    return context_ids, full[len(context_ids):]
+        raise ValueError(
+            "The chat template does not render conversations prefix-consistently; "
+            "cannot separate the response tokens from the prompt."
+        )
+    return context_ids, full[len(context_ids) :]
 
 
-def conversation_ids_and_labels(tokenizer, messages: list[dict], max_length: int | None = None) -> tuple[list[int], list[int]]:
+def conversation_ids_and_labels(
+    tokenizer, messages: list[dict], max_length: int | None = None
+) -> tuple[list[int], list[int]]:
     """Tokenise a conversation; labels are the token ids on every assistant turn and -100 elsewhere.
 
     Each assistant turn spans from the end of the rendered prefix with a generation prompt to the end of
@@ -79,8 +86,10 @@ def conversation_ids_and_labels(tokenizer, messages: list[dict], max_length: int
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
         through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not full_text.startswith(through) or not through.startswith(before):
-            raise ValueError("The chat template does not render conversations prefix-consistently; "
-                             "cannot locate assistant turns for loss masking.")
+            raise ValueError(
+                "The chat template does not render conversations prefix-consistently; "
+                "cannot locate assistant turns for loss masking."
+            )
         start = len(tokenizer(before, add_special_tokens=False)["input_ids"]) if before else 0
         end = len(tokenizer(through, add_special_tokens=False)["input_ids"])
         labels[start:end] = ids[start:end]

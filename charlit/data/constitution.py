@@ -11,6 +11,7 @@ Format (YAML; see ``charlit/data/personas/`` and the README)::
 OCT's JSON layout (a list of ``{"trait": ..., "questions": [...]}``) is read too; the name then comes
 from the file name.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,14 +63,18 @@ def _require(mapping: dict, key: str, kind: type, where: str, source: str):
         raise ConstitutionError(f"{source}: {where} is missing the field '{key}'.")
     value = mapping[key]
     if not isinstance(value, kind):
-        raise ConstitutionError(f"{source}: {where} field '{key}' must be a {kind.__name__}, got {type(value).__name__}.")
+        raise ConstitutionError(
+            f"{source}: {where} field '{key}' must be a {kind.__name__}, got {type(value).__name__}."
+        )
     return value
 
 
 def _parse_trait(raw, index: int, source: str) -> Trait:
     where = f"trait #{index + 1}"
     if not isinstance(raw, dict):
-        raise ConstitutionError(f"{source}: {where} must be a mapping with 'trait' and 'questions', got {type(raw).__name__}.")
+        raise ConstitutionError(
+            f"{source}: {where} must be a mapping with 'trait' and 'questions', got {type(raw).__name__}."
+        )
     statement = _require(raw, "trait", str, where, source)
     questions = _require(raw, "questions", list, where, source)
     if not all(isinstance(q, str) and q.strip() for q in questions):
@@ -82,7 +87,9 @@ def constitution_from_data(data, source: str, default_name: str | None = None) -
     if isinstance(data, list):  # OCT layout
         data = {"name": default_name, "description": "", "traits": data}
     if not isinstance(data, dict):
-        raise ConstitutionError(f"{source}: expected a mapping with name/description/traits or a list of traits, got {type(data).__name__}.")
+        raise ConstitutionError(
+            f"{source}: expected a mapping with name/description/traits or a list of traits, got {type(data).__name__}."
+        )
     data = dict(data)
     if not data.get("name") and default_name:
         data["name"] = default_name

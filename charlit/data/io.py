@@ -4,6 +4,7 @@ Every error names the file and the row (or line) at fault. One validator, :func:
 every message list: a non-empty list of ``{"role": "system" | "user" | "assistant", "content": <non-empty
 string>}`` dicts.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,15 @@ def check_messages(messages, where: str) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where} must be a non-empty list of messages, got {messages!r}.")
     for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str) \
-                or not m["content"].strip():
-            raise ValueError(f"{where} has a message without a valid role ({'/'.join(ROLES)}) and non-empty "
-                             f"string content: {m!r}.")
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ROLES
+            or not isinstance(m.get("content"), str)
+            or not m["content"].strip()
+        ):
+            raise ValueError(
+                f"{where} has a message without a valid role ({'/'.join(ROLES)}) and non-empty string content: {m!r}."
+            )
     return messages
 
 
@@ -74,21 +80,27 @@ def load_pairs(path: Path) -> list[dict]:
         for key in ("chosen", "rejected"):
             value = check_messages(row.get(key), f"{path}: row {i}: {key!r}")
             if len(value) != 1 or value[0]["role"] != "assistant":
-                raise ValueError(f"{path}: row {i}: {key!r} must be a list with exactly one assistant message "
-                                 f"({{'role': 'assistant', 'content': ...}}), got {value!r}.")
+                raise ValueError(
+                    f"{path}: row {i}: {key!r} must be a list with exactly one assistant message "
+                    f"({{'role': 'assistant', 'content': ...}}), got {value!r}."
+                )
         refs = [row.get("ref_chosen_logp"), row.get("ref_rejected_logp")]
         has_ref = any(r is not None for r in refs)
         if has_ref and not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r <= 0 for r in refs):
-            raise ValueError(f"{path}: row {i}: 'ref_chosen_logp' and 'ref_rejected_logp' must both be numbers <= 0 "
-                             f"(summed log-probs), got {refs}.")
+            raise ValueError(
+                f"{path}: row {i}: 'ref_chosen_logp' and 'ref_rejected_logp' must both be numbers <= 0 "
+                f"(summed log-probs), got {refs}."
+            )
         with_ref.append(has_ref)
         pairs.append(row)
     if not pairs:
         raise ValueError(f"{path}: no preference pairs.")
     if any(with_ref) and not all(with_ref):
         missing = with_ref.index(False) + 1
-        raise ValueError(f"{path}: row {missing} has no reference log-probs but other rows do; give "
-                         f"'ref_chosen_logp'/'ref_rejected_logp' on every row or on none.")
+        raise ValueError(
+            f"{path}: row {missing} has no reference log-probs but other rows do; give "
+            f"'ref_chosen_logp'/'ref_rejected_logp' on every row or on none."
+        )
     return pairs
 
 
@@ -97,6 +109,7 @@ def resolve_data_path(given: str | None, directory: Path, persona: str, what: st
     path = Path(given) if given and given != "bundled" else directory / f"{persona}.jsonl"
     if not path.is_file():
         bundled = ", ".join(sorted(p.stem for p in directory.glob("*.jsonl")))
-        raise ValueError(f"No {what} at {path}: set data.path to a JSONL file of them "
-                         f"(bundled sets exist for: {bundled}).")
+        raise ValueError(
+            f"No {what} at {path}: set data.path to a JSONL file of them (bundled sets exist for: {bundled})."
+        )
     return path

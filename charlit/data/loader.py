@@ -7,6 +7,7 @@ ablations comparable across machine sizes). The loader is resumable in Lightning
 ``load_state_dict``), so a run killed mid-epoch restarts at the next unseen batch instead of replaying the
 epoch from its start.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,27 +21,30 @@ class GlobalBatchSampler:
         if global_batch < 1:
             raise ValueError(f"data.batch_size={global_batch} must be >= 1.")
         if global_batch % world_size:
-            raise ValueError(f"data.batch_size={global_batch} (the global batch) is not divisible by the "
-                             f"{world_size} data-parallel ranks; pick a multiple of {world_size}.")
+            raise ValueError(
+                f"data.batch_size={global_batch} (the global batch) is not divisible by the "
+                f"{world_size} data-parallel ranks; pick a multiple of {world_size}."
+            )
         if size < world_size:
-            raise ValueError(f"{size} training examples cannot feed {world_size} data-parallel ranks; "
-                             f"add data or use fewer devices.")
+            raise ValueError(
+                f"{size} training examples cannot feed {world_size} data-parallel ranks; add data or use fewer devices."
+            )
         self.size, self.global_batch, self.seed = size, global_batch, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0           # completed passes over the data (each pass draws a new permutation)
-        self.served = 0          # batches handed out in the current pass
-        self._skip = 0           # batches to pass over on the next iteration (set when resuming)
+        self.epoch = 0  # completed passes over the data (each pass draws a new permutation)
+        self.served = 0  # batches handed out in the current pass
+        self._skip = 0  # batches to pass over on the next iteration (set when resuming)
 
     def _global_batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         # A trailing incomplete global batch is dropped, unless it is the only one (tiny datasets).
         full = max(self.size // self.global_batch, 1)
-        return [order[i * self.global_batch:(i + 1) * self.global_batch] for i in range(full)]
+        return [order[i * self.global_batch : (i + 1) * self.global_batch] for i in range(full)]
 
     def _my_slice(self, batch: list[int]) -> list[int]:
         bounds = [round(r * len(batch) / self.world_size) for r in range(self.world_size + 1)]
-        return batch[bounds[self.rank]:bounds[self.rank + 1]]
+        return batch[bounds[self.rank] : bounds[self.rank + 1]]
 
     def __iter__(self):
         batches = self._global_batches()

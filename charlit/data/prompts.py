@@ -1,4 +1,5 @@
 """Bundled prompt sets: general user prompts for training and a disjoint held-out set for validation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,9 @@ def load_prompt_set(name_or_path: str) -> list[str]:
         path = PROMPT_DIR / f"{name_or_path}.jsonl"
         if not path.is_file():
             known = sorted(p.stem for p in PROMPT_DIR.glob("*.jsonl"))
-            raise ValueError(f"Unknown prompt set {name_or_path!r}; bundled sets: {', '.join(known)}, or a path to a .jsonl file.")
+            raise ValueError(
+                f"Unknown prompt set {name_or_path!r}; bundled sets: {', '.join(known)}, or a path to a .jsonl file."
+            )
     prompts = []
     for i, row in enumerate(read_jsonl(path), 1):
         prompt = row.get("prompt")

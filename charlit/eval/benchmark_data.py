@@ -1,5 +1,6 @@
 """The bundled evaluation sets (``charlit/eval/data/``), written for this project and disjoint from every
 training prompt (``tests/eval/test_benchmark_data.py`` checks it)."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,8 @@ def adversarial() -> dict:
 
 
 def prefill_pairs() -> list[dict]:
-    """``{"prompt", "follow_up"}``: the bare base answers ``prompt``, the model under test continues after ``follow_up``."""
+    """``{"prompt", "follow_up"}``: the bare base answers ``prompt``; the model under test continues after
+    ``follow_up``."""
     return _prompts("prefill.jsonl")
 
 

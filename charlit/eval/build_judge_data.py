@@ -5,6 +5,7 @@ with each shipped constitution. Rows land in ``charlit/eval/data/judge_replies.j
 ``{"split", "persona", "prompt", "reply"}``; ``persona`` is ``"bare"`` for the unprompted replies. The
 ``train`` split trains the classifier judge; the ``heldout`` split (other prompts) validates every judge.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ def judge_prompts(train_size: int, heldout_size: int) -> dict[str, list[str]]:
     """Every 5th training prompt (spanning all 18 domains); the first ``train_size`` train, the next held out."""
     pool = load_prompt_set("general_train")[::5]
     if train_size + heldout_size > len(pool):
-        raise ValueError(f"train_size + heldout_size = {train_size + heldout_size} exceeds the {len(pool)} prompts available.")
-    return {"train": pool[:train_size], "heldout": pool[train_size: train_size + heldout_size]}
+        raise ValueError(
+            f"train_size + heldout_size = {train_size + heldout_size} exceeds the {len(pool)} prompts available."
+        )
+    return {"train": pool[:train_size], "heldout": pool[train_size : train_size + heldout_size]}
 
 
 def build(out: Path, train_size: int, heldout_size: int, batch_size: int) -> int:

@@ -1,4 +1,5 @@
 """``python eval.py``: resolve what to evaluate (run dir, HF dir or base model; persona), run, write, log."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ def register_eval_configs() -> None:
 @dataclass
 class Checkpoint:
     model_dir: Path
-    summary: dict | None        # the run's summary.json when ckpt is a run dir
+    summary: dict | None  # the run's summary.json when ckpt is a run dir
 
 
 def resolve_checkpoint(path: str, what: str = "ckpt") -> Checkpoint:
@@ -37,8 +38,10 @@ def resolve_checkpoint(path: str, what: str = "ckpt") -> Checkpoint:
         return Checkpoint(root / "final", summary)
     if (root / "config.json").is_file():
         return Checkpoint(root, None)
-    raise ValueError(f"{what}={path!r} is neither a run dir (with final/config.json) nor a Hugging Face directory "
-                     f"(with config.json); pass the directory `python train.py` printed as its run dir.")
+    raise ValueError(
+        f"{what}={path!r} is neither a run dir (with final/config.json) nor a Hugging Face directory "
+        f"(with config.json); pass the directory `python train.py` printed as its run dir."
+    )
 
 
 def base_model_cfg(cfg: DictConfig, ckpt: Checkpoint | None) -> DictConfig:
@@ -53,8 +56,10 @@ def personas(cfg: DictConfig, ckpt: Checkpoint | None) -> list[Constitution]:
     if chosen is None and ckpt and ckpt.summary:
         chosen = ckpt.summary.get("config", {}).get("persona")
     if not chosen:
-        raise ValueError(f"No persona given: add persona=<name> (bundled: {', '.join(bundled_personas())}, or `all`) "
-                         f"or persona=path/to/constitution.yaml.")
+        raise ValueError(
+            f"No persona given: add persona=<name> (bundled: {', '.join(bundled_personas())}, or `all`) "
+            f"or persona=path/to/constitution.yaml."
+        )
     if chosen.get("name") == ALL_PERSONAS and not chosen.get("path"):
         return [resolve_persona(name) for name in bundled_personas()]
     return [resolve_persona(chosen.get("path") or chosen["name"])]
@@ -67,8 +72,10 @@ def _candidate(path: str | None, what: str, tokenizer) -> Candidate | None:
     loaded = load_model(OmegaConf.create({"name_or_path": str(ckpt.model_dir)}), tokenizer=tokenizer, apply_lora=False)
     loaded.model.requires_grad_(False)  # evaluation only: no parameter needs a gradient
     if loaded.model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        raise ValueError(f"{what}={path!r} has a smaller vocabulary than the base model's tokenizer; "
-                         f"evaluate it with the base model it was trained from (model=...).")
+        raise ValueError(
+            f"{what}={path!r} has a smaller vocabulary than the base model's tokenizer; "
+            f"evaluate it with the base model it was trained from (model=...)."
+        )
     return Candidate(loaded.model, str(ckpt.model_dir))
 
 
@@ -78,10 +85,21 @@ def _start_wandb(cfg: DictConfig, out_dir: Path, name: str):
     import wandb
 
     mode = wandb_mode(str(cfg.logger.get("mode", "auto")))
-    run = wandb.init(project=cfg.logger.project, name=name, group=cfg.logger.get("group"), job_type="eval",
-                     tags=list(cfg.logger.get("tags") or []), dir=str(out_dir), mode=mode, config=plain_config(cfg))
+    run = wandb.init(
+        project=cfg.logger.project,
+        name=name,
+        group=cfg.logger.get("group"),
+        job_type="eval",
+        tags=list(cfg.logger.get("tags") or []),
+        dir=str(out_dir),
+        mode=mode,
+        config=plain_config(cfg),
+    )
     if mode == "offline":
-        print(f"[charlit] W&B offline (no API key configured): sync later with `wandb sync {Path(run.dir).parent}`", flush=True)
+        print(
+            f"[charlit] W&B offline (no API key configured): sync later with `wandb sync {Path(run.dir).parent}`",
+            flush=True,
+        )
     return run
 
 
@@ -95,11 +113,20 @@ def run_eval(cfg: DictConfig, out_dir: Path) -> list[dict]:
     reports, tables = [], []
     for constitution in constitutions:
         persona_dir = out_dir / constitution.name if len(constitutions) > 1 else out_dir
-        report = evaluate(cfg, base.model, base.tokenizer, constitution, under_test=under_test, compare=compare,
-                          base_name=str(base.name_or_path))
+        report = evaluate(
+            cfg,
+            base.model,
+            base.tokenizer,
+            constitution,
+            under_test=under_test,
+            compare=compare,
+            base_name=str(base.name_or_path),
+        )
         plots = write_outputs(report, persona_dir)
         numbers = headline(report)
-        run = _start_wandb(cfg, persona_dir, f"eval-{Path(str(cfg.ckpt or base.name_or_path)).name}-{constitution.name}")
+        run = _start_wandb(
+            cfg, persona_dir, f"eval-{Path(str(cfg.ckpt or base.name_or_path)).name}-{constitution.name}"
+        )
         if run is not None:
             log_to_wandb(run, report, numbers, plots)
             run.finish()

@@ -4,6 +4,7 @@ A key hashes the model's weights identity, the exact rendered contexts (so the s
 prompts), the sampling parameters and the seed. The bare base model's replies do not depend on the
 persona, so evaluating six personas (or the same base twice) samples them once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,11 +43,20 @@ class GenerationCache:
         self.hits = self.misses = 0
 
     def key(self, model_id: str, contexts: list[list[int]], seed: int) -> str:
-        payload = json.dumps({"model": model_id, "contexts": contexts, "params": asdict(self.params), "seed": seed,
-                              "sampler": type(self.sampler).__name__})
+        payload = json.dumps(
+            {
+                "model": model_id,
+                "contexts": contexts,
+                "params": asdict(self.params),
+                "seed": seed,
+                "sampler": type(self.sampler).__name__,
+            }
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def generate(self, model, model_id: str, contexts: list[list[int]], seed: int, desc: str | None = None) -> list[list[int]]:
+    def generate(
+        self, model, model_id: str, contexts: list[list[int]], seed: int, desc: str | None = None
+    ) -> list[list[int]]:
         path = self.directory / f"{self.key(model_id, contexts, seed)}.json" if self.directory is not None else None
         if path is not None and path.is_file():
             self.hits += 1

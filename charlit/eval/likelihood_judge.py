@@ -4,6 +4,7 @@ For each reply, the judge model (the frozen base) scores the mean per-token log-
 given the prompt with the constitution as system prompt, minus the same given the bare prompt. Replies
 written in character gain; replies the bare model would write anyway do not.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,12 @@ def mean_reply_logprob(model, tokenizer, contexts: list[list[int]], responses: l
 
 
 @torch.no_grad()
-def persona_gain(model, tokenizer, constitution: Constitution, prompts: list[str], responses: list[list[int]]) -> torch.Tensor:
+def persona_gain(
+    model, tokenizer, constitution: Constitution, prompts: list[str], responses: list[list[int]]
+) -> torch.Tensor:
     """Per-reply gain ``mean log p(reply | constitution) - mean log p(reply | bare prompt)``, ``[B]``."""
     with_ctx = [render_prompt_ids(tokenizer, teacher_messages(p, constitution)) for p in prompts]
     bare = [render_prompt_ids(tokenizer, student_messages(p)) for p in prompts]
-    return mean_reply_logprob(model, tokenizer, with_ctx, responses) - mean_reply_logprob(model, tokenizer, bare, responses)
+    return mean_reply_logprob(model, tokenizer, with_ctx, responses) - mean_reply_logprob(
+        model, tokenizer, bare, responses
+    )

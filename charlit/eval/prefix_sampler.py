@@ -2,6 +2,7 @@
 ~450 tokens, identical for every prompt of the prompted base): its KV cache is computed once and repeated
 across each batch; every row is laid out as ``[prefix][padding][own suffix]`` (padding masked out, positions
 from the attention mask). Calls without a long shared prefix fall back to the plain Hugging Face sampler."""
+
 from __future__ import annotations
 
 import copy
@@ -31,30 +32,40 @@ class SharedPrefixSampler(Sampler):
         device = next(model.parameters()).device
         prefix = torch.tensor(prompts[0][:shared], dtype=torch.long, device=device)
         out: list[list[int]] = []
-        with eval_mode(model), self.plain.decode_weights(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        with (
+            eval_mode(model),
+            self.plain.decode_weights(model),
+            torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]),
+        ):
             if seed is not None:
                 torch.manual_seed(seed)
             prefix_cache = output_cache(model(input_ids=prefix[None], use_cache=True))
             starts = range(0, len(prompts), self.batch_size)
             for start in progress(starts, desc or "generate", unit="batch", leave=False, show=len(starts) > 1):
-                chunk = [p[shared:] for p in prompts[start: start + self.batch_size]]
+                chunk = [p[shared:] for p in prompts[start : start + self.batch_size]]
                 width = max(len(s) for s in chunk)
                 input_ids = torch.full((len(chunk), shared + width), pad_id, dtype=torch.long)
                 attention = torch.zeros((len(chunk), shared + width), dtype=torch.long)
                 input_ids[:, :shared] = prefix.cpu()
                 attention[:, :shared] = 1
                 for row, ids in enumerate(chunk):
-                    input_ids[row, shared + width - len(ids):] = torch.tensor(ids)
-                    attention[row, shared + width - len(ids):] = 1
+                    input_ids[row, shared + width - len(ids) :] = torch.tensor(ids)
+                    attention[row, shared + width - len(ids) :] = 1
                 cache = copy.deepcopy(prefix_cache)
                 cache.batch_repeat_interleave(len(chunk))
                 sampling = params.temperature > 0
                 generated = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device), **cache_kwargs(model, cache),
-                    max_new_tokens=params.max_new_tokens, do_sample=sampling,
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    **cache_kwargs(model, cache),
+                    max_new_tokens=params.max_new_tokens,
+                    do_sample=sampling,
                     temperature=params.temperature if sampling else None,
-                    top_p=params.top_p if sampling else None, top_k=params.top_k if sampling else None,
-                    eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True,
+                    top_p=params.top_p if sampling else None,
+                    top_k=params.top_k if sampling else None,
+                    eos_token_id=stop_ids,
+                    pad_token_id=pad_id,
+                    use_cache=True,
                 )
-                out += [trim_response(row, set(stop_ids)) for row in generated[:, shared + width:].tolist()]
+                out += [trim_response(row, set(stop_ids)) for row in generated[:, shared + width :].tolist()]
         return out

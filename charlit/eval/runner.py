@@ -1,5 +1,6 @@
 """One evaluation: the model under test beside the bare base, the constitution-prompted base and
 (optionally) another checkpoint, through every configured suite. Returns what ``eval.json`` holds."""
+
 from __future__ import annotations
 
 import time
@@ -23,8 +24,9 @@ LABELS = ("model", "bare", "prompted", "compare")
 @dataclass
 class Candidate:
     """A model to place beside the references: the model under test or the comparison checkpoint."""
+
     model: torch.nn.Module
-    name: str                   # what it is, for the report (a path or model id)
+    name: str  # what it is, for the report (a path or model id)
 
 
 def _identity(model, known: dict[int, str]) -> str:
@@ -33,8 +35,9 @@ def _identity(model, known: dict[int, str]) -> str:
     return known[id(model)]
 
 
-def build_systems(base: torch.nn.Module, constitution: Constitution, under_test: Candidate | None,
-                  compare: Candidate | None) -> tuple[list[System], dict[str, str]]:
+def build_systems(
+    base: torch.nn.Module, constitution: Constitution, under_test: Candidate | None, compare: Candidate | None
+) -> tuple[list[System], dict[str, str]]:
     """The distinct systems to run and, for every label, the label of the system that computes it (the
     untrained baseline ``model`` *is* the bare base, so it is computed once)."""
     ids: dict[int, str] = {}
@@ -65,8 +68,16 @@ def _expand(result: SuiteResult, aliases: dict[str, str]) -> dict:
     }
 
 
-def evaluate(cfg, base: torch.nn.Module, tokenizer, constitution: Constitution, *, under_test: Candidate | None = None,
-             compare: Candidate | None = None, base_name: str = "") -> dict:
+def evaluate(
+    cfg,
+    base: torch.nn.Module,
+    tokenizer,
+    constitution: Constitution,
+    *,
+    under_test: Candidate | None = None,
+    compare: Candidate | None = None,
+    base_name: str = "",
+) -> dict:
     """Run ``cfg.suites`` (the ``eval`` config: suite sizes, judges, sampling, cache) and return the report dict."""
     start = time.perf_counter()
     base.eval()
@@ -75,25 +86,39 @@ def evaluate(cfg, base: torch.nn.Module, tokenizer, constitution: Constitution, 
             candidate.model.eval()
     systems, aliases = build_systems(base, constitution, under_test, compare)
     sizes = OmegaConf.to_container(cfg.suite, resolve=True) if OmegaConf.is_config(cfg.suite) else dict(cfg.suite)
-    sampled = SamplingParams(max_new_tokens=int(sizes["max_new_tokens"]), temperature=float(cfg.sampling.temperature),
-                             top_p=float(cfg.sampling.top_p))
+    sampled = SamplingParams(
+        max_new_tokens=int(sizes["max_new_tokens"]),
+        temperature=float(cfg.sampling.temperature),
+        top_p=float(cfg.sampling.top_p),
+    )
     decodings = {"sampled": sampled}
-    if cfg.get("greedy", True):   # greedy decoding exposes loops that sampling hides
+    if cfg.get("greedy", True):  # greedy decoding exposes loops that sampling hides
         decodings["greedy"] = SamplingParams(max_new_tokens=sampled.max_new_tokens, temperature=0.0)
     cache_dir = None if not cfg.cache else (cfg.cache_dir or default_cache_dir())
     sampler = SharedPrefixSampler(tokenizer, batch_size=int(cfg.batch_size))
-    judges = {name: build_judge(str(name), base_model=base, tokenizer=tokenizer, batch_size=int(cfg.batch_size))
-              for name in cfg.judges}
+    judges = {
+        name: build_judge(str(name), base_model=base, tokenizer=tokenizer, batch_size=int(cfg.batch_size))
+        for name in cfg.judges
+    }
     bare = next(s for s in systems if s.label == "bare")
-    runs = {name: SUITES.get(name) for name in sizes["suites"]}   # unknown names fail here, before any generation
-    greedy_suites = set(sizes.get("greedy_suites") or ()) & set(runs)   # those of suite.suites also run greedily
+    runs = {name: SUITES.get(name) for name in sizes["suites"]}  # unknown names fail here, before any generation
+    greedy_suites = set(sizes.get("greedy_suites") or ()) & set(runs)  # those of suite.suites also run greedily
     suites, timings, caches = {}, {}, {}
     llm_judge = build_llm_judge(cfg.get("llm_judge"))
     for decoding, params in decodings.items():
         cache = caches[decoding] = GenerationCache(sampler, params, cache_dir)
-        ctx = SuiteContext(tokenizer=tokenizer, constitution=constitution, systems=systems, bare=bare, cache=cache,
-                           judges=judges, sizes=sizes, seed=int(cfg.seed), llm_judge=llm_judge,
-                           score_batch_size=int(cfg.batch_size))
+        ctx = SuiteContext(
+            tokenizer=tokenizer,
+            constitution=constitution,
+            systems=systems,
+            bare=bare,
+            cache=cache,
+            judges=judges,
+            sizes=sizes,
+            seed=int(cfg.seed),
+            llm_judge=llm_judge,
+            score_batch_size=int(cfg.batch_size),
+        )
         for name, suite in runs.items():
             if decoding != "sampled" and name not in greedy_suites:
                 continue
@@ -106,7 +131,8 @@ def evaluate(cfg, base: torch.nn.Module, tokenizer, constitution: Constitution, 
         "persona": constitution.name,
         "systems": {
             "model": under_test.name if under_test else f"{base_name} (untrained base)",
-            "bare": base_name, "prompted": f"{base_name} + {constitution.name} constitution as system prompt",
+            "bare": base_name,
+            "prompted": f"{base_name} + {constitution.name} constitution as system prompt",
             **({"compare": compare.name} if compare else {}),
         },
         "labels": [label for label in LABELS if label in aliases],
@@ -117,8 +143,11 @@ def evaluate(cfg, base: torch.nn.Module, tokenizer, constitution: Constitution, 
         "sizes": {k: v for k, v in sizes.items() if k != "suites"},
         "suites": suites,
         "timings_s": timings,
-        "generation_cache": {"dir": str(cache_dir) if cache_dir else None, "hits": sum(c.hits for c in caches.values()),
-                             "misses": sum(c.misses for c in caches.values())},
+        "generation_cache": {
+            "dir": str(cache_dir) if cache_dir else None,
+            "hits": sum(c.hits for c in caches.values()),
+            "misses": sum(c.misses for c in caches.values()),
+        },
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
 

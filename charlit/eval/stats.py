@@ -1,10 +1,11 @@
 """Point estimates with 95% intervals: Student-t for means, Wilson for proportions, percentile bootstrap,
 and Bradley-Terry strengths fitted from pairwise wins."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -52,8 +53,9 @@ def wilson(successes: int, n: int, level: float = LEVEL) -> Estimate:
     return Estimate(p, min(p, centre - half), max(p, centre + half), n)  # exact bounds at p = 0 or 1, despite rounding
 
 
-def bootstrap_ci(data: Sequence, statistic: Callable[[list], float], n_boot: int = 1000, seed: int = 0,
-                 level: float = LEVEL) -> Estimate:
+def bootstrap_ci(
+    data: Sequence, statistic: Callable[[list], float], n_boot: int = 1000, seed: int = 0, level: float = LEVEL
+) -> Estimate:
     """``statistic(data)`` with a percentile interval over ``n_boot`` resamples of ``data`` (with replacement)."""
     data = list(data)
     if not data:
@@ -65,7 +67,9 @@ def bootstrap_ci(data: Sequence, statistic: Callable[[list], float], n_boot: int
     return Estimate(point, float(lo), float(hi), len(data))
 
 
-def bradley_terry(comparisons: Sequence[tuple[int, int]], num_items: int, iters: int = 2000, prior: float = 0.5) -> np.ndarray:
+def bradley_terry(
+    comparisons: Sequence[tuple[int, int]], num_items: int, iters: int = 2000, prior: float = 0.5
+) -> np.ndarray:
     """Log-strengths ``θ`` (mean 0) maximising ``Π σ(θ_winner − θ_loser)`` over ``(winner, loser)`` pairs.
 
     Hunter's MM algorithm. ``prior`` adds that many virtual wins and losses between every item and a
@@ -92,23 +96,30 @@ def bradley_terry(comparisons: Sequence[tuple[int, int]], num_items: int, iters:
 ELO_SCALE = 400 / math.log(10)
 
 
-def bradley_terry_elo(comparisons: Sequence[tuple[int, int]], num_items: int, n_boot: int = 200, seed: int = 0,
-                      level: float = LEVEL) -> list[Estimate]:
+def bradley_terry_elo(
+    comparisons: Sequence[tuple[int, int]], num_items: int, n_boot: int = 200, seed: int = 0, level: float = LEVEL
+) -> list[Estimate]:
     """Per-item Elo-scale ratings (``1000 + 400·log10 strength``) with bootstrap intervals over comparisons."""
     comparisons = list(comparisons)
     point = bradley_terry(comparisons, num_items)
     if not comparisons:
         return [Estimate(1000.0, 1000.0, 1000.0, 0) for _ in range(num_items)]
     rng = np.random.default_rng(seed)
-    draws = np.stack([bradley_terry([comparisons[i] for i in rng.integers(0, len(comparisons), len(comparisons))], num_items)
-                      for _ in range(n_boot)])
+    draws = np.stack(
+        [
+            bradley_terry([comparisons[i] for i in rng.integers(0, len(comparisons), len(comparisons))], num_items)
+            for _ in range(n_boot)
+        ]
+    )
     lo, hi = np.quantile(draws, [0.5 - level / 2, 0.5 + level / 2], axis=0)
     counts = np.zeros(num_items, dtype=int)
     for w, l in comparisons:
         counts[w] += 1
         counts[l] += 1
-    return [Estimate(1000 + ELO_SCALE * point[i], 1000 + ELO_SCALE * lo[i], 1000 + ELO_SCALE * hi[i], int(counts[i]))
-            for i in range(num_items)]
+    return [
+        Estimate(1000 + ELO_SCALE * point[i], 1000 + ELO_SCALE * lo[i], 1000 + ELO_SCALE * hi[i], int(counts[i]))
+        for i in range(num_items)
+    ]
 
 
 def macro_f1(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> float:

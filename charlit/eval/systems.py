@@ -5,6 +5,7 @@ the constitution, the model under test (a trained checkpoint, or the base itself
 baseline) and optionally another checkpoint. Each renders prompts its own way and samples through the
 shared generation cache.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,10 +16,10 @@ from charlit.eval.generation_cache import GenerationCache
 
 @dataclass
 class System:
-    label: str                  # "bare", "prompted", "model", "compare"
-    model: object               # a transformers causal LM in eval mode
-    model_id: str               # weights identity (see generation_cache.weights_identity)
-    system_prompt: str | None   # the constitution for the prompted base, else None
+    label: str  # "bare", "prompted", "model", "compare"
+    model: object  # a transformers causal LM in eval mode
+    model_id: str  # weights identity (see generation_cache.weights_identity)
+    system_prompt: str | None  # the constitution for the prompted base, else None
 
     def messages(self, prompt) -> list[dict]:
         messages = as_messages(prompt)
@@ -28,5 +29,6 @@ class System:
         return [render_prompt_ids(tokenizer, self.messages(p)) for p in prompts]
 
     def generate(self, cache: GenerationCache, tokenizer, prompts: list, seed: int, desc: str = "") -> list[list[int]]:
-        return cache.generate(self.model, self.model_id, self.contexts(tokenizer, prompts), seed,
-                              desc=f"{self.label} {desc}".strip())
+        return cache.generate(
+            self.model, self.model_id, self.contexts(tokenizer, prompts), seed, desc=f"{self.label} {desc}".strip()
+        )

@@ -1,4 +1,5 @@
 """``eval=quick`` in train.py: the character benchmarks on the final model at the end of a run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,13 @@ def evaluate_final(cfg: DictConfig, policy, tokenizer, constitution: Constitutio
     """Evaluate the trained ``policy`` against the base of ``cfg.model``; writes ``<run_dir>/eval/``, returns
     the headline numbers (``eval/<suite>/<metric>``)."""
     base = load_model(cfg.model, tokenizer=tokenizer, apply_lora=False)
-    report = evaluate(cfg.eval, base.model, tokenizer, constitution, under_test=Candidate(policy, str(run_dir / "final")),
-                      base_name=str(cfg.model.name_or_path))
+    report = evaluate(
+        cfg.eval,
+        base.model,
+        tokenizer,
+        constitution,
+        under_test=Candidate(policy, str(run_dir / "final")),
+        base_name=str(cfg.model.name_or_path),
+    )
     write_outputs(report, run_dir / "eval")
     return headline(report)

@@ -1,5 +1,6 @@
 """What an evaluation leaves behind: ``eval.json``, a markdown table ``eval.md`` and PNG plots (one bar
 chart per suite with 95% intervals, one per-turn line chart per drift series), and the same in W&B."""
+
 from __future__ import annotations
 
 import json
@@ -25,16 +26,25 @@ def markdown_table(report: dict) -> str:
     labels = report["labels"]
     lines = [f"## charlit eval: persona `{report['persona']}`", ""]
     lines += [f"- {COLUMN_TITLES[label]}: {report['systems'][label]}" for label in labels]
-    lines += ["", "| suite | metric | " + " | ".join(COLUMN_TITLES[label] for label in labels) + " |",
-              "|---|---|" + "---|" * len(labels)]
+    lines += [
+        "",
+        "| suite | metric | " + " | ".join(COLUMN_TITLES[label] for label in labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
     for suite, body in report["suites"].items():
         if body["status"] != "ok":
             lines.append(f"| {suite} | {body['status']} |" + " |" * len(labels))
             continue
         for metric, per_label in body["metrics"].items():
-            lines.append(f"| {suite} | {metric} | " + " | ".join(_cell(per_label.get(label)) for label in labels) + " |")
-    lines += ["", "Cells: mean [95% interval] (n). Means: Student-t; rates: Wilson; perplexity: exp of the per-paragraph "
-              "NLL interval; Elo: bootstrap over comparisons.", ""]
+            lines.append(
+                f"| {suite} | {metric} | " + " | ".join(_cell(per_label.get(label)) for label in labels) + " |"
+            )
+    lines += [
+        "",
+        "Cells: mean [95% interval] (n). Means: Student-t; rates: Wilson; perplexity: exp of the per-paragraph "
+        "NLL interval; Elo: bootstrap over comparisons.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -45,8 +55,10 @@ def _bar_plot(suite: str, body: dict, labels: list[str], path: Path) -> None:
         per_label = body["metrics"][metric]
         shown = [label for label in labels if label in per_label]
         means = [per_label[label]["mean"] for label in shown]
-        errors = [[max(0.0, m - per_label[label]["lo"]) for m, label in zip(means, shown)],
-                  [max(0.0, per_label[label]["hi"] - m) for m, label in zip(means, shown)]]
+        errors = [
+            [max(0.0, m - per_label[label]["lo"]) for m, label in zip(means, shown)],
+            [max(0.0, per_label[label]["hi"] - m) for m, label in zip(means, shown)],
+        ]
         ax.bar(range(len(shown)), means, yerr=errors, capsize=3, color=[f"C{labels.index(label)}" for label in shown])
         ax.set_xticks(range(len(shown)), [COLUMN_TITLES[label] for label in shown], rotation=30, ha="right", fontsize=7)
         ax.set_title(metric, fontsize=8)
@@ -63,8 +75,12 @@ def _series_plot(suite: str, metric: str, per_label: dict, labels: list[str], pa
             continue
         series = per_label[label]
         turns = range(1, len(series) + 1)
-        ax.plot(turns, [e["mean"] for e in series], marker="o", label=COLUMN_TITLES[label], color=f"C{labels.index(label)}")
-        ax.fill_between(turns, [e["lo"] for e in series], [e["hi"] for e in series], alpha=0.15, color=f"C{labels.index(label)}")
+        ax.plot(
+            turns, [e["mean"] for e in series], marker="o", label=COLUMN_TITLES[label], color=f"C{labels.index(label)}"
+        )
+        ax.fill_between(
+            turns, [e["lo"] for e in series], [e["hi"] for e in series], alpha=0.15, color=f"C{labels.index(label)}"
+        )
     ax.set_xlabel("turn")
     ax.set_ylabel(metric)
     ax.set_title(f"{suite}: {metric} per turn")
@@ -109,21 +125,35 @@ def log_to_wandb(run, report: dict, numbers: dict[str, float], plots: list[Path]
     run.summary.update(numbers)
 
 
-HEADLINE = [("persona_id", "likelihood"), ("persona_id", "classifier_hit"), ("ood", "likelihood"), ("ood", "classifier_hit"),
-            ("multiturn", "likelihood_last_turn"), ("robustness", "suffix_likelihood"), ("robustness", "suffix_classifier_hit"),
-            ("robustness", "prefill_likelihood"), ("capability", "kl_to_base"), ("capability", "perplexity"),
-            ("capability", "mc_accuracy")]
+HEADLINE = [
+    ("persona_id", "likelihood"),
+    ("persona_id", "classifier_hit"),
+    ("ood", "likelihood"),
+    ("ood", "classifier_hit"),
+    ("multiturn", "likelihood_last_turn"),
+    ("robustness", "suffix_likelihood"),
+    ("robustness", "suffix_classifier_hit"),
+    ("robustness", "prefill_likelihood"),
+    ("capability", "kl_to_base"),
+    ("capability", "perplexity"),
+    ("capability", "mc_accuracy"),
+]
 
 
 def personas_table(reports: list[dict]) -> str:
     """One row per persona and headline metric, one column per system (``persona=all``)."""
     labels = reports[0]["labels"]
-    lines = ["| persona | metric | " + " | ".join(COLUMN_TITLES[label] for label in labels) + " |",
-             "|---|---|" + "---|" * len(labels)]
+    lines = [
+        "| persona | metric | " + " | ".join(COLUMN_TITLES[label] for label in labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
     for report in reports:
         for suite, metric in HEADLINE:
             per_label = report["suites"].get(suite, {}).get("metrics", {}).get(metric)
             if per_label:
-                lines.append(f"| {report['persona']} | {suite}/{metric} | "
-                             + " | ".join(_cell(per_label.get(label)) for label in labels) + " |")
+                lines.append(
+                    f"| {report['persona']} | {suite}/{metric} | "
+                    + " | ".join(_cell(per_label.get(label)) for label in labels)
+                    + " |"
+                )
     return "\n".join(lines) + "\n"

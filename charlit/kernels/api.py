@@ -1,7 +1,6 @@
 """Public fused ops: validation, compaction of ignored positions, reduction, backend selection."""
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 
@@ -18,7 +17,7 @@ from ._validate import (
 from .selection import requested, resolve
 
 
-def _zero_with_graph(*tensors: Optional[torch.Tensor]) -> torch.Tensor:
+def _zero_with_graph(*tensors: torch.Tensor | None) -> torch.Tensor:
     """An fp32 scalar 0 connected to ``tensors`` so backward yields exact zero gradients."""
     out = torch.zeros((), dtype=torch.float32, device=tensors[0].device)
     for t in tensors:
@@ -32,16 +31,16 @@ def fused_linear_divergence(
     student_weight: torch.Tensor,
     teacher_hidden: torch.Tensor,
     teacher_weight: torch.Tensor,
-    mask: Optional[torch.Tensor] = None,
+    mask: torch.Tensor | None = None,
     beta: float = 0.0,
     temperature: float = 1.0,
     scale_by_t2: bool = False,
     reduction: str = "mean",
-    num_items: Optional[Union[int, float, torch.Tensor]] = None,
-    student_bias: Optional[torch.Tensor] = None,
-    teacher_bias: Optional[torch.Tensor] = None,
-    softcap: Optional[float] = None,
-    backend: Optional[str] = None,
+    num_items: int | float | torch.Tensor | None = None,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Divergence between teacher and student next-token distributions, from hidden states.
 
@@ -66,7 +65,9 @@ def fused_linear_divergence(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if num_items is not None and reduction != "mean":
-        raise ValueError(f"num_items only applies to reduction='mean' (got reduction={reduction!r}); drop num_items or use 'mean'")
+        raise ValueError(
+            f"num_items only applies to reduction='mean' (got reduction={reduction!r}); drop num_items or use 'mean'"
+        )
     check_scalars(temperature, softcap, beta)
     check_linear("student_", student_hidden, student_weight, student_bias)
     check_linear("teacher_", teacher_hidden, teacher_weight, teacher_bias)
@@ -78,14 +79,27 @@ def fused_linear_divergence(
             f"the same leading (token) shape; align teacher positions to the student's first"
         )
     if teacher_hidden.device != student_hidden.device:
-        raise ValueError(f"teacher tensors are on {teacher_hidden.device}, student on {student_hidden.device}; use one device")
+        raise ValueError(
+            f"teacher tensors are on {teacher_hidden.device}, student on {student_hidden.device}; use one device"
+        )
     keep = valid_rows(mask, lead, student_hidden.device)
     if teacher_bias is not None:
         teacher_bias = teacher_bias.detach()
     if name == "reference":
         return float64_reference.fused_linear_divergence(
-            student_hidden, student_weight, teacher_hidden, teacher_weight, keep, beta, temperature,
-            scale_by_t2, reduction, num_items, student_bias, teacher_bias, softcap,
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            keep,
+            beta,
+            temperature,
+            scale_by_t2,
+            reduction,
+            num_items,
+            student_bias,
+            teacher_bias,
+            softcap,
         )
 
     vs = student_weight.shape[0]
@@ -120,9 +134,9 @@ def fused_linear_logprobs(
     targets: torch.Tensor,
     temperature: float = 1.0,
     ignore_index: int = -100,
-    bias: Optional[torch.Tensor] = None,
-    softcap: Optional[float] = None,
-    backend: Optional[str] = None,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Per-position ``z_y - logsumexp(z)`` of the (soft-capped, temperature-scaled) logits.
 
@@ -137,8 +151,9 @@ def fused_linear_logprobs(
     lead = hidden.shape[:-1]
     keep = labels_valid(targets, lead, weight.shape[0], ignore_index)
     if name == "reference":
-        return float64_reference.fused_linear_logprobs(hidden, weight, targets, temperature, ignore_index, bias,
-                                                       softcap)
+        return float64_reference.fused_linear_logprobs(
+            hidden, weight, targets, temperature, ignore_index, bias, softcap
+        )
     rows = compact(keep.to(hidden.device), lead)
     if rows.count == 0:
         zero = _zero_with_graph(hidden, weight, bias)

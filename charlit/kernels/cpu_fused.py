@@ -10,6 +10,7 @@ the source, flags and CPU, and loaded with ctypes; no torch headers, so a build 
 When no compiler is found or the build fails, ``available()`` is False (with one warning) and
 the backend keeps its eager torch path.  ``CHARLIT_CPU_FUSED=0`` turns the fused path off.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -23,7 +24,6 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -47,7 +47,7 @@ def _cpu_fingerprint() -> str:
     return "\n".join(sorted(set(keep)))
 
 
-def _compiler() -> Optional[str]:
+def _compiler() -> str | None:
     for cand in (os.environ.get("CXX"), "g++", "c++", "clang++"):
         if cand and shutil.which(cand):
             return cand
@@ -55,8 +55,9 @@ def _compiler() -> Optional[str]:
 
 
 def _flags(cxx: str) -> list:
-    probe = subprocess.run([cxx, "-march=native", "-x", "c++", "-E", "-", "-o", os.devnull],
-                           input="", capture_output=True, text=True)
+    probe = subprocess.run(
+        [cxx, "-march=native", "-x", "c++", "-E", "-", "-o", os.devnull], input="", capture_output=True, text=True
+    )
     return FLAGS + (["-march=native"] if probe.returncode == 0 else [])
 
 
@@ -102,7 +103,9 @@ def available() -> bool:
             _lib = _build()
         except (OSError, RuntimeError, subprocess.SubprocessError) as err:
             _failed = True
-            warnings.warn(f"charlit: fused CPU row kernels unavailable, using eager torch ops (slower): {err}")
+            warnings.warn(
+                f"charlit: fused CPU row kernels unavailable, using eager torch ops (slower): {err}", stacklevel=2
+            )
             return False
     return True
 
@@ -112,12 +115,18 @@ def usable(*tiles: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.stride(1) == 1 for t in tiles) and available()
 
 
-def _ptr(t: Optional[torch.Tensor]):
+def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
-def divergence_rows(s: torch.Tensor, t: torch.Tensor, beta: float, want_grad: bool,
-                    row_scale: Optional[torch.Tensor] = None, grad_mul: float = 1.0) -> torch.Tensor:
+def divergence_rows(
+    s: torch.Tensor,
+    t: torch.Tensor,
+    beta: float,
+    want_grad: bool,
+    row_scale: torch.Tensor | None = None,
+    grad_mul: float = 1.0,
+) -> torch.Tensor:
     """Per-row divergence of scaled logits ``s`` (student) and ``t`` (teacher), both ``[r, V]`` fp32.
 
     With ``want_grad``, ``s`` is overwritten in place by ``grad_mul * row_scale * d loss / d s``.
@@ -125,19 +134,42 @@ def divergence_rows(s: torch.Tensor, t: torch.Tensor, beta: float, want_grad: bo
     rows, vocab = s.shape
     loss = torch.empty(rows, dtype=torch.float32)
     scale = None if row_scale is None else row_scale.float().contiguous()
-    _lib.charlit_divergence_rows(_ptr(s), s.stride(0), _ptr(t), t.stride(0), rows, vocab, float(beta),
-                                 int(want_grad), _ptr(scale), float(grad_mul), _ptr(loss), torch.get_num_threads())
+    _lib.charlit_divergence_rows(
+        _ptr(s),
+        s.stride(0),
+        _ptr(t),
+        t.stride(0),
+        rows,
+        vocab,
+        float(beta),
+        int(want_grad),
+        _ptr(scale),
+        float(grad_mul),
+        _ptr(loss),
+        torch.get_num_threads(),
+    )
     return loss
 
 
-def logprob_rows(z: torch.Tensor, y: torch.Tensor, want_grad: bool, g: Optional[torch.Tensor] = None,
-                 grad_mul: float = 1.0) -> torch.Tensor:
+def logprob_rows(
+    z: torch.Tensor, y: torch.Tensor, want_grad: bool, g: torch.Tensor | None = None, grad_mul: float = 1.0
+) -> torch.Tensor:
     """``log_softmax(z)[y]`` per row of ``z`` ``[r, V]`` fp32; with ``want_grad`` ``z`` becomes
     ``grad_mul * g * (onehot(y) - softmax(z))`` in place (``g`` None: 1)."""
     rows, vocab = z.shape
     out = torch.empty(rows, dtype=torch.float32)
     yy = y.to(torch.int64).contiguous()
     gg = None if g is None else g.float().contiguous()
-    _lib.charlit_logprob_rows(_ptr(z), z.stride(0), _ptr(yy), rows, vocab, int(want_grad), _ptr(gg),
-                              float(grad_mul), _ptr(out), torch.get_num_threads())
+    _lib.charlit_logprob_rows(
+        _ptr(z),
+        z.stride(0),
+        _ptr(yy),
+        rows,
+        vocab,
+        int(want_grad),
+        _ptr(gg),
+        float(grad_mul),
+        _ptr(out),
+        torch.get_num_threads(),
+    )
     return out

@@ -4,6 +4,7 @@
 Same contract as ``torch_chunked``: compacted rows in; gradients computed in the forward
 for scalar upstream gradients (4 GEMMs), recomputed per tile for per-row upstream.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -83,13 +84,22 @@ class CudaDivergence(torch.autograd.Function):
         else:
             xs, ws, bs, xt, wt, bt = ctx.saved_tensors
             up = grad_out.float() if per_row else grad_out.float().expand(xs.shape[0]).contiguous()
-            dx, dw, db = torch.ops.charlit_kernels.div_bwd(xs, ws, bs, xt, wt, bt, up, beta, temperature, cap, tile, *need)
+            dx, dw, db = torch.ops.charlit_kernels.div_bwd(
+                xs, ws, bs, xt, wt, bt, up, beta, temperature, cap, tile, *need
+            )
             dx, dw, db = (t if (t is not None and t.numel()) else None for t in (dx, dw, db))
         return (
             None if dx is None or not need[0] else dx.to(x_dtype),
             None if dw is None or not need[1] else dw.to(w_dtype),
             None if db is None or not need[2] else db.to(w_dtype),
-            None, None, None, None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -109,12 +119,16 @@ class CudaLogprobs(torch.autograd.Function):
         x, w, b, y, lse = ctx.saved_tensors
         temperature, cap, tile = ctx.meta
         need = ctx.needs_input_grad[:3]
-        dx, dw, db = torch.ops.charlit_kernels.lp_bwd(x, w, b, y, lse, grad_out.float().contiguous(), temperature, cap, tile, *need)
+        dx, dw, db = torch.ops.charlit_kernels.lp_bwd(
+            x, w, b, y, lse, grad_out.float().contiguous(), temperature, cap, tile, *need
+        )
         return (
             dx.to(x.dtype) if need[0] else None,
             dw.to(w.dtype) if need[1] else None,
             db.to(w.dtype) if need[2] else None,
-            None, None, None,
+            None,
+            None,
+            None,
         )
 
 

@@ -5,10 +5,10 @@ tiled backends are checked against, written as plainly as possible and different
 autograd.  Masking is applied by zeroing per-position losses (not by compaction) so that the
 public ops' compaction is itself under test.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -41,8 +41,19 @@ def divergence_per_position(student_logits: torch.Tensor, teacher_logits: torch.
 
 
 def fused_linear_divergence(
-    student_hidden, student_weight, teacher_hidden, teacher_weight, keep: Optional[torch.Tensor],
-    beta, temperature, scale_by_t2, reduction, num_items, student_bias, teacher_bias, softcap,
+    student_hidden,
+    student_weight,
+    teacher_hidden,
+    teacher_weight,
+    keep: torch.Tensor | None,
+    beta,
+    temperature,
+    scale_by_t2,
+    reduction,
+    num_items,
+    student_bias,
+    teacher_bias,
+    softcap,
 ):
     """``keep``: flat bool of counted rows or None.  Returns float64."""
     hs = student_hidden.reshape(-1, student_hidden.shape[-1])

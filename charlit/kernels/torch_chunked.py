@@ -20,10 +20,10 @@ Elementwise work (log-softmax, divergence, its gradient) runs on CPU in one fuse
 (``cpu_fused``, C++ built on first use); without a compiler, and on GPU, it runs as eager
 torch ops in place on the tile buffers, optionally in row blocks of ``ROW_BLOCK_BYTES``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -49,7 +49,7 @@ GRAD_IN_FORWARD = True
 MIN_TILE = 16
 
 
-def plan_token_tile(n: int, vocab: int, buffers: int, tile: Optional[int] = None, budget: Optional[int] = None) -> int:
+def plan_token_tile(n: int, vocab: int, buffers: int, tile: int | None = None, budget: int | None = None) -> int:
     """Rows per token tile so that ``buffers`` fp32 [B, V] tensors fit ``budget`` (default TILE_BUDGET_BYTES)."""
     if tile is None:
         tile = max(MIN_TILE, (TILE_BUDGET_BYTES if budget is None else budget) // (4 * vocab * buffers))
@@ -218,8 +218,9 @@ def _divergence_tile(sh: _Head, th: _Head, xs, xt, beta, want_grad, work: _Works
     for r0 in range(0, rows, rb):
         r1 = min(rows, r0 + rb)
         qb, pb = work.get("q", rows), work.get("p", rows)
-        l, g = divergence_rows(s[r0:r1], t[r0:r1], beta, want_grad,
-                               None if qb is None else qb[r0:r1], None if pb is None else pb[r0:r1])
+        l, g = divergence_rows(
+            s[r0:r1], t[r0:r1], beta, want_grad, None if qb is None else qb[r0:r1], None if pb is None else pb[r0:r1]
+        )
         loss[r0:r1] = l
         if want_grad:
             if row_scale is not None:
@@ -278,7 +279,9 @@ class DivergenceFunction(torch.autograd.Function):
         any_grad = need[0] or need[1] or need[2]
         # a per-row upstream gradient can still be applied afterwards to dX rows, not to dW/db
         eager = any_grad and GRAD_IN_FORWARD and not (per_row and (need[1] or need[2]))
-        B = plan_token_tile(n, ws.shape[0], _tile_buffers(dev, 2, 2 + (1 if (softcap is not None and any_grad) else 0)), tile)
+        B = plan_token_tile(
+            n, ws.shape[0], _tile_buffers(dev, 2, 2 + (1 if (softcap is not None and any_grad) else 0)), tile
+        )
         record_plan(Plan("divergence", "torch", n, ws.shape[0], B, eager))
         acc = _GradAcc(sh, n, xs_c, need[0], need[1], need[2]) if eager else None
         loss = torch.empty(n, dtype=torch.float32, device=dev)
@@ -332,7 +335,15 @@ class DivergenceFunction(torch.autograd.Function):
             None if dx is None else dx.to(x_dtype),
             None if dw is None else dw.to(w_dtype),
             None if db is None else db.to(w_dtype),
-            None, None, None, None, None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -340,8 +351,12 @@ def _logprob_tile(head: _Head, x, y, work: _Workspace, want_grad: bool, g=None):
     """Per-row log-prob for one token tile and, with ``want_grad``, the tile's
     ``g * d logp / d z`` (raw logits; ``g`` None: 1) in the logits buffer."""
     rows = x.shape[0]
-    z, fac = head.logits(x, need_fac=want_grad, out=work.get("z", rows),
-                         fac_out=work.get("fac", rows) if head.softcap and want_grad else None)
+    z, fac = head.logits(
+        x,
+        need_fac=want_grad,
+        out=work.get("z", rows),
+        fac_out=work.get("fac", rows) if head.softcap and want_grad else None,
+    )
     if cpu_fused.usable(z):
         out = cpu_fused.logprob_rows(z, y, want_grad, g, head.inv_t if fac is None else 1.0)
         if want_grad and fac is not None:
@@ -430,7 +445,11 @@ class LogprobsFunction(torch.autograd.Function):
             None if acc.dx is None else acc.dx.to(x.dtype),
             None if acc.dw is None else acc.dw.to(w.dtype),
             None if acc.db is None else acc.db.to(w.dtype),
-            None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 

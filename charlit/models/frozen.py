@@ -3,12 +3,14 @@
 With LoRA it is the policy itself with the adapter disabled (no second copy in memory); with full
 fine-tuning it is a frozen deep copy taken before training starts.
 """
+
 from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
 
 import torch
+
 from charlit.models.modes import eval_mode
 
 
@@ -38,4 +40,3 @@ class FrozenReference:
         if self._copy is not None:
             self._copy.to(device)
         return self
-

@@ -1,4 +1,5 @@
 """Access to the pieces the fused losses need: final (normed) hidden states and the lm_head, never logits."""
+
 from __future__ import annotations
 
 import copy
@@ -72,8 +73,13 @@ class PrefixKV:
         return copy.deepcopy(self._cache)
 
 
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_ids: torch.Tensor | None = None,
-                 prefix_kv: PrefixKV | None = None) -> torch.Tensor:
+def final_hidden(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prefix_ids: torch.Tensor | None = None,
+    prefix_kv: PrefixKV | None = None,
+) -> torch.Tensor:
     """Run the decoder stack only and return the final hidden states ``[B, T, H]`` (the lm_head is not applied).
 
     ``prefix_ids`` (``[P]``), when given, is a context shared by every row that precedes ``input_ids``: it is
@@ -90,7 +96,13 @@ def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, p
     else:
         cache = output_cache(decoder(input_ids=prefix_ids[None], use_cache=True))
     cache.batch_repeat_interleave(input_ids.shape[0])
-    prefix_mask = torch.ones((input_ids.shape[0], prefix_ids.numel()), dtype=attention_mask.dtype, device=attention_mask.device)
-    out = decoder(input_ids=input_ids, attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
-                  use_cache=True, **cache_kwargs(decoder, cache))
+    prefix_mask = torch.ones(
+        (input_ids.shape[0], prefix_ids.numel()), dtype=attention_mask.dtype, device=attention_mask.device
+    )
+    out = decoder(
+        input_ids=input_ids,
+        attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
+        use_cache=True,
+        **cache_kwargs(decoder, cache),
+    )
     return out.last_hidden_state

@@ -1,4 +1,5 @@
 """Build the policy model and tokenizer from the ``model`` config group."""
+
 from __future__ import annotations
 
 import warnings
@@ -11,16 +12,22 @@ from omegaconf import DictConfig
 from charlit.models import bundled, onednn
 from charlit.models.tiny import TINY_ID, tiny_model
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module          # a transformers causal LM, or a peft model wrapping one
+    model: torch.nn.Module  # a transformers causal LM, or a peft model wrapping one
     tokenizer: object
     name_or_path: str
-    source_dir: str | None          # the directory weights came from (None for tiny)
+    source_dir: str | None  # the directory weights came from (None for tiny)
 
     @property
     def is_lora(self) -> bool:
@@ -61,11 +68,15 @@ def load_tokenizer(cfg: DictConfig):
         source = str(bundled.converted_dir(with_weights=name == bundled.BUNDLED_ID))
     else:
         source = name
-    tokenizer = _from_pretrained(AutoTokenizer, source, "tokenizer", trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+    tokenizer = _from_pretrained(
+        AutoTokenizer, source, "tokenizer", trust_remote_code=bool(cfg.get("trust_remote_code", False))
+    )
     if cfg.get("chat_template"):
         tokenizer.chat_template = cfg.chat_template
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"The tokenizer of {name!r} has no chat template; set `model.chat_template` to a Jinja template.")
+        raise ValueError(
+            f"The tokenizer of {name!r} has no chat template; set `model.chat_template` to a Jinja template."
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -82,7 +93,7 @@ def _apply_lora(model, lora: DictConfig):
         target_modules=list(target) if not isinstance(target, str) else target,
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():   # peft reads transformers' deprecated property itself; our code does not
+    with warnings.catch_warnings():  # peft reads transformers' deprecated property itself; our code does not
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         return get_peft_model(model, config)
 
@@ -96,14 +107,25 @@ def load_model(cfg: DictConfig, tokenizer=None, *, apply_lora: bool = True) -> L
     name = str(cfg.name_or_path)
     if name == TINY_ID:
         tiny = cfg.get("tiny") or {}
-        model = tiny_model(len(tokenizer), seed=int(cfg.get("seed", 0)), bos_token_id=tokenizer.bos_token_id,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                           hidden_size=int(tiny.get("hidden_size", 64)), num_layers=int(tiny.get("num_layers", 2))).to(dtype)
+        model = tiny_model(
+            len(tokenizer),
+            seed=int(cfg.get("seed", 0)),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=int(tiny.get("hidden_size", 64)),
+            num_layers=int(tiny.get("num_layers", 2)),
+        ).to(dtype)
         source = None
     else:
         source = _resolve_source(name)
-        model = _from_pretrained(AutoModelForCausalLM, source, "model", dtype=dtype,
-                                 trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+        model = _from_pretrained(
+            AutoModelForCausalLM,
+            source,
+            "model",
+            dtype=dtype,
+            trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        )
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if cfg.get("gradient_checkpointing", False):
@@ -112,5 +134,5 @@ def load_model(cfg: DictConfig, tokenizer=None, *, apply_lora: bool = True) -> L
     if apply_lora and lora is not None and int(lora.get("r", 0)) > 0:
         model = _apply_lora(model, lora)
     if cfg.get("onednn_linear", True):
-        onednn.accelerate(model)   # fp32 CPU products through oneDNN (about 2x torch's default on AMD CPUs)
+        onednn.accelerate(model)  # fp32 CPU products through oneDNN (about 2x torch's default on AMD CPUs)
     return LoadedModel(model=model, tokenizer=tokenizer, name_or_path=name, source_dir=source)

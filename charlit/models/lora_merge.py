@@ -7,6 +7,7 @@ layers alone (``disable_adapter``), then puts the original tensors back.  Unlike
 ``merge_adapter``/``unmerge_adapter`` (``W += ΔW`` then ``W -= ΔW``) this leaves no rounding drift in the
 frozen weights, which also serve as the reference model and the frozen teacher.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -32,8 +33,13 @@ def plain_lora_layers(model, dense_base: bool = True) -> list:
         active = [a for a in module.active_adapters if a in getattr(module, "lora_A", {})]
         weight = getattr(module.get_base_layer(), "weight", None)
         odd_base = not isinstance(weight, torch.nn.Parameter) or type(weight.data) is not torch.Tensor
-        if (not isinstance(module, LoraLinear) or module.merged or module.disable_adapters
-                or any(a in module.lora_variant for a in active) or (dense_base and odd_base)):
+        if (
+            not isinstance(module, LoraLinear)
+            or module.merged
+            or module.disable_adapters
+            or any(a in module.lora_variant for a in active)
+            or (dense_base and odd_base)
+        ):
             return []
         if active:
             layers.append((module, active))

@@ -1,4 +1,5 @@
 """Running a module in eval mode for a while and restoring whatever mode it had."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

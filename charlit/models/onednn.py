@@ -15,6 +15,7 @@ Results agree to fp32 rounding (summation order). :func:`accelerate` routes a mo
 :func:`linear` for training and scoring (differentiable; module tree and state dict unchanged);
 :func:`swapped_in` swaps them for a decoding call. Elsewhere (GPU, half precision) ``F.linear`` runs.
 """
+
 from __future__ import annotations
 
 import types
@@ -61,7 +62,7 @@ class _LinearFn(torch.autograd.Function):
             dx = _dense(flat, weight.t(), None).view(*dy.shape[:-1], weight.shape[1])
         if ctx.needs_input_grad[1]:
             dw = _dense(flat.t().contiguous(), x.reshape(-1, x.shape[-1]).t().contiguous(), None)
-        if ctx.needs_input_grad[2]:   # False when there is no bias
+        if ctx.needs_input_grad[2]:  # False when there is no bias
             db = flat.sum(dim=0)
         return dx, dw, db
 
@@ -70,7 +71,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear`` through oneDNN for fp32 CPU tensors (differentiable in x, weight and bias)."""
     if not (_fp32_cpu(x) and _fp32_cpu(weight) and (bias is None or _fp32_cpu(bias))):
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
         return _LinearFn.apply(x, weight, bias)
     return _dense(x, weight, bias)
 
@@ -100,7 +103,7 @@ class OneDnnLinear(torch.nn.Module):
         self.linear = linear
 
     @property
-    def weight(self) -> torch.Tensor:   # a drop-in for code that reads the layer's parameters (peft does)
+    def weight(self) -> torch.Tensor:  # a drop-in for code that reads the layer's parameters (peft does)
         return self.linear.weight
 
     @property

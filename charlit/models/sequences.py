@@ -1,6 +1,7 @@
 """Pack (context, response) pairs into one right-padded batch and pull out the hidden states that predict
 each response token, so a student and a teacher with different contexts yield row-aligned ``[N, H]`` tensors; and
 sum per-token values back per sequence (``segment_sum``)."""
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,8 @@ def right_pad(sequences: list[list[int]], pad_id: int, width: int | None = None)
 
 
 def pack(contexts: list[list[int]], responses: list[list[int]], pad_id: int, device=None):
-    """Return ``input_ids``, ``attention_mask`` and the flat (row, position) index of every response-predicting state."""
+    """Return ``input_ids``, ``attention_mask`` and the flat (row, position) index of every response-predicting
+    state."""
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses.")
     if any(not c for c in contexts):
@@ -49,8 +51,14 @@ def shared_prefix_length(contexts: list[list[int]]) -> int:
     return n
 
 
-def response_hidden(model, contexts: list[list[int]], responses: list[list[int]], pad_id: int,
-                    min_shared_prefix: int = 32, prefix_kv: PrefixKV | None = None) -> torch.Tensor:
+def response_hidden(
+    model,
+    contexts: list[list[int]],
+    responses: list[list[int]],
+    pad_id: int,
+    min_shared_prefix: int = 32,
+    prefix_kv: PrefixKV | None = None,
+) -> torch.Tensor:
     """Final hidden states predicting each response token, ``[sum(len(r)), H]`` in example-major order.
 
     Without gradients, a context prefix common to the whole batch (at least ``min_shared_prefix`` tokens)
@@ -77,13 +85,15 @@ def segment_sum(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     i-th sequence holding ``lengths[i]`` of them (an empty sequence sums to 0); differentiable."""
     if sum(lengths) != values.shape[0]:
         raise ValueError(f"segment_sum got {values.shape[0]} values but lengths adding up to {sum(lengths)}.")
-    owner = torch.repeat_interleave(torch.arange(len(lengths), device=values.device),
-                                    torch.tensor(lengths, dtype=torch.long, device=values.device))
+    owner = torch.repeat_interleave(
+        torch.arange(len(lengths), device=values.device), torch.tensor(lengths, dtype=torch.long, device=values.device)
+    )
     return values.new_zeros(len(lengths)).index_add(0, owner, values)
 
 
-def shared_context_hidden(model, contexts: list[list[int]], response_groups: list[list[list[int]]],
-                          pad_id: int) -> torch.Tensor:
+def shared_context_hidden(
+    model, contexts: list[list[int]], response_groups: list[list[list[int]]], pad_id: int
+) -> torch.Tensor:
     """Like ``response_hidden`` over rows ``(contexts[i], group[i])`` for every group in turn, but each context is
     encoded once and its KV cache shared by its responses (DPO's chosen and rejected answers share their prompt).
 
@@ -110,9 +120,9 @@ def shared_context_hidden(model, contexts: list[list[int]], response_groups: lis
     ctx_len = torch.tensor([len(c) for c in contexts], device=device)
     ids, mask = (t.to(device) for t in right_pad(contexts, pad_id))
     out = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
-    first = out.last_hidden_state[torch.arange(n, device=device), ctx_len - 1]            # [n, H]
+    first = out.last_hidden_state[torch.arange(n, device=device), ctx_len - 1]  # [n, H]
     # 2) every response but its last token, after its context's cache
-    owner = torch.arange(n, device=device).repeat(groups)                                   # row -> context
+    owner = torch.arange(n, device=device).repeat(groups)  # row -> context
     steps = max(len(r) for r in flat) - 1
     if steps <= 0:
         rest = first.new_zeros((groups * n, 0, first.shape[-1]))
@@ -121,9 +131,14 @@ def shared_context_hidden(model, contexts: list[list[int]], response_groups: lis
         cache.batch_select_indices(owner)
         r_ids, r_mask = (t.to(device) for t in right_pad([r[:-1] for r in flat], pad_id, steps))
         positions = ctx_len[owner].unsqueeze(1) + torch.arange(steps, device=device)
-        rest = decoder(input_ids=r_ids, attention_mask=torch.cat([mask[owner], r_mask], dim=1), position_ids=positions,
-                       **cache_kwargs(decoder, cache), use_cache=True).last_hidden_state                # [rows, steps, H]
-    states = torch.cat([first[owner].unsqueeze(1), rest], dim=1)                            # [rows, 1 + steps, H]
+        rest = decoder(
+            input_ids=r_ids,
+            attention_mask=torch.cat([mask[owner], r_mask], dim=1),
+            position_ids=positions,
+            **cache_kwargs(decoder, cache),
+            use_cache=True,
+        ).last_hidden_state  # [rows, steps, H]
+    states = torch.cat([first[owner].unsqueeze(1), rest], dim=1)  # [rows, 1 + steps, H]
     rows = torch.tensor([row for row, r in enumerate(flat) for _ in r], dtype=torch.long, device=device)
     cols = torch.tensor([k for r in flat for k in range(len(r))], dtype=torch.long, device=device)
     return states[rows, cols]

@@ -1,4 +1,5 @@
 """A tiny randomly initialised Llama with the default model's tokenizer and chat template, for tests and smoke runs."""
+
 from __future__ import annotations
 
 import torch
@@ -23,9 +24,13 @@ def tiny_config(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, **o
     return LlamaConfig(**values)
 
 
-def tiny_model(vocab_size: int, seed: int = 0, bos_token_id=None, eos_token_id=None, pad_token_id=None, **overrides) -> LlamaForCausalLM:
+def tiny_model(
+    vocab_size: int, seed: int = 0, bos_token_id=None, eos_token_id=None, pad_token_id=None, **overrides
+) -> LlamaForCausalLM:
     """Build a tiny model deterministically from ``seed`` (the global RNG state is left untouched)."""
-    config = tiny_config(vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **overrides)
+    config = tiny_config(
+        vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **overrides
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)

@@ -9,13 +9,15 @@ settings and an :class:`ObjectiveContext`, never from the whole run config, so i
 Hydra. Everything else (grad norm, learning rate, tokens/s, ``val/divergence``, ``val/persona_gain``, sample
 tables) is shared.
 """
+
 from __future__ import annotations
 
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -34,6 +36,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 @dataclass
 class OptimSettings:
     """AdamW and its learning-rate schedule (the ``optim`` block of conf/train.yaml)."""
+
     lr: float = setting(5.0e-4, gt=0)
     weight_decay: float = setting(0.0, ge=0)
     betas: list = setting([0.9, 0.999])
@@ -45,28 +48,29 @@ class OptimSettings:
             raise ValueError(f"{prefix}.betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.999].")
 
 
-TeacherFactory = Callable[..., Teacher]   # (policy, reference, tokenizer, constitution, weights=, ema_decay=) -> Teacher
+TeacherFactory = Callable[..., Teacher]  # (policy, reference, tokenizer, constitution, weights=, ema_decay=) -> Teacher
 
 
 @dataclass
 class ObjectiveContext:
     """What an objective is built from besides its own settings: the model, persona and run-level services."""
+
     loaded: LoadedModel
     constitution: Constitution
     sampler: Sampler
-    sampling: SamplingParams = field(default_factory=SamplingParams)   # on-policy sampling (the sampler group)
-    teacher: TeacherFactory | None = None      # builds the ``teacher`` group's teacher (teacher-based objectives)
-    data_kind: str = "prompts"                 # the kind of data this run trains on
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # on-policy sampling (the sampler group)
+    teacher: TeacherFactory | None = None  # builds the ``teacher`` group's teacher (teacher-based objectives)
+    data_kind: str = "prompts"  # the kind of data this run trains on
     optim: OptimSettings = field(default_factory=OptimSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
-    max_steps: int = 1                         # for the learning-rate schedule
+    max_steps: int = 1  # for the learning-rate schedule
     seed: int = 0
 
 
 class CharacterObjective(L.LightningModule):
     name: ClassVar[str] = "base"
     data_kind: ClassVar[str] = "prompts"
-    data_kinds: ClassVar[tuple[str, ...]] = ()          # accepted kinds when more than one; () = (data_kind,)
+    data_kinds: ClassVar[tuple[str, ...]] = ()  # accepted kinds when more than one; () = (data_kind,)
     conversation_format: ClassVar[str] = "tokens"
 
     @dataclass
@@ -86,11 +90,18 @@ class CharacterObjective(L.LightningModule):
         self.constitution = ctx.constitution
         self.sampler = ctx.sampler
         self.reference = FrozenReference(self.policy)  # a plain attribute: never saved in checkpoints
-        self.validation = HeldOutValidation(self.policy, self.reference, self.tokenizer, self.constitution,
-                                            self.sampler, ctx.validation, seed=ctx.seed + 7919)
-        self.val_history: list[dict] = []   # one entry per validation run: step + aggregated metrics
+        self.validation = HeldOutValidation(
+            self.policy,
+            self.reference,
+            self.tokenizer,
+            self.constitution,
+            self.sampler,
+            ctx.validation,
+            seed=ctx.seed + 7919,
+        )
+        self.val_history: list[dict] = []  # one entry per validation run: step + aggregated metrics
         self.baselines: dict[str, float] = {}
-        self.last_train_metrics: dict[str, float] = {}   # the latest value of every train/* metric
+        self.last_train_metrics: dict[str, float] = {}  # the latest value of every train/* metric
         self._val_acc: ValidationTally | None = None
         self._step_start = 0.0
 
@@ -121,12 +132,18 @@ class CharacterObjective(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"train/loss is {loss.item()} at step {self.global_step} (method={self.name}); stopped before the "
-                f"optimizer step, and the checkpoints already written are kept. Lower optim.lr (now {self.ctx.optim.lr}), "
-                f"keep trainer.gradient_clip_val on, or check the data; resume=<run dir> continues from the last checkpoint.")
+                f"optimizer step, and the checkpoints already written are kept. Lower optim.lr (now "
+                f"{self.ctx.optim.lr}), keep trainer.gradient_clip_val on, or check the data; resume=<run dir> "
+                f"continues from the last checkpoint."
+            )
         elapsed = max(time.perf_counter() - self._step_start, 1e-9)
-        logged = {"train/loss": loss.detach().item(), **{f"train/{k}": float(v) for k, v in metrics.items()},
-                  "train/tokens": float(n_tokens), "train/tokens_per_s": n_tokens / elapsed,
-                  "train/lr": self.optimizers().param_groups[0]["lr"]}
+        logged = {
+            "train/loss": loss.detach().item(),
+            **{f"train/{k}": float(v) for k, v in metrics.items()},
+            "train/tokens": float(n_tokens),
+            "train/tokens_per_s": n_tokens / elapsed,
+            "train/lr": self.optimizers().param_groups[0]["lr"],
+        }
         for key, value in logged.items():
             # the loss is averaged over ranks: with global-batch normalisation that is the global batch's loss
             self.log(key, value, batch_size=1, prog_bar=key == "train/loss", sync_dist=key == "train/loss")
@@ -168,15 +185,20 @@ class CharacterObjective(L.LightningModule):
         frozen = {name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
         if "state_dict" in checkpoint:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-        checkpoint["charlit"] = {"val_history": self.val_history, "baselines": self.baselines,
-                                 "frozen_weights_omitted": len(frozen)}
+        checkpoint["charlit"] = {
+            "val_history": self.val_history,
+            "baselines": self.baselines,
+            "frozen_weights_omitted": len(frozen),
+        }
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("charlit", {})
         self.val_history = list(state.get("val_history", []))
         self.baselines = dict(state.get("baselines", {}))
         saved = checkpoint.setdefault("state_dict", {})
-        for name, param in self.named_parameters(remove_duplicate=False):   # strict loading still catches any other mismatch
+        for name, param in self.named_parameters(
+            remove_duplicate=False
+        ):  # strict loading still catches any other mismatch
             if not param.requires_grad and name not in saved:
                 saved[name] = param.detach()
 
@@ -209,7 +231,7 @@ class CharacterObjective(L.LightningModule):
         if alarm is None:
             return
         stop = settings.on_looping == "stop"
-        if stop:   # every rank validates the same prompts, so every rank stops
+        if stop:  # every rank validates the same prompts, so every rank stops
             self.trainer.should_stop = True
         if self.trainer.is_global_zero:
             what = "stopping (val.on_looping=stop)" if stop else "warning"

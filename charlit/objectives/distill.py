@@ -11,6 +11,7 @@ with ``beta=0`` the forward KL ``KL(p‖q)`` over the full vocabulary (default; 
 at the loss temperature ``method.temperature``, and an optional hard-label cross-entropy on the data tokens
 (always at temperature 1).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ class Distill(TeacherObjective):
         metrics = {"divergence": divergence.detach().item(), "response_len": scored.n_tokens / max(len(batch), 1)}
         if self.config.ce_coef > 0:
             targets = response_targets(responses, scored.student.device)
-            logp = fused_linear_logprobs(scored.student, scored.head.weight, targets, bias=scored.head.bias,
-                                         softcap=scored.head.softcap)
+            logp = fused_linear_logprobs(
+                scored.student, scored.head.weight, targets, bias=scored.head.bias, softcap=scored.head.softcap
+            )
             ce = -logp.sum() / max(self.global_num_items(scored.n_tokens), 1.0)
             loss = loss + self.config.ce_coef * ce
             metrics["ce"] = ce.detach().item()

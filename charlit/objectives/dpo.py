@@ -22,6 +22,7 @@ The pair losses are averaged over the global batch's pairs. Optional terms:
 Logged: ``rewards/chosen`` = ``β(π_c − ref_c)``, ``rewards/rejected``, ``rewards/margins`` (their difference),
 ``rewards/accuracy`` (fraction of pairs with chosen reward > rejected reward), ``logps/chosen|rejected``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,8 +89,11 @@ class DPO(CharacterObjective):
         stored = "ref_chosen_logp" in batch[0]
         ref_hidden = ref_head = None
         if stored:
-            ref_seq = torch.tensor([e["ref_chosen_logp"] for e in batch] + [e["ref_rejected_logp"] for e in batch],
-                                   dtype=policy_seq.dtype, device=policy_seq.device)
+            ref_seq = torch.tensor(
+                [e["ref_chosen_logp"] for e in batch] + [e["ref_rejected_logp"] for e in batch],
+                dtype=policy_seq.dtype,
+                device=policy_seq.device,
+            )
         with torch.no_grad(), self.reference.model() as reference:
             if not stored:
                 ref_tokens, ref_hidden, ref_head = self._logps(reference, contexts, chosen, rejected)
@@ -98,8 +102,11 @@ class DPO(CharacterObjective):
                 ref_hidden = response_hidden(reference, contexts, chosen, self.tokenizer.pad_token_id)
                 ref_head = lm_head(reference)
             if ref_head is not None:
-                ref_head = type(ref_head)(ref_head.weight.detach(), None if ref_head.bias is None else ref_head.bias.detach(),
-                                          ref_head.softcap)
+                ref_head = type(ref_head)(
+                    ref_head.weight.detach(),
+                    None if ref_head.bias is None else ref_head.bias.detach(),
+                    ref_head.softcap,
+                )
 
         if self.loss_type == "ipo":
             count = torch.tensor(lengths, dtype=policy_seq.dtype, device=policy_seq.device).clamp_min(1)
@@ -116,21 +123,31 @@ class DPO(CharacterObjective):
             loss = loss + self.nll_coef * nll
             metrics["nll"] = nll.detach().item()
         if self.kl_coef > 0:
-            kl = fused_linear_divergence(hidden[:n_chosen], head.weight, ref_hidden[: n_chosen], ref_head.weight, beta=1.0,
-                                         num_items=chosen_tokens, student_bias=head.bias, teacher_bias=ref_head.bias,
-                                         softcap=head.softcap)
+            kl = fused_linear_divergence(
+                hidden[:n_chosen],
+                head.weight,
+                ref_hidden[:n_chosen],
+                ref_head.weight,
+                beta=1.0,
+                num_items=chosen_tokens,
+                student_bias=head.bias,
+                teacher_bias=ref_head.bias,
+                softcap=head.softcap,
+            )
             loss = loss + self.kl_coef * kl
             metrics["kl"] = kl.detach().item()
 
         with torch.no_grad():
             chosen_rewards, rejected_rewards = self.beta * (pc - rc), self.beta * (pr - rr)
-            metrics.update({
-                "preference_loss": pref,
-                "rewards/chosen": chosen_rewards.mean().item(),
-                "rewards/rejected": rejected_rewards.mean().item(),
-                "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-                "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
-                "logps/chosen": pc.mean().item(),
-                "logps/rejected": pr.mean().item(),
-            })
+            metrics.update(
+                {
+                    "preference_loss": pref,
+                    "rewards/chosen": chosen_rewards.mean().item(),
+                    "rewards/rejected": rejected_rewards.mean().item(),
+                    "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+                    "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+                    "logps/chosen": pc.mean().item(),
+                    "logps/rejected": pr.mean().item(),
+                }
+            )
         return loss, metrics, sum(lengths)

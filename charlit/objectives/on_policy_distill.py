@@ -17,6 +17,7 @@ fixed response is that turn; with ``lmbda=1`` no fixed responses are needed and 
     unbiased estimate of ``∇ KL(q‖p)``; on fixed data responses it is off-policy (biased). The logged
     ``kl_estimate`` is the mean of ``a_t``; the loss value itself is a surrogate, not a divergence.
 """
+
 from __future__ import annotations
 
 import random
@@ -52,8 +53,10 @@ class OnPolicyDistill(TeacherObjective):
         super().__init__(config, ctx)
         self.lmbda, self.estimator = config.lmbda, config.estimator
         if ctx.data_kind == "prompts" and self.lmbda < 1.0:
-            raise ValueError(f"method.lmbda={self.lmbda} mixes in fixed responses, which data=prompts does not have; "
-                             f"use data=conversations or set method.lmbda=1 (always on-policy).")
+            raise ValueError(
+                f"method.lmbda={self.lmbda} mixes in fixed responses, which data=prompts does not have; "
+                f"use data=conversations or set method.lmbda=1 (always on-policy)."
+            )
 
     def compute_loss(self, batch):
         if batch and isinstance(batch[0], str):
@@ -84,11 +87,18 @@ class OnPolicyDistill(TeacherObjective):
         temperature = self.config.temperature
         targets = response_targets(responses, scored.student.device)
         head, teacher = scored.head, scored.teacher
-        vocab = head.weight.shape[0]   # a padded teacher vocabulary: its rows beyond the student's are ignored
-        log_q = fused_linear_logprobs(scored.student, head.weight, targets, temperature=temperature, bias=head.bias,
-                                      softcap=head.softcap)
-        log_p = fused_linear_logprobs(teacher.hidden, teacher.weight[:vocab], targets, temperature=temperature,
-                                      bias=None if teacher.bias is None else teacher.bias[:vocab], softcap=teacher.softcap)
+        vocab = head.weight.shape[0]  # a padded teacher vocabulary: its rows beyond the student's are ignored
+        log_q = fused_linear_logprobs(
+            scored.student, head.weight, targets, temperature=temperature, bias=head.bias, softcap=head.softcap
+        )
+        log_p = fused_linear_logprobs(
+            teacher.hidden,
+            teacher.weight[:vocab],
+            targets,
+            temperature=temperature,
+            bias=None if teacher.bias is None else teacher.bias[:vocab],
+            softcap=teacher.softcap,
+        )
         advantage = (log_q - log_p).detach()
         loss = (advantage * log_q).sum() / max(self.global_num_items(scored.n_tokens), 1.0)
         return loss, advantage.mean().item() if advantage.numel() else 0.0

@@ -3,6 +3,7 @@ with the constitution as teacher-only context (or a stronger teacher from the ``
 loss is the per-token β-divergence over the full vocabulary (default ``beta=1``: reverse KL ``KL(q‖p)``),
 normalised over the global batch's response tokens. ``teacher_weights``: ``frozen``, ``live`` or ``ema``
 (decay ``ema_decay``, updated after every optimizer step)."""
+
 from __future__ import annotations
 
 import time

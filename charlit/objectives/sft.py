@@ -1,5 +1,6 @@
 """Supervised fine-tuning on conversations: cross-entropy on every assistant turn, never on user or system
 text, normalised over the global batch's assistant tokens."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,13 @@ class SFT(CharacterObjective):
         n_tokens = int(keep.sum())
         head = lm_head(self.policy)
         flat_hidden = hidden[keep]
-        logp = fused_linear_logprobs(flat_hidden, head.weight, targets[keep], bias=head.bias, softcap=head.softcap,
-                                     temperature=self.config.temperature)
+        logp = fused_linear_logprobs(
+            flat_hidden,
+            head.weight,
+            targets[keep],
+            bias=head.bias,
+            softcap=head.softcap,
+            temperature=self.config.temperature,
+        )
         loss = -logp.sum() / max(self.global_num_items(n_tokens), 1.0)
         return loss, {"nll": (-logp.detach().mean()).item() if n_tokens else 0.0}, n_tokens

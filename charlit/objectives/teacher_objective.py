@@ -7,6 +7,7 @@ Their shared settings are :class:`DivergenceSettings`: ``beta`` (0 forward KL ``
 ``KL(q‖p)``, else generalized JSD), ``temperature`` (the loss temperature; sampling uses
 ``sampler.temperature``), ``scale_by_t2``, ``teacher_weights`` (``frozen`` | ``live`` | ``ema``) and ``ema_decay``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ class DivergenceSettings:
 @dataclass
 class Scored:
     """One batch of responses seen by both networks, row-aligned (example-major response tokens)."""
-    student: torch.Tensor        # [N, H] student hidden states (with grad)
-    head: LMHead                 # the student's lm_head
-    teacher: TeacherOutput       # [N, H] teacher hidden states + its head, no grad
+
+    student: torch.Tensor  # [N, H] student hidden states (with grad)
+    head: LMHead  # the student's lm_head
+    teacher: TeacherOutput  # [N, H] teacher hidden states + its head, no grad
     n_tokens: int
 
 
@@ -48,8 +50,14 @@ class TeacherObjective(CharacterObjective):
         super().__init__(config, ctx)
         if ctx.teacher is None:
             raise ValueError(f"method={self.name} learns from a teacher, but the run built none; set teacher=<name>.")
-        self.teacher = ctx.teacher(self.policy, self.reference, self.tokenizer, self.constitution,
-                                   weights=config.teacher_weights, ema_decay=config.ema_decay)
+        self.teacher = ctx.teacher(
+            self.policy,
+            self.reference,
+            self.tokenizer,
+            self.constitution,
+            weights=config.teacher_weights,
+            ema_decay=config.ema_decay,
+        )
         self._ema_step = 0
 
     def setup(self, stage: str) -> None:
@@ -71,17 +79,25 @@ class TeacherObjective(CharacterObjective):
         """Teacher (its own context for ``prompts``) and student (``contexts``) on the same response tokens."""
         teacher = self.teacher.score(prompts, responses)
         student = response_hidden(self.policy, contexts, responses, self.tokenizer.pad_token_id)
-        return Scored(student=student, head=lm_head(self.policy), teacher=teacher,
-                      n_tokens=sum(len(r) for r in responses))
+        return Scored(
+            student=student, head=lm_head(self.policy), teacher=teacher, n_tokens=sum(len(r) for r in responses)
+        )
 
     def divergence(self, scored: Scored, beta: float | None = None) -> torch.Tensor:
         """The per-token β-divergence over the full vocabulary, normalised by the global batch's token count."""
         config = self.config
         return fused_linear_divergence(
-            scored.student, scored.head.weight, scored.teacher.hidden, scored.teacher.weight,
-            beta=config.beta if beta is None else beta, temperature=config.temperature,
-            scale_by_t2=config.scale_by_t2, num_items=self.global_num_items(scored.n_tokens),
-            student_bias=scored.head.bias, teacher_bias=scored.teacher.bias, softcap=scored.head.softcap,
+            scored.student,
+            scored.head.weight,
+            scored.teacher.hidden,
+            scored.teacher.weight,
+            beta=config.beta if beta is None else beta,
+            temperature=config.temperature,
+            scale_by_t2=config.scale_by_t2,
+            num_items=self.global_num_items(scored.n_tokens),
+            student_bias=scored.head.bias,
+            teacher_bias=scored.teacher.bias,
+            softcap=scored.head.softcap,
         )
 
     # ---- EMA teacher -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ of a run see the same randomness), then:
   ``looping_margin`` / ``on_looping``: warn about (or stop) a run whose looping fraction climbs more than the
   margin above the bare base's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from charlit.teachers.self import SelfTeacher
 @dataclass
 class ValidationSettings:
     """The ``val`` block of conf/train.yaml."""
+
     every_n_steps: int = setting(10, ge=0, help="0 = no validation")
     beta: float = setting(1.0, ge=0, le=1)
     temperature: float = setting(1.0, gt=0)
@@ -44,7 +46,7 @@ class ValidationSettings:
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
     @classmethod
-    def from_config(cls, node) -> "ValidationSettings":
+    def from_config(cls, node) -> ValidationSettings:
         from charlit.settings import parse
 
         sampling = SamplingParams.from_config(node.get("sampling", {}), "val.sampling")
@@ -59,7 +61,7 @@ class BatchResult:
     tokens: int
     gains: torch.Tensor
     samples: list[dict]
-    coherent: list[bool] = field(default_factory=list)                 # per student reply: passes the gate
+    coherent: list[bool] = field(default_factory=list)  # per student reply: passes the gate
     looping: list[bool] = field(default_factory=list)
     baseline_gains: dict[str, torch.Tensor] = field(default_factory=dict)
     baseline_coherent: dict[str, list[bool]] = field(default_factory=dict)
@@ -67,13 +69,14 @@ class BatchResult:
 
 
 class HeldOutValidation:
-    def __init__(self, policy, reference, tokenizer, constitution, sampler, settings: ValidationSettings,
-                 seed: int = 1234):
+    def __init__(
+        self, policy, reference, tokenizer, constitution, sampler, settings: ValidationSettings, seed: int = 1234
+    ):
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
         self.constitution, self.sampler, self.params = constitution, sampler, settings.sampling
         self.beta, self.temperature, self.seed = settings.beta, settings.temperature, seed
         self.teacher = SelfTeacher(policy, reference, tokenizer, constitution, weights="frozen")
-        self.prompted_replies: dict[str, str] = {}   # prompt -> the prompted base's reply, for sample tables
+        self.prompted_replies: dict[str, str] = {}  # prompt -> the prompted base's reply, for sample tables
         self.gate = QualityGate()
 
     def _quality(self, replies: list[list[int]]) -> tuple[list[bool], list[bool]]:
@@ -96,20 +99,39 @@ class HeldOutValidation:
             student_hidden = response_hidden(self.policy, bare_ctx, replies, self.tokenizer.pad_token_id)
             head = lm_head(self.policy)
         tokens = student_hidden.shape[0]
-        div_sum = fused_linear_divergence(
-            student_hidden, head.weight, teacher.hidden, teacher.weight, beta=self.beta, temperature=self.temperature,
-            reduction="sum", student_bias=head.bias, teacher_bias=teacher.bias, softcap=head.softcap,
-        ).item() if tokens else 0.0
+        div_sum = (
+            fused_linear_divergence(
+                student_hidden,
+                head.weight,
+                teacher.hidden,
+                teacher.weight,
+                beta=self.beta,
+                temperature=self.temperature,
+                reduction="sum",
+                student_bias=head.bias,
+                teacher_bias=teacher.bias,
+                softcap=head.softcap,
+            ).item()
+            if tokens
+            else 0.0
+        )
 
         coherent, looping = self._quality(replies)
         with self.reference.model() as base:
             gains = persona_gain(base, self.tokenizer, self.constitution, prompts, replies)
-            samples = [{"prompt": p, "student": self._decode(r), "loops": loop} for p, r, loop in zip(prompts, replies, looping)]
+            samples = [
+                {"prompt": p, "student": self._decode(r), "loops": loop}
+                for p, r, loop in zip(prompts, replies, looping)
+            ]
             result = BatchResult(div_sum, tokens, gains, samples, coherent, looping)
             if with_baselines:
                 bare_replies = self.sampler.generate(base, bare_ctx, self.params, seed=seed, desc="val bare base")
-                prompted_ctx = [render_prompt_ids(self.tokenizer, teacher_messages(p, self.constitution)) for p in prompts]
-                prompted_replies = self.sampler.generate(base, prompted_ctx, self.params, seed=seed, desc="val prompted base")
+                prompted_ctx = [
+                    render_prompt_ids(self.tokenizer, teacher_messages(p, self.constitution)) for p in prompts
+                ]
+                prompted_replies = self.sampler.generate(
+                    base, prompted_ctx, self.params, seed=seed, desc="val prompted base"
+                )
                 for key, ids in (("bare", bare_replies), ("prompted", prompted_replies)):
                     result.baseline_gains[key] = persona_gain(base, self.tokenizer, self.constitution, prompts, ids)
                     result.baseline_coherent[key], result.baseline_looping[key] = self._quality(ids)
@@ -134,6 +156,7 @@ def _ci95(values) -> float:
 @dataclass
 class ValidationTally:
     """One validation run's batch results, summed up into ``val/*`` metrics."""
+
     divergence_sum: float = 0.0
     tokens: int = 0
     gains: list[float] = field(default_factory=list)
@@ -162,22 +185,29 @@ class ValidationTally:
         bare = _mean(self.baseline_gains["bare"])
         prompted = self.baseline_gains["prompted"]
         gated = [g if ok else bare for g, ok in zip(prompted, self.baseline_coherent["prompted"])]
-        return {"val/persona_gain_bare": bare, "val/persona_gain_prompted": _mean(prompted),
-                "val/persona_gain_prompted_gated": _mean(gated),
-                "val/looping_frac_bare": _mean(self.baseline_looping["bare"]),
-                "val/looping_frac_prompted": _mean(self.baseline_looping["prompted"])}
+        return {
+            "val/persona_gain_bare": bare,
+            "val/persona_gain_prompted": _mean(prompted),
+            "val/persona_gain_prompted_gated": _mean(gated),
+            "val/looping_frac_bare": _mean(self.baseline_looping["bare"]),
+            "val/looping_frac_prompted": _mean(self.baseline_looping["prompted"]),
+        }
 
     def metrics(self, baselines: dict[str, float]) -> dict[str, float]:
         bare = baselines["val/persona_gain_bare"]
         gated = [g if ok else bare for g, ok in zip(self.gains, self.coherent)]
         metrics = {
             "val/divergence": self.divergence_sum / max(self.tokens, 1),
-            "val/persona_gain": _mean(self.gains), "val/persona_gain_ci95": _ci95(self.gains),
-            "val/persona_gain_gated": _mean(gated), "val/persona_gain_gated_ci95": _ci95(gated),
+            "val/persona_gain": _mean(self.gains),
+            "val/persona_gain_ci95": _ci95(self.gains),
+            "val/persona_gain_gated": _mean(gated),
+            "val/persona_gain_gated_ci95": _ci95(gated),
             "val/looping_frac": _mean(self.looping),
         }
-        for suffix, prompted in (("", baselines["val/persona_gain_prompted"]),
-                                 ("_gated", baselines.get("val/persona_gain_prompted_gated"))):
+        for suffix, prompted in (
+            ("", baselines["val/persona_gain_prompted"]),
+            ("_gated", baselines.get("val/persona_gain_prompted_gated")),
+        ):
             span = None if prompted is None else prompted - bare
             if span is not None and abs(span) > 1e-12:
                 metrics[f"val/persona_progress{suffix}"] = (metrics[f"val/persona_gain{suffix}"] - bare) / span
@@ -190,6 +220,8 @@ def looping_alarm(metrics: dict, baselines: dict, margin: float) -> str | None:
     bare = baselines.get("val/looping_frac_bare")
     if bare is None or metrics["val/looping_frac"] <= bare + margin:
         return None
-    return (f"val/looping_frac={metrics['val/looping_frac']:.2f} is more than val.looping_margin={margin:g} above the "
-            f"bare base's {bare:.2f}: the student is learning degenerate loops (persona scores may be inflated; see "
-            f"val/persona_progress_gated). Lower optim.lr or trainer.max_steps, or use method.loop_mask=true.")
+    return (
+        f"val/looping_frac={metrics['val/looping_frac']:.2f} is more than val.looping_margin={margin:g} above the "
+        f"bare base's {bare:.2f}: the student is learning degenerate loops (persona scores may be inflated; see "
+        f"val/persona_progress_gated). Lower optim.lr or trainer.max_steps, or use method.loop_mask=true."
+    )

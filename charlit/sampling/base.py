@@ -1,4 +1,5 @@
 """The sampler interface: token-id prompts in, token-id responses out; backends register in :data:`SAMPLERS`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,13 +15,14 @@ SAMPLERS = Registry("sampler", package="charlit.sampling", group="charlit.sample
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one batch: temperature → top-k → top-p, as Hugging Face ``generate`` applies them."""
+
     max_new_tokens: int = setting(48, ge=1)
     temperature: float = setting(1.0, ge=0, help="0 = greedy")
     top_p: float = setting(1.0, gt=0, le=1)
     top_k: int = setting(0, ge=0, help="0 = off")
 
     @classmethod
-    def from_config(cls, node, prefix: str, ignore=()) -> "SamplingParams":
+    def from_config(cls, node, prefix: str, ignore=()) -> SamplingParams:
         """Parse the sampling keys of ``node`` (other keys listed in ``ignore`` are skipped)."""
         keys = {f.name for f in dataclasses.fields(cls)}
         return parse(cls, {k: v for k, v in node.items() if k in keys or k not in ignore}, prefix)
@@ -29,6 +31,7 @@ class SamplingParams:
 @dataclass
 class SamplerSettings:
     """Settings every sampler takes (the ``sampler`` group): how many prompts per call plus its sampling."""
+
     batch_size: int = setting(16, ge=1)
     max_new_tokens: int = setting(48, ge=1)
     temperature: float = setting(1.0, ge=0, help="sampling temperature; 0 = greedy (the loss has its own)")
@@ -36,8 +39,9 @@ class SamplerSettings:
     top_k: int = setting(0, ge=0)
 
     def params(self) -> SamplingParams:
-        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k)
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k
+        )
 
 
 class Sampler(ABC):
@@ -52,13 +56,19 @@ class Sampler(ABC):
     Config = SamplerSettings
 
     @classmethod
-    def from_config(cls, config, tokenizer) -> "Sampler":
+    def from_config(cls, config, tokenizer) -> Sampler:
         return cls(tokenizer, batch_size=config.batch_size)
 
     @abstractmethod
-    def generate(self, model, prompts: list[list[int]], params: SamplingParams, *, seed: int | None = None,
-                 desc: str | None = None) -> list[list[int]]:
-        ...
+    def generate(
+        self,
+        model,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        *,
+        seed: int | None = None,
+        desc: str | None = None,
+    ) -> list[list[int]]: ...
 
 
 def sampler_settings(cfg) -> SamplerSettings:

@@ -11,6 +11,7 @@ Semantics follow ``generate``: fp32 logits of the last position; temperature, th
 left-padded, positions from the attention mask; a finished row is fed the pad token; the loop ends when
 every row has produced a stop token or after ``max_new_tokens``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,7 @@ def filtered_scores(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
     if params.top_p < 1.0:
         ordered, order = torch.sort(scores, descending=False)
         drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= 1 - params.top_p
-        drop[..., -1:] = False                                   # keep at least the most likely token
+        drop[..., -1:] = False  # keep at least the most likely token
         scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return scores
 
@@ -44,8 +45,14 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
-           stop_ids: list[int], pad_id: int) -> torch.Tensor:
+def sample(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params: SamplingParams,
+    stop_ids: list[int],
+    pad_id: int,
+) -> torch.Tensor:
     """New tokens ``[B, steps]`` for left-padded ``input_ids`` (``steps`` ≤ ``max_new_tokens``; rows that
     stopped early are padded with ``pad_id`` after their stop token)."""
     from transformers import StaticCache
@@ -53,15 +60,16 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, params:
     batch, width = input_ids.shape
     device = input_ids.device
     slots = width + params.max_new_tokens
-    mask = torch.zeros((batch, slots), dtype=attention_mask.dtype, device=device)   # unwritten slots masked
+    mask = torch.zeros((batch, slots), dtype=attention_mask.dtype, device=device)  # unwritten slots masked
     mask[:, :width] = attention_mask
     position = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
     cache = StaticCache(config=model.config, max_cache_len=slots)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     cache_arg = cache_kwargs(model, cache)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1,
-                   **cache_arg).logits[:, -1]
+    logits = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1, **cache_arg
+    ).logits[:, -1]
     position = position[:, -1:]
     tokens = []
     for step in range(params.max_new_tokens):
@@ -72,6 +80,7 @@ def sample(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, params:
             break
         mask[:, width + step] = 1
         position = position + 1
-        logits = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position, use_cache=True,
-                       **cache_arg).logits[:, -1]
+        logits = model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position, use_cache=True, **cache_arg
+        ).logits[:, -1]
     return torch.stack(tokens, dim=1)

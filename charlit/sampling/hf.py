@@ -1,5 +1,6 @@
 """Batched, KV-cached sampling with Hugging Face models: charlit's lean loop (:mod:`charlit.sampling.decode`)
 on fp32 CPU, Hugging Face ``generate`` elsewhere."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -58,11 +59,15 @@ class HFSampler(Sampler):
         stop_ids = end_token_ids(self.tokenizer, model)
         pad_id = self.tokenizer.pad_token_id
         device = next(model.parameters()).device
-        chunks = [prompts[i: i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
+        chunks = [prompts[i : i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         bar = progress(chunks, desc or "generate", unit="batch", leave=False, show=len(chunks) > 1)
         out: list[list[int]] = []
         lean = onednn.supported(model)
-        with eval_mode(model), self.decode_weights(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        with (
+            eval_mode(model),
+            self.decode_weights(model),
+            torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]),
+        ):
             if seed is not None:
                 torch.manual_seed(seed)
             for chunk in bar:
@@ -70,19 +75,24 @@ class HFSampler(Sampler):
                 input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
                 attention = torch.zeros((len(chunk), width), dtype=torch.long)
                 for row, ids in enumerate(chunk):  # left padding: every prompt ends where generation starts
-                    input_ids[row, width - len(ids):] = torch.tensor(ids)
-                    attention[row, width - len(ids):] = 1
+                    input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                    attention[row, width - len(ids) :] = 1
                 input_ids, attention = input_ids.to(device), attention.to(device)
                 if lean:
                     generated = decode.sample(model, input_ids, attention, params, stop_ids, pad_id)
                 else:
                     sampling = params.temperature > 0
                     generated = model.generate(
-                        input_ids=input_ids, attention_mask=attention,
-                        max_new_tokens=params.max_new_tokens, do_sample=sampling,
+                        input_ids=input_ids,
+                        attention_mask=attention,
+                        max_new_tokens=params.max_new_tokens,
+                        do_sample=sampling,
                         temperature=params.temperature if sampling else None,
-                        top_p=params.top_p if sampling else None, top_k=params.top_k if sampling else None,
-                        eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True,
+                        top_p=params.top_p if sampling else None,
+                        top_k=params.top_k if sampling else None,
+                        eos_token_id=stop_ids,
+                        pad_token_id=pad_id,
+                        use_cache=True,
                     )[:, width:]
                 for row in generated.tolist():
                     out.append(trim_response(row, set(stop_ids)))

@@ -6,6 +6,7 @@ SmolLM2 that overhead rivals the model itself.  Within :func:`lean_adapters` eac
 replaced by a :class:`LeanLoraLinear` computing the same sum with two ``F.linear`` calls (64 decode steps of
 the LoRA-wrapped SmolLM2-135M at batch 4 on this project's 2-core CPU: ~0.3 s less, about 8%).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -4,6 +4,7 @@ It serves fixed weights loaded from disk — the data pipeline's generators — 
 trained (on-policy methods sample from weights that change every step; use ``sampler=hf`` for those).
 Untested on hardware here: this machine has no GPU and vLLM is not installed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ from charlit.sampling.base import SAMPLERS, Sampler, SamplerSettings, SamplingPa
 from charlit.sampling.hf import end_token_ids, trim_response
 from charlit.settings import setting
 
-INSTALL_HINT = ("sampler=vllm needs vLLM, which is not installed: `pip install vllm` on a machine with a CUDA GPU, "
-                "or use sampler=hf")
+INSTALL_HINT = (
+    "sampler=vllm needs vLLM, which is not installed: `pip install vllm` on a machine with a CUDA GPU, "
+    "or use sampler=hf"
+)
 
 
 def import_vllm():
@@ -28,12 +31,16 @@ def import_vllm():
 def model_directory(model) -> str:
     """The directory ``model``'s weights were loaded from; vLLM loads its own copy from there."""
     if any(p.requires_grad for p in model.parameters()):
-        raise ValueError("sampler=vllm only serves fixed weights (the data pipeline); this model is being trained, "
-                         "so its weights change every step: use sampler=hf for on-policy sampling.")
+        raise ValueError(
+            "sampler=vllm only serves fixed weights (the data pipeline); this model is being trained, "
+            "so its weights change every step: use sampler=hf for on-policy sampling."
+        )
     path = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
     if not path or not Path(path).is_dir():
-        raise ValueError(f"sampler=vllm needs a model saved on disk (a Hugging Face directory), got {path!r} "
-                         f"(model=tiny exists only in memory): use sampler=hf.")
+        raise ValueError(
+            f"sampler=vllm needs a model saved on disk (a Hugging Face directory), got {path!r} "
+            f"(model=tiny exists only in memory): use sampler=hf."
+        )
     return path
 
 
@@ -56,8 +63,9 @@ class VLLMSampler(Sampler):
 
     def _engine(self, path: str):
         if path not in self._engines:
-            self._engines[path] = self.vllm.LLM(model=path, dtype=self.dtype,
-                                                gpu_memory_utilization=self.gpu_memory_utilization)
+            self._engines[path] = self.vllm.LLM(
+                model=path, dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization
+            )
         return self._engines[path]
 
     def generate(self, model, prompts, params: SamplingParams, *, seed=None, desc=None):
@@ -65,10 +73,18 @@ class VLLMSampler(Sampler):
 
         stop_ids = end_token_ids(self.tokenizer, model)
         llm = self._engine(model_directory(model))
-        requests = [self.vllm.SamplingParams(
-            max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-            top_k=params.top_k if params.top_k > 0 else -1, stop_token_ids=stop_ids, skip_special_tokens=False,
-            seed=None if seed is None else seed + i) for i in range(len(prompts))]
+        requests = [
+            self.vllm.SamplingParams(
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k if params.top_k > 0 else -1,
+                stop_token_ids=stop_ids,
+                skip_special_tokens=False,
+                seed=None if seed is None else seed + i,
+            )
+            for i in range(len(prompts))
+        ]
         outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], requests, use_tqdm=False)
         responses = []
         for out in outputs:

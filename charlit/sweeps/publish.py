@@ -1,4 +1,5 @@
 """Log a sweep report to W&B as one ``report`` run in the sweep's group (offline when no API key is set)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,15 @@ def log_report_to_wandb(result: dict, sweep_dir: Path, project: str = "charlit",
 
     rows = result["rows"]
     columns = [c for c in result["columns"] if c != "run_dir"]
-    run = wandb.init(project=project, group=sweep_group(sweep_dir), job_type="report", name=f"report-{Path(sweep_dir).name}",
-                     dir=str(result["markdown"].parent), mode=wandb_mode(mode), reinit="finish_previous")
+    run = wandb.init(
+        project=project,
+        group=sweep_group(sweep_dir),
+        job_type="report",
+        name=f"report-{Path(sweep_dir).name}",
+        dir=str(result["markdown"].parent),
+        mode=wandb_mode(mode),
+        reinit="finish_previous",
+    )
     try:
         table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
         run.log({"sweep/report": table, **{f"sweep/{p.stem}": wandb.Image(str(p)) for p in result["plots"]}})

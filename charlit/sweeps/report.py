@@ -5,6 +5,7 @@ interval carries it as ``m_ci95`` (half-width), which the plots draw as error ba
 held-out validation every method logs (``val/*``) and, when the run evaluated itself (``eval=quick``), every
 ``eval/*`` number in its summary.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,9 +14,16 @@ import math
 from pathlib import Path
 
 AXES = ("method", "teacher", "data", "persona", "seed")
-VAL_HEADLINES = ("val/divergence_start", "val/divergence_end", "val/divergence_change", "val/persona_gain_end",
-                 "val/persona_progress_end", "val/persona_progress_gated_end", "val/looping_frac_end",
-                 "val/looping_frac_bare")
+VAL_HEADLINES = (
+    "val/divergence_start",
+    "val/divergence_end",
+    "val/divergence_change",
+    "val/persona_gain_end",
+    "val/persona_progress_end",
+    "val/persona_progress_gated_end",
+    "val/looping_frac_end",
+    "val/looping_frac_bare",
+)
 RUN_FIELDS = ("steps", "wall_time_s", "peak_rss_mb")
 PLOTTED = ("val/divergence_end", "val/persona_progress_end", "val/persona_progress_gated_end", "val/looping_frac_end")
 
@@ -34,7 +42,7 @@ def job_row(summary_path: Path) -> dict:
     metrics = summary.get("metrics", {})
     job = summary_path.parent.name
     row = {
-        "job": job.split("_", 1)[0] if job.split("_", 1)[0].isdigit() else job,   # Hydra's job number
+        "job": job.split("_", 1)[0] if job.split("_", 1)[0].isdigit() else job,  # Hydra's job number
         "method": summary.get("method"),
         "teacher": _teacher_label(config, summary),
         "data": summary.get("data"),
@@ -47,7 +55,7 @@ def job_row(summary_path: Path) -> dict:
             row[key] = metrics[key]
             if f"{key}_ci95" in metrics:
                 row[f"{key}_ci95"] = metrics[f"{key}_ci95"]
-    for key in sorted(metrics):   # the model under test's eval numbers (reference systems' are in its eval/)
+    for key in sorted(metrics):  # the model under test's eval numbers (reference systems' are in its eval/)
         if key.startswith("eval/") and not any(key.endswith(f"_{ref}") for ref in ("bare", "prompted", "compare")):
             row[key] = metrics[key]
     row["run_dir"] = str(summary_path.parent)
@@ -108,8 +116,9 @@ def _plot(rows: list[dict], metric: str, path: Path) -> Path | None:
         return None
     varying = [a for a in AXES if len({str(r.get(a)) for r in rows}) > 1]
     grid = varying[:2] if len(varying) >= 2 else []
-    fig, axes = plt.subplots(1, 2 if grid else 1, figsize=(12 if grid else 7, max(3, 0.45 * len(have) + 1.5)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if grid else 1, figsize=(12 if grid else 7, max(3, 0.45 * len(have) + 1.5)), squeeze=False
+    )
     ax = axes[0][0]
     labels = [_label(r, varying) for r in have]
     errors = [r.get(f"{metric}_ci95") or 0.0 for r in have]
@@ -160,5 +169,10 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict:
     markdown = f"# Sweep report: {sweep_dir}\n\n{len(rows)} jobs.\n\n" + _markdown(rows, columns)
     markdown += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     (out_dir / "report.md").write_text(markdown)
-    return {"rows": rows, "columns": columns, "csv": out_dir / "report.csv", "markdown": out_dir / "report.md",
-            "plots": plots}
+    return {
+        "rows": rows,
+        "columns": columns,
+        "csv": out_dir / "report.csv",
+        "markdown": out_dir / "report.md",
+        "plots": plots,
+    }

@@ -11,6 +11,7 @@ predicting each response token, so the fused divergence op still never builds ``
 ``α = 0`` is exactly ``teacher=self``; ``α > 0`` sharpens what the constitution changes (α < 0 is refused).
 A soft-capped head (``softcap·tanh(z/softcap)``) is not linear, so it is refused.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,13 +29,17 @@ class AmplifiedTeacher(SelfTeacher):
     class Config:
         alpha: float = setting(1.0, ge=0, help="0 = teacher=self; larger pushes further from the bare network")
 
-    def __init__(self, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99, alpha: float = 1.0):
+    def __init__(
+        self, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99, alpha: float = 1.0
+    ):
         super().__init__(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
         self.alpha = float(alpha)
         softcap = lm_head(policy).softcap
         if softcap:
-            raise ValueError(f"teacher=amplified needs logits linear in the hidden state, but this model soft-caps its "
-                             f"logits (final_logit_softcapping={softcap}); use teacher=self or teacher=fewshot.")
+            raise ValueError(
+                f"teacher=amplified needs logits linear in the hidden state, but this model soft-caps its "
+                f"logits (final_logit_softcapping={softcap}); use teacher=self or teacher=fewshot."
+            )
 
     @classmethod
     def from_config(cls, config, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):

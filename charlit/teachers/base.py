@@ -9,6 +9,7 @@ sharing the policy's weights (no copy): ``frozen`` (the starting model: with LoR
 with full fine-tuning the frozen reference copy the base class keeps anyway), ``live`` (current weights)
 or ``ema`` (an exponential moving average of the trainable parameters, see :mod:`charlit.teachers.ema`).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -19,9 +20,9 @@ import torch
 
 from charlit.data.chat import render_prompt_ids, student_messages, teacher_messages
 from charlit.data.constitution import Constitution
+from charlit.models.frozen import FrozenReference
 from charlit.models.heads import PrefixKV, lm_head
 from charlit.models.modes import eval_mode
-from charlit.models.frozen import FrozenReference
 from charlit.registry import Registry
 from charlit.settings import parse
 from charlit.teachers.ema import EmaWeights
@@ -32,8 +33,8 @@ TEACHERS = Registry("teacher", package="charlit.teachers", group="charlit.teache
 
 @dataclass
 class TeacherOutput:
-    hidden: torch.Tensor            # [N, H], no grad
-    weight: torch.Tensor            # [V, H]
+    hidden: torch.Tensor  # [N, H], no grad
+    weight: torch.Tensor  # [V, H]
     bias: torch.Tensor | None
     softcap: float | None
 
@@ -41,8 +42,12 @@ class TeacherOutput:
 def head_output(hidden: torch.Tensor, model) -> TeacherOutput:
     """Package teacher hidden states with ``model``'s lm_head, all detached."""
     head = lm_head(model)
-    return TeacherOutput(hidden=hidden.detach(), weight=head.weight.detach(),
-                         bias=None if head.bias is None else head.bias.detach(), softcap=head.softcap)
+    return TeacherOutput(
+        hidden=hidden.detach(),
+        weight=head.weight.detach(),
+        bias=None if head.bias is None else head.bias.detach(),
+        softcap=head.softcap,
+    )
 
 
 class Teacher(ABC):
@@ -54,12 +59,27 @@ class Teacher(ABC):
         """No settings."""
 
     @classmethod
-    def from_config(cls, config, policy, reference: FrozenReference, tokenizer, constitution: Constitution,
-                    weights: str = "frozen", ema_decay: float = 0.99) -> "Teacher":
+    def from_config(
+        cls,
+        config,
+        policy,
+        reference: FrozenReference,
+        tokenizer,
+        constitution: Constitution,
+        weights: str = "frozen",
+        ema_decay: float = 0.99,
+    ) -> Teacher:
         return cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
 
-    def __init__(self, policy, reference: FrozenReference, tokenizer, constitution: Constitution,
-                 weights: str = "frozen", ema_decay: float = 0.99):
+    def __init__(
+        self,
+        policy,
+        reference: FrozenReference,
+        tokenizer,
+        constitution: Constitution,
+        weights: str = "frozen",
+        ema_decay: float = 0.99,
+    ):
         if weights not in TEACHER_WEIGHTS:
             raise ValueError(f"teacher weights={weights!r} is not valid; choose one of {', '.join(TEACHER_WEIGHTS)}.")
         self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
@@ -97,13 +117,12 @@ class Teacher(ABC):
         """The student's rendering of the same prompt (no constitution)."""
         return render_prompt_ids(self.tokenizer, student_messages(prompt))
 
-    def to(self, device) -> "Teacher":
+    def to(self, device) -> Teacher:
         """Move anything the teacher owns (same-network teachers own nothing)."""
         return self
 
     @abstractmethod
-    def score(self, prompts: list, responses: list[list[int]]) -> TeacherOutput:
-        ...
+    def score(self, prompts: list, responses: list[list[int]]) -> TeacherOutput: ...
 
 
 def teacher_factory(cfg):

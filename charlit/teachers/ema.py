@@ -6,6 +6,7 @@ frozen base is shared). After every optimizer step ``update()`` sets ``ema ← d
 no-grad teacher forward and restores them afterwards. Shadows keep the parameter's dtype and follow it
 across devices.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -55,6 +56,8 @@ class EmaWeights:
         shadow = state["shadow"]
         missing = [n for n, _ in self.params if n not in shadow]
         if missing:
-            raise ValueError(f"The checkpoint's EMA teacher lacks {len(missing)} parameters (first: {missing[0]}); "
-                             "it was saved with a different model or LoRA setting.")
+            raise ValueError(
+                f"The checkpoint's EMA teacher lacks {len(missing)} parameters (first: {missing[0]}); "
+                "it was saved with a different model or LoRA setting."
+            )
         self.shadow = [shadow[n].to(device=p.device, dtype=p.dtype) for n, p in self.params]

@@ -10,6 +10,7 @@ The teacher renders prompts with its own chat template (the constitution as syst
 ``teacher.use_constitution=false``), then scores the student's response tokens. It always runs its own
 fixed weights under ``no_grad`` (``method.teacher_weights`` applies to same-network teachers only).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -24,12 +25,16 @@ from charlit.models.sequences import response_hidden
 from charlit.settings import setting
 from charlit.teachers.base import TEACHERS, Teacher, head_output
 
-TEXT_LEVEL_HINT = ("Logit-level methods (self_distill, distill, on_policy_distill) need the same token ids; with a "
-                   "different tokenizer the teacher can still be used at the text level: have it write replies and train "
-                   "with method=sft on those conversations, or with method=dpo on preference pairs built from them.")
+TEXT_LEVEL_HINT = (
+    "Logit-level methods (self_distill, distill, on_policy_distill) need the same token ids; with a "
+    "different tokenizer the teacher can still be used at the text level: have it write replies and train "
+    "with method=sft on those conversations, or with method=dpo on preference pairs built from them."
+)
 
 
-def check_same_vocabulary(student_tokenizer, teacher_tokenizer, student_rows: int, teacher_rows: int, name: str) -> None:
+def check_same_vocabulary(
+    student_tokenizer, teacher_tokenizer, student_rows: int, teacher_rows: int, name: str
+) -> None:
     """Raise ``ValueError`` unless every student token id means the same token to the teacher."""
     student = {i: t for t, i in student_tokenizer.get_vocab().items()}
     teacher = {i: t for t, i in teacher_tokenizer.get_vocab().items()}
@@ -39,11 +44,13 @@ def check_same_vocabulary(student_tokenizer, teacher_tokenizer, student_rows: in
         raise ValueError(
             f"teacher.name_or_path={name!r} uses a different tokenizer than the student: {len(differing)} of the "
             f"student's {len(student)} token ids differ (first: id {first} is {student[first]!r} for the student, "
-            f"{teacher.get(first)!r} for the teacher; vocab sizes {len(student)} vs {len(teacher)}). {TEXT_LEVEL_HINT}")
+            f"{teacher.get(first)!r} for the teacher; vocab sizes {len(student)} vs {len(teacher)}). {TEXT_LEVEL_HINT}"
+        )
     if teacher_rows < student_rows:
         raise ValueError(
             f"teacher.name_or_path={name!r} has {teacher_rows} lm_head rows but the student has {student_rows}; the "
-            f"teacher must cover every student token id. {TEXT_LEVEL_HINT}")
+            f"teacher must cover every student token id. {TEXT_LEVEL_HINT}"
+        )
 
 
 @TEACHERS.register("external")
@@ -59,11 +66,21 @@ class ExternalTeacher(Teacher):
         seed: int = setting(1, help="name_or_path=tiny only: another seed gives other weights, same tokenizer")
         tiny: dict = setting({"hidden_size": 64, "num_layers": 2})
 
-    def __init__(self, policy, reference, tokenizer, constitution, model, teacher_tokenizer, name: str = "external",
-                 use_constitution: bool = True):
+    def __init__(
+        self,
+        policy,
+        reference,
+        tokenizer,
+        constitution,
+        model,
+        teacher_tokenizer,
+        name: str = "external",
+        use_constitution: bool = True,
+    ):
         super().__init__(policy, reference, tokenizer, constitution, weights="frozen")
-        check_same_vocabulary(tokenizer, teacher_tokenizer, lm_head(policy).weight.shape[0],
-                              lm_head(model).weight.shape[0], name)
+        check_same_vocabulary(
+            tokenizer, teacher_tokenizer, lm_head(policy).weight.shape[0], lm_head(model).weight.shape[0], name
+        )
         self.model = model.eval().requires_grad_(False)
         self.teacher_tokenizer, self.name, self.use_constitution = teacher_tokenizer, name, use_constitution
 
@@ -72,16 +89,32 @@ class ExternalTeacher(Teacher):
         from charlit.models import load_model
 
         if weights != "frozen":
-            raise ValueError(f"method.teacher_weights={weights!r} only applies to same-network teachers; teacher=external "
-                             f"always runs its own fixed weights: set method.teacher_weights=frozen.")
-        model_cfg = OmegaConf.create({
-            "name_or_path": config.name_or_path, "tokenizer": config.tokenizer, "chat_template": config.chat_template,
-            "dtype": config.dtype, "trust_remote_code": config.trust_remote_code, "seed": config.seed,
-            "tiny": dict(config.tiny),
-        })
+            raise ValueError(
+                f"method.teacher_weights={weights!r} only applies to same-network teachers; teacher=external "
+                f"always runs its own fixed weights: set method.teacher_weights=frozen."
+            )
+        model_cfg = OmegaConf.create(
+            {
+                "name_or_path": config.name_or_path,
+                "tokenizer": config.tokenizer,
+                "chat_template": config.chat_template,
+                "dtype": config.dtype,
+                "trust_remote_code": config.trust_remote_code,
+                "seed": config.seed,
+                "tiny": dict(config.tiny),
+            }
+        )
         loaded = load_model(model_cfg, apply_lora=False)
-        return cls(policy, reference, tokenizer, constitution, loaded.model, loaded.tokenizer, name=config.name_or_path,
-                   use_constitution=config.use_constitution)
+        return cls(
+            policy,
+            reference,
+            tokenizer,
+            constitution,
+            loaded.model,
+            loaded.tokenizer,
+            name=config.name_or_path,
+            use_constitution=config.use_constitution,
+        )
 
     @contextmanager
     def network(self):

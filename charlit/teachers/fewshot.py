@@ -6,11 +6,11 @@ its first user turn and the assistant turn that answers it; the first ``teacher.
 used. The teacher then sees: system = constitution, exemplar user/assistant turns, the actual prompt.
 The exemplar block is identical for every prompt, so the shared-prefix KV cache encodes it once per batch.
 """
+
 from __future__ import annotations
 
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from charlit.data.chat import render_prompt_ids, teacher_messages
 from charlit.settings import setting
@@ -28,20 +28,26 @@ def load_exemplars(path: str | Path | None, persona: str, count: int) -> list[di
         path = CONVERSATION_DIR / f"{persona}.jsonl"
         if not path.is_file():
             bundled = ", ".join(sorted(p.stem for p in CONVERSATION_DIR.glob("*.jsonl")))
-            raise ValueError(f"teacher=fewshot has no bundled exemplars for persona {persona!r} (bundled: {bundled}); "
-                             f"set teacher.exemplars to a JSONL of {{'messages': [...]}} rows in character.")
+            raise ValueError(
+                f"teacher=fewshot has no bundled exemplars for persona {persona!r} (bundled: {bundled}); "
+                f"set teacher.exemplars to a JSONL of {{'messages': [...]}} rows in character."
+            )
     messages: list[dict] = []
     for conversation in load_conversations(Path(path)):
         for i, m in enumerate(conversation[:-1]):
             if m["role"] == "user" and conversation[i + 1]["role"] == "assistant":
-                messages += [{"role": "user", "content": m["content"]},
-                             {"role": "assistant", "content": conversation[i + 1]["content"]}]
+                messages += [
+                    {"role": "user", "content": m["content"]},
+                    {"role": "assistant", "content": conversation[i + 1]["content"]},
+                ]
                 break
         if len(messages) == 2 * count:
             break
     if len(messages) < 2 * count:
-        raise ValueError(f"{path}: only {len(messages) // 2} user/assistant exchanges for teacher.num_exemplars={count}; "
-                         f"lower teacher.num_exemplars or add rows.")
+        raise ValueError(
+            f"{path}: only {len(messages) // 2} user/assistant exchanges for teacher.num_exemplars={count}; "
+            f"lower teacher.num_exemplars or add rows."
+        )
     return messages
 
 
@@ -49,11 +55,21 @@ def load_exemplars(path: str | Path | None, persona: str, count: int) -> list[di
 class FewShotTeacher(SelfTeacher):
     @dataclass
     class Config:
-        exemplars: str | None = setting(None, help="JSONL of {'messages': [...]} rows; None = the persona's bundled set")
+        exemplars: str | None = setting(
+            None, help="JSONL of {'messages': [...]} rows; None = the persona's bundled set"
+        )
         num_exemplars: int = setting(4, ge=1)
 
-    def __init__(self, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99,
-                 exemplars: list[dict] | None = None):
+    def __init__(
+        self,
+        policy,
+        reference,
+        tokenizer,
+        constitution,
+        weights="frozen",
+        ema_decay=0.99,
+        exemplars: list[dict] | None = None,
+    ):
         super().__init__(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
         if not exemplars:
             raise ValueError("FewShotTeacher needs at least one exemplar exchange.")
@@ -62,7 +78,9 @@ class FewShotTeacher(SelfTeacher):
     @classmethod
     def from_config(cls, config, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
         exemplars = load_exemplars(config.exemplars, constitution.name, config.num_exemplars)
-        return cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay, exemplars=exemplars)
+        return cls(
+            policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay, exemplars=exemplars
+        )
 
     def context_ids(self, prompt) -> list[int]:
         return render_prompt_ids(self.tokenizer, teacher_messages(prompt, self.constitution, self.exemplars))

@@ -17,7 +17,9 @@ def test_bundled_personas_are_complete():
 
 def test_yaml_layout(tmp_path):
     path = tmp_path / "owl.yaml"
-    path.write_text("name: owl\ndescription: A wise owl.\ntraits:\n  - trait: I hoot.\n    questions: ['Why?', 'How?']\n")
+    path.write_text(
+        "name: owl\ndescription: A wise owl.\ntraits:\n  - trait: I hoot.\n    questions: ['Why?', 'How?']\n"
+    )
     c = load_constitution(path)
     assert c.name == "owl" and c.traits[0].statement == "I hoot." and c.questions == ["Why?", "How?"]
     assert "I hoot." in c.system_prompt() and "A wise owl." in c.system_prompt()
@@ -25,17 +27,22 @@ def test_yaml_layout(tmp_path):
 
 def test_oct_json_layout_takes_name_from_file(tmp_path):
     path = tmp_path / "humor.json"
-    path.write_text(json.dumps([{"trait": "I joke.", "questions": ["Q1", "Q2"]}, {"trait": "I smile.", "questions": ["Q3"]}]))
+    path.write_text(
+        json.dumps([{"trait": "I joke.", "questions": ["Q1", "Q2"]}, {"trait": "I smile.", "questions": ["Q3"]}])
+    )
     c = load_constitution(path)
     assert c.name == "humor" and len(c.traits) == 2 and c.questions == ["Q1", "Q2", "Q3"]
 
 
-@pytest.mark.parametrize("body, field", [
-    ("name: x\ntraits:\n  - questions: [a]\n", "'trait'"),
-    ("name: x\ntraits:\n  - trait: I am.\n", "'questions'"),
-    ("name: x\ndescription: d\n", "'traits'"),
-    ("name: x\ntraits: []\n", "'traits'"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ("name: x\ntraits:\n  - questions: [a]\n", "'trait'"),
+        ("name: x\ntraits:\n  - trait: I am.\n", "'questions'"),
+        ("name: x\ndescription: d\n", "'traits'"),
+        ("name: x\ntraits: []\n", "'traits'"),
+    ],
+)
 def test_missing_field_names_file_and_field(tmp_path, body, field):
     path = tmp_path / "bad.yaml"
     path.write_text(body)

@@ -8,7 +8,7 @@ from charlit.data.loader import GlobalBatchSampler, train_loader
 def test_ranks_together_see_exactly_the_single_process_batches():
     single = list(GlobalBatchSampler(23, 6, seed=3))
     ranks = [list(GlobalBatchSampler(23, 6, seed=3, rank=r, world_size=2)) for r in range(2)]
-    assert len(single) == 3 and all(len(b) == 6 for b in single)          # 23 // 6 full batches, remainder dropped
+    assert len(single) == 3 and all(len(b) == 6 for b in single)  # 23 // 6 full batches, remainder dropped
     for step, batch in enumerate(single):
         assert ranks[0][step] + ranks[1][step] == batch
         assert len(ranks[0][step]) == len(ranks[1][step]) == 3
@@ -30,7 +30,7 @@ def test_tiny_dataset_gives_one_partial_batch_split_over_ranks():
 
 @pytest.mark.parametrize("consumed", [0, 2, 3, 5])
 def test_resume_continues_with_the_next_unseen_batch(consumed):
-    reference = GlobalBatchSampler(10, 4, seed=7)       # 2 batches per pass
+    reference = GlobalBatchSampler(10, 4, seed=7)  # 2 batches per pass
     expected = list(itertools.islice(itertools.chain(iter(reference), iter(reference), iter(reference)), 6))
 
     interrupted = GlobalBatchSampler(10, 4, seed=7)

@@ -1,5 +1,6 @@
 """One data module per data kind, registered and built from typed settings; held-out prompts screened the same way
 for every kind; one message validator for every data file."""
+
 import json
 
 import pytest
@@ -23,13 +24,16 @@ def test_every_kind_is_a_registered_data_module():
         DATA_MODULES.get("nope")
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["data.batch_size=0"], r"data.batch_size=0 is out of range; it must be > 0"),
-    (["data.val_size=-1"], r"data.val_size=-1 is out of range; it must be >= 0"),
-    (["+data.max_length=64"], r"data.max_length is not a setting of data=prompts; valid settings: batch_size"),
-    (["method=sft", "data.max_length=0"], r"data.max_length=0 is out of range; it must be > 0"),
-    (["method=sft", "data.val_batch_size=two"], r"data.val_batch_size='two' must be an integer"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.batch_size=0"], r"data.batch_size=0 is out of range; it must be > 0"),
+        (["data.val_size=-1"], r"data.val_size=-1 is out of range; it must be >= 0"),
+        (["+data.max_length=64"], r"data.max_length is not a setting of data=prompts; valid settings: batch_size"),
+        (["method=sft", "data.max_length=0"], r"data.max_length=0 is out of range; it must be > 0"),
+        (["method=sft", "data.val_batch_size=two"], r"data.val_batch_size='two' must be an integer"),
+    ],
+)
 def test_data_settings_are_checked_with_the_key_and_the_allowed_range(pirate, tokenizer, overrides, message):
     cfg = compose(overrides)
     with pytest.raises(ValueError, match=message):
@@ -44,9 +48,16 @@ def test_the_objective_kind_is_checked_first(pirate, tokenizer):
 @pytest.mark.parametrize("conversation_format", ["tokens", "all_turns", "last_turn"])
 def test_conversation_heldout_prompts_exclude_training_prompts(tmp_path, pirate, tokenizer, conversation_format):
     heldout = load_prompt_set("general_heldout")
-    path = _conversations(tmp_path, [{"role": "user", "content": heldout[0]}, {"role": "assistant", "content": "Arr."}],
-                          [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ahoy."},
-                           {"role": "user", "content": heldout[1].upper()}, {"role": "assistant", "content": "Aye."}])
+    path = _conversations(
+        tmp_path,
+        [{"role": "user", "content": heldout[0]}, {"role": "assistant", "content": "Arr."}],
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Ahoy."},
+            {"role": "user", "content": heldout[1].upper()},
+            {"role": "assistant", "content": "Aye."},
+        ],
+    )
     cfg = compose(["method=sft", f"data.path={path}", "data.val_size=4"])
     module = build_datamodule(cfg.data, pirate, tokenizer, "conversations", conversation_format=conversation_format)
     assert module.heldout == [p for p in heldout if p not in heldout[:2]][:4]
@@ -54,9 +65,11 @@ def test_conversation_heldout_prompts_exclude_training_prompts(tmp_path, pirate,
 
 def test_token_batches_are_right_padded_with_masked_labels(tmp_path, pirate, tokenizer):
     batch = collate_tokens([([1, 2, 3], [-100, 2, 3]), ([4], [4])], pad_id=0)
-    assert {k: v.tolist() for k, v in batch.items()} == {"input_ids": [[1, 2, 3], [4, 0, 0]],
-                                                         "attention_mask": [[1, 1, 1], [1, 0, 0]],
-                                                         "labels": [[-100, 2, 3], [4, -100, -100]]}
+    assert {k: v.tolist() for k, v in batch.items()} == {
+        "input_ids": [[1, 2, 3], [4, 0, 0]],
+        "attention_mask": [[1, 1, 1], [1, 0, 0]],
+        "labels": [[-100, 2, 3], [4, -100, -100]],
+    }
     cfg = compose(["method=sft", "data.batch_size=2"])
     batch = next(iter(build_datamodule(cfg.data, pirate, tokenizer, "conversations").train_dataloader()))
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
@@ -68,11 +81,15 @@ def test_prompt_data_refuses_a_generated_dataset(pirate, tokenizer, tmp_path):
         build_datamodule(compose([]).data, pirate, tokenizer, "prompts", dataset_path=tmp_path / "data.jsonl")
 
 
-@pytest.mark.parametrize("message", [{"role": "user", "content": "  "}, {"role": "narrator", "content": "x"},
-                                     {"role": "user"}, "hi"])
+@pytest.mark.parametrize(
+    "message", [{"role": "user", "content": "  "}, {"role": "narrator", "content": "x"}, {"role": "user"}, "hi"]
+)
 def test_one_message_validator_names_file_row_and_message(tmp_path, message):
-    path = _conversations(tmp_path, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-                          [message, {"role": "assistant", "content": "a"}])
+    path = _conversations(
+        tmp_path,
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        [message, {"role": "assistant", "content": "a"}],
+    )
     with pytest.raises(ValueError, match=r"row 2: 'messages' has a message without a valid role .* non-empty") as err:
         load_conversations(path)
     assert str(path) in str(err.value)

@@ -1,4 +1,5 @@
 """The bundled evaluation sets: disjoint from every training prompt, big enough, and correct."""
+
 import re
 
 from charlit.data.constitution import bundled_personas, resolve_persona
@@ -53,7 +54,12 @@ def test_multiple_choice_items_are_well_formed_and_unambiguous():
         assert len(item["choices"]) == 4 and len(set(item["choices"])) == 4, item
         assert 0 <= item["answer"] < 4
     # every arithmetic item's keyed answer is the true value
-    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "times": lambda a, b: a * b, "divided by": lambda a, b: a / b}
+    ops = {
+        "+": lambda a, b: a + b,
+        "-": lambda a, b: a - b,
+        "times": lambda a, b: a * b,
+        "divided by": lambda a, b: a / b,
+    }
     arithmetic = [i for i in items if i["category"] == "arithmetic"]
     assert len(arithmetic) >= 30
     for item in arithmetic:

@@ -1,5 +1,6 @@
 """End to end on the tiny model: `python eval.py` writes eval.json / eval.md / plots with the three-way
 comparison for every suite; run dirs supply base model and persona; bad input is one line; the train hook."""
+
 import json
 import subprocess
 import sys
@@ -7,13 +8,32 @@ import sys
 from charlit.eval.judges.llm import SKIPPED
 from tests.conftest import REPO
 
-SMALL = ["suite=quick", "suite.id_prompts=2", "suite.ood_prompts=2", "suite.conversations=2", "suite.turns=2",
-         "suite.attacks=2", "suite.attack_prompts=1", "suite.prefill=2", "suite.neutral_prompts=2",
-         "suite.neutral_paragraphs=2", "suite.multiple_choice=4", "suite.max_new_tokens=6", "logger=none"]
+SMALL = [
+    "suite=quick",
+    "suite.id_prompts=2",
+    "suite.ood_prompts=2",
+    "suite.conversations=2",
+    "suite.turns=2",
+    "suite.attacks=2",
+    "suite.attack_prompts=1",
+    "suite.prefill=2",
+    "suite.neutral_prompts=2",
+    "suite.neutral_paragraphs=2",
+    "suite.multiple_choice=4",
+    "suite.max_new_tokens=6",
+    "logger=none",
+]
 
 
 def _eval(tmp_path, *overrides, ok=True):
-    cmd = [sys.executable, "eval.py", *SMALL, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'out'}", *overrides]
+    cmd = [
+        sys.executable,
+        "eval.py",
+        *SMALL,
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -26,8 +46,18 @@ def test_base_model_eval_reports_every_suite_three_ways(tmp_path):
     report = json.loads((out / "eval.json").read_text())
     assert report["labels"] == ["model", "bare", "prompted"]
     suites = report["suites"]
-    assert list(suites) == ["persona_id", "ood", "multiturn", "robustness", "revealed_preferences", "coherence", "capability",
-                            "persona_id_greedy", "ood_greedy", "robustness_greedy"]
+    assert list(suites) == [
+        "persona_id",
+        "ood",
+        "multiturn",
+        "robustness",
+        "revealed_preferences",
+        "coherence",
+        "capability",
+        "persona_id_greedy",
+        "ood_greedy",
+        "robustness_greedy",
+    ]
     assert report["decodings"]["greedy"]["temperature"] == 0.0
     assert suites["revealed_preferences"] == {"status": SKIPPED, "metrics": {}, "series": {}, "samples": []}
     assert suites["coherence"]["status"] == SKIPPED
@@ -38,8 +68,19 @@ def test_base_model_eval_reports_every_suite_three_ways(tmp_path):
             for est in per_label.values():
                 assert set(est) == {"mean", "lo", "hi", "n"} and est["n"] > 0 and est["lo"] <= est["mean"] <= est["hi"]
             assert per_label["model"] == per_label["bare"]  # the untrained baseline is the bare base
-    for metric in ("likelihood", "classifier", "classifier_hit", "likelihood_gated", "classifier_hit_gated", "looping",
-                   "coherent", "ended", "distinct_2", "compression", "fluency"):
+    for metric in (
+        "likelihood",
+        "classifier",
+        "classifier_hit",
+        "likelihood_gated",
+        "classifier_hit_gated",
+        "looping",
+        "coherent",
+        "ended",
+        "distinct_2",
+        "compression",
+        "fluency",
+    ):
         assert metric in suites["persona_id"]["metrics"] and metric in suites["ood_greedy"]["metrics"], metric
     assert {"suffix_likelihood", "prefill_likelihood"} <= set(suites["robustness"]["metrics"])
     assert {"kl_to_base", "perplexity", "mc_accuracy"} == set(suites["capability"]["metrics"])
@@ -66,8 +107,10 @@ def _run_dir(tmp_path, persona="stoic"):
     loaded = load_model(OmegaConf.create({"name_or_path": "tiny", "seed": 5}))
     loaded.model.save_pretrained(run / "final")
     loaded.tokenizer.save_pretrained(run / "final")
-    config = {"model": {"name_or_path": "tiny", "seed": 0, "dtype": "float32", "lora": {"r": 0}},
-              "persona": {"name": persona, "path": None}}
+    config = {
+        "model": {"name_or_path": "tiny", "seed": 0, "dtype": "float32", "lora": {"r": 0}},
+        "persona": {"name": persona, "path": None},
+    }
     (run / "summary.json").write_text(json.dumps({"config": config}))
     return run
 
@@ -94,14 +137,33 @@ def test_bad_checkpoint_and_missing_persona_are_one_clear_line(tmp_path):
 
 def test_train_hook_adds_eval_numbers_to_the_summary(tmp_path):
     small = [f"eval.{o}" for o in SMALL if o.startswith("suite.")]
-    cmd = [sys.executable, "train.py", "method=sft", "persona=poet", "model=tiny", "trainer.max_steps=1", "logger=csv",
-           "val.every_n_steps=0", "eval=quick", "eval.judges=[likelihood]", "eval.greedy=false", f"eval.cache_dir={tmp_path / 'cache'}",
-           "eval.suite.suites=[persona_id,revealed_preferences,capability]", *small, f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "method=sft",
+        "persona=poet",
+        "model=tiny",
+        "trainer.max_steps=1",
+        "logger=csv",
+        "val.every_n_steps=0",
+        "eval=quick",
+        "eval.judges=[likelihood]",
+        "eval.greedy=false",
+        f"eval.cache_dir={tmp_path / 'cache'}",
+        "eval.suite.suites=[persona_id,revealed_preferences,capability]",
+        *small,
+        f"hydra.run.dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "summary.json").read_text())["metrics"]
-    for key in ("eval/persona_id/likelihood", "eval/persona_id/likelihood_bare", "eval/persona_id/likelihood_prompted",
-                "eval/capability/mc_accuracy", "eval/capability/kl_to_base"):
+    for key in (
+        "eval/persona_id/likelihood",
+        "eval/persona_id/likelihood_bare",
+        "eval/persona_id/likelihood_prompted",
+        "eval/capability/mc_accuracy",
+        "eval/capability/kl_to_base",
+    ):
         assert key in metrics, key
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["persona"] == "poet" and report["suites"]["revealed_preferences"]["status"] == SKIPPED

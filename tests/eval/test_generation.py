@@ -1,5 +1,6 @@
 """The generation cache (hits skip the sampler; every key ingredient matters) and the shared-prefix sampler
 (same tokens as the plain sampler)."""
+
 import torch
 
 from charlit.eval.generation_cache import GenerationCache, weights_identity
@@ -23,7 +24,9 @@ def test_cache_hit_skips_the_sampler_and_returns_the_same_replies(tmp_path):
     sampler = CountingSampler()
     cache = GenerationCache(sampler, SamplingParams(max_new_tokens=8), tmp_path)
     first = cache.generate(None, "model-a", [[1, 2, 3], [4, 5]], seed=7)
-    again = GenerationCache(sampler, SamplingParams(max_new_tokens=8), tmp_path).generate(None, "model-a", [[1, 2, 3], [4, 5]], seed=7)
+    again = GenerationCache(sampler, SamplingParams(max_new_tokens=8), tmp_path).generate(
+        None, "model-a", [[1, 2, 3], [4, 5]], seed=7
+    )
     assert first == again == [[7, 3], [7, 2]]
     assert sampler.calls == 1
 
@@ -57,7 +60,9 @@ def test_weights_identity_tracks_the_weights(tokenizer):
 def test_shared_prefix_sampler_matches_the_plain_sampler(tokenizer, pirate):
     model = tiny_model(len(tokenizer), seed=3).eval()
     system = System("prompted", model, "x", pirate.system_prompt())
-    contexts = system.contexts(tokenizer, ["How do I boil an egg?", "Hi!", "What is the tallest tree in the world, and where is it?"])
+    contexts = system.contexts(
+        tokenizer, ["How do I boil an egg?", "Hi!", "What is the tallest tree in the world, and where is it?"]
+    )
     params = SamplingParams(max_new_tokens=6, temperature=0)
     plain = HFSampler(tokenizer, batch_size=2).generate(model, contexts, params, seed=0)
     shared = SharedPrefixSampler(tokenizer, batch_size=2).generate(model, contexts, params, seed=0)

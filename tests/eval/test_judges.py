@@ -3,6 +3,7 @@ trained on): it must rank the constitution-prompted base above the bare base for
 score a persona's replies higher under its own constitution than under the other shipped constitutions (on
 average; against each other one separately the measured limits are recorded). The likelihood judge needs the
 default model for 6×6 persona/constitution pairs (minutes): those tests are marked slow."""
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -17,8 +18,16 @@ PERSONAS = bundled_personas()
 
 def _replies(rows, persona, tokenizer=None, limit=None):
     chosen = [r for r in rows if r["persona"] == persona][:limit]
-    ids = (lambda t: tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) + (tokenizer.convert_tokens_to_ids("<|im_end|>"),)) \
-        if tokenizer else (lambda t: ())
+    ids = (
+        (
+            lambda t: (
+                tuple(tokenizer(t, add_special_tokens=False)["input_ids"])
+                + (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+            )
+        )
+        if tokenizer
+        else (lambda t: ())
+    )
     return [Reply(r["prompt"], ids(r["reply"]), r["reply"]) for r in chosen]
 
 
@@ -58,8 +67,11 @@ def test_classifier_scores_replies_higher_under_their_own_constitution_than_unde
         assert own > sum(others.values()) / len(others), (persona, own, others)
 
 
-@pytest.mark.xfail(strict=True, reason="measured: the prompted 135M default barely separates mathematician, sarcastic "
-                   "and stoic (their replies score higher under warm/poet); passes once the judge data separates them")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: the prompted 135M default barely separates mathematician, sarcastic "
+    "and stoic (their replies score higher under warm/poet); passes once the judge data separates them",
+)
 def test_classifier_scores_replies_higher_under_their_own_constitution_than_under_each_other(classifier_judge, heldout):
     for persona in PERSONAS:
         own, others = _own_and_others(classifier_judge, _replies(heldout, persona), persona)
@@ -69,7 +81,7 @@ def test_classifier_scores_replies_higher_under_their_own_constitution_than_unde
 def test_classifier_macro_f1_across_personas_is_well_above_chance(classifier_judge, heldout):
     rows = [r for r in heldout if r["persona"] != BARE]
     predicted = classifier_judge.classifier.predict([r["reply"] for r in rows])
-    assert macro_f1([r["persona"] for r in rows], predicted, PERSONAS) >= 0.25   # chance: 1/6
+    assert macro_f1([r["persona"] for r in rows], predicted, PERSONAS) >= 0.25  # chance: 1/6
 
 
 def test_classifier_refuses_an_unknown_persona(classifier_judge, heldout):
@@ -90,7 +102,9 @@ def likelihood_judge():
     from charlit.models import load_model
 
     loaded = load_model(OmegaConf.create({"name_or_path": "bundled:smollm2-135m-instruct"}), apply_lora=False)
-    return build_judge("likelihood", base_model=loaded.model.eval(), tokenizer=loaded.tokenizer, batch_size=12), loaded.tokenizer
+    return build_judge(
+        "likelihood", base_model=loaded.model.eval(), tokenizer=loaded.tokenizer, batch_size=12
+    ), loaded.tokenizer
 
 
 @pytest.mark.slow
@@ -104,7 +118,9 @@ def test_likelihood_judge_ranks_prompted_above_bare_for_every_persona(likelihood
 
 
 @pytest.mark.slow
-def test_likelihood_judge_scores_replies_higher_under_their_own_constitution_than_under_the_others(likelihood_judge, heldout):
+def test_likelihood_judge_scores_replies_higher_under_their_own_constitution_than_under_the_others(
+    likelihood_judge, heldout
+):
     judge, tokenizer = likelihood_judge
     for persona in PERSONAS:
         own, others = _own_and_others(judge, _replies(heldout, persona, tokenizer, limit=6), persona)

@@ -1,5 +1,6 @@
 """The LLM judge: answer parsing, the OpenAI-compatible client (against a local stub server; the key comes
 from the named env var and is sent only as the bearer token), and "no judge configured"."""
+
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer

@@ -1,4 +1,5 @@
 """Revealed preferences and coherence with a stub LLM judge (the plumbing; no network)."""
+
 import pytest
 
 from charlit.eval.generation_cache import GenerationCache
@@ -32,10 +33,26 @@ def test_revealed_preferences_fit_bradley_terry_on_the_judged_choices(tokenizer,
     ctx = _ctx(tokenizer, pirate, LLMJudge(lambda prompt: "1", "always the first trait"))
     result = revealed_preferences(ctx)
     pairs = trait_pairs(12, 10, seed=3)
-    want = bradley_terry_elo(pairs, 12, seed=3)   # the first-listed trait wins every pair
+    want = bradley_terry_elo(pairs, 12, seed=3)  # the first-listed trait wins every pair
     got = result.metrics
     assert len(got) == 12
-    for k, name in enumerate(["nautical", "stoic", "poetic", "sarcastic", "mathematical", "warm", "formal", "playful",
-                              "blunt", "cautious", "enthusiastic", "humble"]):
+    for k, name in enumerate(
+        [
+            "nautical",
+            "stoic",
+            "poetic",
+            "sarcastic",
+            "mathematical",
+            "warm",
+            "formal",
+            "playful",
+            "blunt",
+            "cautious",
+            "enthusiastic",
+            "humble",
+        ]
+    ):
         assert got[f"elo_{name}"]["prompted"] == want[k]
-    assert coherence(_ctx(tokenizer, pirate, LLMJudge(lambda p: "8", "stub"))).metrics["coherence"]["bare"].mean == pytest.approx(0.8)
+    assert coherence(_ctx(tokenizer, pirate, LLMJudge(lambda p: "8", "stub"))).metrics["coherence"][
+        "bare"
+    ].mean == pytest.approx(0.8)

@@ -1,4 +1,5 @@
 """Intervals and Bradley-Terry against hand-computed / closed-form values."""
+
 import math
 
 import numpy as np

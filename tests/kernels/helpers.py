@@ -1,4 +1,5 @@
 """Shared input factories and error metrics for the kernel tests."""
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,9 @@ STUDENT_KEYS = ("student_hidden", "student_weight", "student_bias")
 
 def run_div(inputs, upstream=None, trainable=STUDENT_KEYS, **kw):
     """Loss and gradients of the ``trainable`` student tensors (fresh leaves each call)."""
-    leaves = {k: (v.detach().clone().requires_grad_(k in trainable) if v is not None else None) for k, v in inputs.items()}
+    leaves = {
+        k: (v.detach().clone().requires_grad_(k in trainable) if v is not None else None) for k, v in inputs.items()
+    }
     loss = fused_linear_divergence(**leaves, **kw)
     if upstream is None:
         loss.backward() if loss.dim() == 0 else loss.backward(torch.ones_like(loss))

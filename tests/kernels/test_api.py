@@ -1,4 +1,5 @@
 """Argument validation and dispatch of the public ops."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Building and falling back from the fused CPU row kernels (``charlit.kernels.cpu_fused``)."""
+
 from __future__ import annotations
 
 import pytest

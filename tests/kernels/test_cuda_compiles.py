@@ -7,6 +7,7 @@ when missing, the test writes that one-line header into a temporary include dire
 CUDA build of torch ships it).  ~30-60 s on 2 cores.  On a CUDA machine the op is also
 built with cpp_extension and checked against the reference.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -46,8 +47,21 @@ def test_nvcc_compiles(src, tmp_path):
         shim.mkdir(parents=True)
         (shim / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
         incs.append(f"-I{tmp_path / 'shim'}")
-    cmd = ["nvcc", "-c", str(src), "-o", str(tmp_path / "out.o"), "-std=c++17",
-           "-gencode", "arch=compute_80,code=sm_80", "-diag-suppress", "3306", "-Xcompiler", "-Wall", *incs]
+    cmd = [
+        "nvcc",
+        "-c",
+        str(src),
+        "-o",
+        str(tmp_path / "out.o"),
+        "-std=c++17",
+        "-gencode",
+        "arch=compute_80,code=sm_80",
+        "-diag-suppress",
+        "3306",
+        "-Xcompiler",
+        "-Wall",
+        *incs,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     assert (tmp_path / "out.o").stat().st_size > 0
@@ -57,7 +71,10 @@ def test_nvcc_compiles(src, tmp_path):
 def test_cuda_backend_matches_reference():
     from .helpers import make_div_inputs, rel_err, run_div, run_logprobs
 
-    inputs = {k: v.detach().cuda().requires_grad_(v.requires_grad) for k, v in make_div_inputs(37, 31, 1003, bias=True).items()}
+    inputs = {
+        k: v.detach().cuda().requires_grad_(v.requires_grad)
+        for k, v in make_div_inputs(37, 31, 1003, bias=True).items()
+    }
     for beta in (0.0, 0.3, 1.0):
         for red in ("mean", "none"):
             loss, g, _ = run_div(inputs, backend="cuda", beta=beta, reduction=red, softcap=5.0)

@@ -1,4 +1,5 @@
 """Torch (chunked) backend vs the float64 reference: loss and every student gradient."""
+
 from __future__ import annotations
 
 import pytest
@@ -80,7 +81,12 @@ def extreme_inputs(n=20, h=16, v=513):
     hs[:half, :k] = ht[:half, :k] = ri(600, 1000, half, k)
     hs[:half, k:] = ri(-3, 3, half, h - k)
     ht[:half, k:] = ri(-3, 3, half, h - k)
-    return dict(student_hidden=hs.requires_grad_(), student_weight=w.clone().requires_grad_(), teacher_hidden=ht, teacher_weight=w)
+    return dict(
+        student_hidden=hs.requires_grad_(),
+        student_weight=w.clone().requires_grad_(),
+        teacher_hidden=ht,
+        teacher_weight=w,
+    )
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
@@ -152,8 +158,10 @@ def test_num_items_and_half_batches_equal_full_batch():
     keep = torch.rand(40) < 0.75
     total = int(keep.sum())
     full, gfull, _ = run_div(inputs, backend="torch", mask=keep, beta=0.3)
-    halves = [{k: v[:20] if k.endswith("hidden") else v for k, v in inputs.items()},
-              {k: v[20:] if k.endswith("hidden") else v for k, v in inputs.items()}]
+    halves = [
+        {k: v[:20] if k.endswith("hidden") else v for k, v in inputs.items()},
+        {k: v[20:] if k.endswith("hidden") else v for k, v in inputs.items()},
+    ]
     acc_loss, acc_w, acc_b = 0.0, 0.0, 0.0
     for part, m in zip(halves, (keep[:20], keep[20:])):
         l, g, _ = run_div(part, backend="torch", mask=m, beta=0.3, num_items=torch.tensor(total))
@@ -207,15 +215,19 @@ def test_never_materialises_tokens_by_vocab():
     # 16-row tiles (2 live [B, V] buffers fused, 4 eager); log-probs keep 1-2 buffers: 16-32 rows
     torch_chunked.TILE_BUDGET_BYTES = torch_chunked.LOGPROB_TILE_BUDGET_BYTES = 4 * 2 * v * 16
     try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof, \
-                record_plans() as div_plans:
+        with (
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof,
+            record_plans() as div_plans,
+        ):
             run_div(inputs, backend="torch", beta=0.3)
             run_div(inputs, backend="torch", beta=1.0, reduction="none")
         assert [p.token_tile for p in div_plans] == [16, 16]
         x = torch.randn(n, h)
         w = torch.randn(v, h)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof2, \
-                record_plans() as lp_plans:
+        with (
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof2,
+            record_plans() as lp_plans,
+        ):
             run_logprobs(x, w, torch.randint(0, v, (n,)), backend="torch")
     finally:
         torch_chunked.TILE_BUDGET_BYTES, torch_chunked.LOGPROB_TILE_BUDGET_BYTES = old

@@ -1,4 +1,5 @@
 """Triton backend vs the float64 reference (interpreter on CPU: small shapes only)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +20,9 @@ TOL = 1e-4
 
 
 def _to(inputs):
-    return {k: (v.detach().to(DEV).requires_grad_(v.requires_grad) if v is not None else None) for k, v in inputs.items()}
+    return {
+        k: (v.detach().to(DEV).requires_grad_(v.requires_grad) if v is not None else None) for k, v in inputs.items()
+    }
 
 
 def _compare(inputs, upstream=None, tol=TOL, **kw):

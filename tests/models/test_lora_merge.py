@@ -1,4 +1,5 @@
 """merged_lora: same outputs as the adapter path, base weights restored bit-exactly, LoRA left trainable."""
+
 from __future__ import annotations
 
 import torch

@@ -1,12 +1,13 @@
 """oneDNN linear layers: float64-exact products and gradients, unchanged state dicts, decoding swaps."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from charlit.models.tiny import tiny_model
 from charlit.models import onednn
+from charlit.models.tiny import tiny_model
 
 pytestmark = pytest.mark.skipif(not onednn.supported(torch.nn.Linear(2, 2)), reason="torch built without oneDNN")
 
@@ -53,7 +54,9 @@ def test_linear_and_its_gradients_match_float64(shape, with_bias):
     x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
     ref = x64 @ w64.T + (b64 if with_bias else 0.0)
     ref.backward(upstream.double())
-    for got, expected in ((y, ref), (x32.grad, x64.grad), (w32.grad, w64.grad)) + (((b32.grad, b64.grad),) if with_bias else ()):
+    for got, expected in ((y, ref), (x32.grad, x64.grad), (w32.grad, w64.grad)) + (
+        ((b32.grad, b64.grad),) if with_bias else ()
+    ):
         assert (got.double() - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
@@ -61,7 +64,7 @@ def test_frozen_weight_gets_no_gradient_and_no_saved_input():
     x = torch.randn(3, 5, requires_grad=True)
     w = torch.randn(4, 5)
     y = onednn.linear(x, w)
-    assert y.grad_fn is not None and y.grad_fn.saved_tensors[0] is None   # only W is kept for dX
+    assert y.grad_fn is not None and y.grad_fn.saved_tensors[0] is None  # only W is kept for dX
     y.sum().backward()
     assert torch.allclose(x.grad, w.sum(0).expand(3, 5), atol=1e-6)
 
@@ -88,7 +91,7 @@ def test_reads_the_current_weight():
     wrapped = onednn.OneDnnLinear(linear)
     x = torch.randn(2, 5)
     with torch.no_grad():
-        linear.weight.mul_(2.0)   # no cached copy to go stale
+        linear.weight.mul_(2.0)  # no cached copy to go stale
         got = wrapped(x)
     expected = (x.double() @ linear.weight.double().T + linear.bias.double()).float()
     assert torch.allclose(got, expected, atol=1e-5)
@@ -104,7 +107,8 @@ def test_sampler_generation_matches_plain_generate():
     model = _lora_model()
     prompt = [5, 17, 33, 2, 9]
     with torch.no_grad():
-        plain = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=0,
-                               eos_token_id=[299])[0, len(prompt):].tolist()
+        plain = model.generate(
+            input_ids=torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=[299]
+        )[0, len(prompt) :].tolist()
     got = HFSampler(Tok()).generate(model, [prompt], SamplingParams(max_new_tokens=8, temperature=0.0))[0]
     assert got == plain[: len(got)] and len(got) == len(plain)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from charlit.models.tiny import tiny_model
 from charlit.models.sequences import pack, response_hidden, segment_sum, shared_prefix_length
+from charlit.models.tiny import tiny_model
 
 
 def test_response_hidden_predicts_each_response_token():
@@ -16,7 +16,7 @@ def test_response_hidden_predicts_each_response_token():
     rows = []
     for ctx, resp in zip(contexts, responses):
         full = model(torch.tensor([ctx + resp])).logits[0]
-        rows.append(full[len(ctx) - 1: len(ctx) - 1 + len(resp)])
+        rows.append(full[len(ctx) - 1 : len(ctx) - 1 + len(resp)])
     torch.testing.assert_close(logits, torch.cat(rows), rtol=1e-9, atol=1e-9)
 
 
@@ -29,7 +29,7 @@ def test_pack_pads_right_and_indexes_responses():
 
 def test_segment_sum_adds_each_sequences_values():
     values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], requires_grad=True)
-    sums = segment_sum(values, [2, 0, 3, 1])                      # [1+2, empty, 3+4+5, 6]
+    sums = segment_sum(values, [2, 0, 3, 1])  # [1+2, empty, 3+4+5, 6]
     assert sums.tolist() == [3.0, 0.0, 12.0, 6.0]
     (sums * torch.tensor([1.0, 10.0, 100.0, 1000.0])).sum().backward()
     assert values.grad.tolist() == [1.0, 1.0, 100.0, 100.0, 100.0, 1000.0]
@@ -63,7 +63,9 @@ def test_prefix_kv_is_encoded_once_across_calls_and_changes_nothing():
     responses = [[5, 6, 7], [8], [9, 10]]
     calls = []
     decoder = model.get_decoder()
-    hook = decoder.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    hook = decoder.register_forward_pre_hook(
+        lambda mod, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     kv = PrefixKV()
     with torch.no_grad():
         plain = response_hidden(model, contexts, responses, pad_id=0)
@@ -71,8 +73,8 @@ def test_prefix_kv_is_encoded_once_across_calls_and_changes_nothing():
         first = response_hidden(model, contexts, responses, pad_id=0, prefix_kv=kv)
         second = response_hidden(model, contexts[::-1], responses[::-1], pad_id=0, prefix_kv=kv)
     hook.remove()
-    assert n_plain == 2                          # prefix, then the rows
-    assert len(calls) == n_plain + 2 + 1         # the kept prefix is encoded once for both calls
+    assert n_plain == 2  # prefix, then the rows
+    assert len(calls) == n_plain + 2 + 1  # the kept prefix is encoded once for both calls
     assert torch.allclose(first, plain, atol=1e-12, rtol=0)
     lengths = [len(r) for r in responses]
     rev = torch.cat(list(reversed(torch.split(plain, lengths))))

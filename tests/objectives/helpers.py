@@ -1,4 +1,5 @@
 """Shared helpers for objective tests: tiny objectives and float64 full-logit references."""
+
 import torch
 from omegaconf import OmegaConf
 
@@ -7,9 +8,10 @@ from tests.conftest import compose
 
 
 def tiny_objective(method, *extra):
-    cfg = compose([f"method={method}", "model=tiny", "logger=none", "sampler.max_new_tokens=6", "data.batch_size=2",
-                   *extra])
-    if cfg.data.kind != "prompts":   # prompts have no length setting
+    cfg = compose(
+        [f"method={method}", "model=tiny", "logger=none", "sampler.max_new_tokens=6", "data.batch_size=2", *extra]
+    )
+    if cfg.data.kind != "prompts":  # prompts have no length setting
         OmegaConf.update(cfg, "data.max_length", 160)
     return build_objective(cfg)
 
@@ -23,7 +25,7 @@ def response_logits(model, context, response):
         logits = model(torch.tensor([context + response])).logits[0]
     finally:
         model.train(was)
-    return logits[len(context) - 1: len(context) - 1 + len(response)].double()
+    return logits[len(context) - 1 : len(context) - 1 + len(response)].double()
 
 
 def kl(p_logits, q_logits):

@@ -6,8 +6,12 @@ from tests.objectives.helpers import kl, lowers_own_loss, perturb, response_logi
 
 
 def test_every_assistant_turn_is_an_example_with_its_history():
-    conv = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-            {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    conv = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
+    ]
     turns = conversation_turns([conv], "all")
     assert [(len(ctx), resp["content"]) for ctx, resp in turns] == [(1, "b"), (3, "d")]
     assert [(len(ctx), resp["content"]) for ctx, resp in conversation_turns([conv], "last")] == [(3, "d")]
@@ -16,7 +20,7 @@ def test_every_assistant_turn_is_an_example_with_its_history():
 @pytest.mark.parametrize("beta, ce_coef", [(0.0, 0.0), (0.0, 0.5), (1.0, 0.0)])
 def test_distill_loss_is_divergence_of_constitution_teacher_plus_ce(beta, ce_coef):
     objective, datamodule = tiny_objective("distill", f"method.beta={beta}", f"method.ce_coef={ce_coef}")
-    perturb(objective.policy)    # the frozen teacher keeps the initial weights
+    perturb(objective.policy)  # the frozen teacher keeps the initial weights
     batch = next(iter(datamodule.train_dataloader()))
     loss, metrics, n_tokens = objective.compute_loss(batch)
     div, ce, count = 0.0, 0.0, 0

@@ -39,13 +39,14 @@ def test_lambda_zero_uses_data_responses_lambda_one_samples(monkeypatch):
     _, metrics, n_tokens = objective.compute_loss(batch)
     assert len(calls) == 1 and metrics["on_policy"] == 1.0 and n_tokens <= 6 * len(batch)
     statement = objective.constitution.traits[0].statement
-    assert all(statement not in c for c in calls[0])   # the student samples without the constitution
+    assert all(statement not in c for c in calls[0])  # the student samples without the constitution
 
 
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_full_estimator_is_the_beta_divergence(beta):
-    objective, datamodule = tiny_objective("on_policy_distill", "method.lmbda=0", f"method.beta={beta}",
-                                           "method.temperature=2.0")
+    objective, datamodule = tiny_objective(
+        "on_policy_distill", "method.lmbda=0", f"method.beta={beta}", "method.temperature=2.0"
+    )
     perturb(objective.policy)
     batch = next(iter(datamodule.train_dataloader()))
     loss, _, n_tokens = objective.compute_loss(batch)
@@ -54,7 +55,7 @@ def test_full_estimator_is_the_beta_divergence(beta):
         for e in batch:
             s = response_logits(objective.policy, e["context_ids"], e["response_ids"]) / 2.0
             t = response_logits(base, objective.teacher.context_ids(e["prompt"]), e["response_ids"]) / 2.0
-            total += (kl(t, s) if beta == 0.0 else kl(s, t)).sum()   # forward KL(p||q) / reverse KL(q||p)
+            total += (kl(t, s) if beta == 0.0 else kl(s, t)).sum()  # forward KL(p||q) / reverse KL(q||p)
     torch.testing.assert_close(loss.double(), total / n_tokens, rtol=2e-5, atol=2e-6)
 
 
@@ -68,7 +69,9 @@ def test_sampled_token_estimator_matches_hand_formula_and_gradient():
         for e in batch:
             y = e["response_ids"]
             log_q = response_logits(objective.policy, e["context_ids"], y).log_softmax(-1)[range(len(y)), y]
-            log_p = response_logits(base, objective.teacher.context_ids(e["prompt"]), y).log_softmax(-1)[range(len(y)), y]
+            log_p = response_logits(base, objective.teacher.context_ids(e["prompt"]), y).log_softmax(-1)[
+                range(len(y)), y
+            ]
             advantages.append(log_q - log_p)
             surrogate += ((log_q - log_p) * log_q).sum()
     torch.testing.assert_close(loss.double(), surrogate / n_tokens, rtol=2e-5, atol=2e-6)
@@ -80,7 +83,7 @@ def test_sampled_token_estimator_matches_hand_formula_and_gradient():
 
 def test_on_policy_distill_steps_lower_its_own_loss():
     objective, datamodule = tiny_objective("on_policy_distill", "method.lmbda=0")
-    perturb(objective.policy, scale=0.1)     # start away from the teacher so there is a gap to close
+    perturb(objective.policy, scale=0.1)  # start away from the teacher so there is a gap to close
     batch = next(iter(datamodule.train_dataloader()))
     first, last = lowers_own_loss(objective, batch, steps=4, lr=1e-3)
     assert last < first, (first, last)

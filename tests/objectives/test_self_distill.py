@@ -6,7 +6,9 @@ from tests.objectives.helpers import lowers_own_loss, perturb
 
 
 def _tiny(method, *extra):
-    cfg = compose([f"method={method}", "model=tiny", "logger=none", "sampler.max_new_tokens=6", "data.batch_size=2", *extra])
+    cfg = compose(
+        [f"method={method}", "model=tiny", "logger=none", "sampler.max_new_tokens=6", "data.batch_size=2", *extra]
+    )
     return build_objective(cfg)
 
 
@@ -37,7 +39,7 @@ def test_self_distill_steps_lower_its_own_loss():
     """Same prompts, same seeded samples (the step does not advance outside a Trainer): a few Adam steps on the
     objective's own loss must lower it."""
     objective, _ = _tiny("self_distill")
-    perturb(objective.policy, scale=0.1)     # start away from the teacher so there is a gap to close
+    perturb(objective.policy, scale=0.1)  # start away from the teacher so there is a gap to close
     batch = ["Tell me about the sea.", "How do I save money?"]
     first, last = lowers_own_loss(objective, batch, steps=4, lr=1e-3)
     assert last < first, (first, last)
@@ -67,8 +69,12 @@ def test_sft_loss_matches_cross_entropy_on_assistant_tokens():
     loss, _, n_tokens = objective.compute_loss(batch)
     logits = objective.policy(batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
     targets = batch["labels"][:, 1:]
-    reference = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                  ignore_index=-100, reduction="sum") / n_tokens
+    reference = (
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        / n_tokens
+    )
     assert n_tokens == int((targets != -100).sum())
     torch.testing.assert_close(loss.double(), reference, rtol=1e-5, atol=1e-6)
 
@@ -76,12 +82,20 @@ def test_sft_loss_matches_cross_entropy_on_assistant_tokens():
 def test_ema_teacher_moves_after_each_optimizer_step_and_teaches_with_ema_weights():
     import lightning as L
 
-    objective, datamodule = _tiny("self_distill", "method.teacher_weights=ema", "method.ema_decay=0.75",
-                                  "optim.warmup_steps=0", "optim.lr=1e-2")
+    objective, datamodule = _tiny(
+        "self_distill", "method.teacher_weights=ema", "method.ema_decay=0.75", "optim.warmup_steps=0", "optim.lr=1e-2"
+    )
     ema = objective.teacher.ema
     start = [p.detach().clone() for _, p in ema.params]
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(objective, datamodule=datamodule)
     assert trainer.global_step == 1
     moved = False

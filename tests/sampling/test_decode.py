@@ -1,4 +1,5 @@
 """The lean sampling loop: Hugging Face's greedy tokens, exact sampling probabilities, its filters and stops."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,8 +53,9 @@ def test_filtered_tokens_are_never_drawn_and_greedy_is_argmax():
     torch.manual_seed(1)
     params = SamplingParams(max_new_tokens=1, temperature=1.0, top_k=2)
     assert set(decode.next_tokens(LOGITS.expand(5000, -1), params).tolist()) == {0, 1}
-    assert decode.next_tokens(torch.tensor([[0.1, 3.0, 2.9], [5.0, -1.0, 0.0]]),
-                              SamplingParams(max_new_tokens=1, temperature=0.0)).tolist() == [1, 0]
+    assert decode.next_tokens(
+        torch.tensor([[0.1, 3.0, 2.9], [5.0, -1.0, 0.0]]), SamplingParams(max_new_tokens=1, temperature=0.0)
+    ).tolist() == [1, 0]
 
 
 def _left_padded(prompts):
@@ -61,8 +63,8 @@ def _left_padded(prompts):
     ids = torch.full((len(prompts), width), PAD)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     return ids, mask
 
 
@@ -70,12 +72,18 @@ def test_greedy_matches_generate_and_rows_stop_on_their_own():
     model = tiny_model(VOCAB, seed=2).eval()
     ids, mask = _left_padded([[5, 17, 33, 2, 9], [8, 1], [44, 45, 46]])
     with torch.no_grad():
-        reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
-                                   pad_token_id=PAD, eos_token_id=[VOCAB])[:, ids.shape[1]:]
+        reference = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=10,
+            do_sample=False,
+            pad_token_id=PAD,
+            eos_token_id=[VOCAB],
+        )[:, ids.shape[1] :]
     params = SamplingParams(max_new_tokens=10, temperature=0.0)
     assert decode.sample(model, ids, mask, params, [VOCAB], PAD).tolist() == reference.tolist()
-    stop = int(reference[1, 3])            # a token row 1 produces: rows stop there, others run on
+    stop = int(reference[1, 3])  # a token row 1 produces: rows stop there, others run on
     got = decode.sample(model, ids, mask, params, [stop], PAD)
     row = got[1].tolist()
     assert row[: row.index(stop) + 1] == reference[1, : row.index(stop) + 1].tolist()
-    assert all(t == PAD for t in row[row.index(stop) + 1:])
+    assert all(t == PAD for t in row[row.index(stop) + 1 :])

@@ -1,4 +1,5 @@
 """Lean LoRA decoding layers: peft's outputs, restored modules, disabled adapters left alone."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,9 @@ from charlit.sampling.lean_lora import LeanLoraLinear, lean_adapters
 
 
 def _lora_model():
-    model = get_peft_model(tiny_model(300, seed=1), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                               lora_dropout=0.1))
+    model = get_peft_model(
+        tiny_model(300, seed=1), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.1)
+    )
     with torch.no_grad():  # peft initialises B = 0; make the adapter matter
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -30,7 +32,7 @@ def test_same_logits_as_peft_and_modules_restored():
             assert swapped and sum(isinstance(m, LeanLoraLinear) for m in model.modules()) == 7 * 2
             lean = model(input_ids=ids).logits.double()
     assert (lean - adapted).abs().max() <= 1e-5 * adapted.abs().max()
-    assert (bare - adapted).abs().max() > 1e-2     # the adapter matters, so the comparison means something
+    assert (bare - adapted).abs().max() > 1e-2  # the adapter matters, so the comparison means something
     after = dict(model.named_modules())
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
 

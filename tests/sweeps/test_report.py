@@ -11,18 +11,30 @@ from tests.conftest import REPO
 def _job(root, name, method, teacher, divergence_end, progress, ci):
     job = root / name
     job.mkdir(parents=True)
-    summary = {"method": method, "teacher": teacher["name"], "data": "prompts", "persona": "pirate", "steps": 3,
-               "wall_time_s": 1.5, "peak_rss_mb": 100.0,
-               "metrics": {"val/divergence_start": 0.2, "val/divergence_end": divergence_end,
-                           "val/persona_progress_end": progress, "val/persona_progress_end_ci95": ci, "eval/id/gain": 0.5},
-               "config": {"seed": 0, "teacher": teacher}}
+    summary = {
+        "method": method,
+        "teacher": teacher["name"],
+        "data": "prompts",
+        "persona": "pirate",
+        "steps": 3,
+        "wall_time_s": 1.5,
+        "peak_rss_mb": 100.0,
+        "metrics": {
+            "val/divergence_start": 0.2,
+            "val/divergence_end": divergence_end,
+            "val/persona_progress_end": progress,
+            "val/persona_progress_end_ci95": ci,
+            "eval/id/gain": 0.5,
+        },
+        "config": {"seed": 0, "teacher": teacher},
+    }
     (job / "summary.json").write_text(json.dumps(summary))
 
 
 def test_report_has_one_row_per_job_with_intervals_and_plots(tmp_path):
     _job(tmp_path, "0_method=self_distill", "self_distill", {"name": "self"}, 0.1, 0.6, 0.05)
     _job(tmp_path, "1_method=self_distill", "self_distill", {"name": "amplified", "alpha": 2.0}, 0.05, 0.8, 0.1)
-    (tmp_path / "2_failed").mkdir()                                   # a job that died: no summary, no row
+    (tmp_path / "2_failed").mkdir()  # a job that died: no summary, no row
     rows = collect_jobs(tmp_path)
     assert [r["job"] for r in rows] == ["0", "1"]
     assert [r["teacher"] for r in rows] == ["self", "amplified(α=2)"]
@@ -43,13 +55,27 @@ def test_report_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_multirun_of_four_tiny_jobs_leaves_a_report(tmp_path):
-    cmd = [sys.executable, str(REPO / "train.py"), "-m", "method=sft,self_distill", "teacher=self,amplified", "model=tiny",
-           "trainer.max_steps=2", "logger=csv", "sampler.max_new_tokens=8", "data.val_size=4",
-           f"hydra.sweep.dir={tmp_path}/sweep"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "-m",
+        "method=sft,self_distill",
+        "teacher=self,amplified",
+        "model=tiny",
+        "trainer.max_steps=2",
+        "logger=csv",
+        "sampler.max_new_tokens=8",
+        "data.val_size=4",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "sweep" / "report.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted((r["method"], r["teacher"]) for r in rows) == [
-        ("self_distill", "amplified(α=1)"), ("self_distill", "self"), ("sft", "amplified(α=1)"), ("sft", "self")]
+        ("self_distill", "amplified(α=1)"),
+        ("self_distill", "self"),
+        ("sft", "amplified(α=1)"),
+        ("sft", "self"),
+    ]
     assert (tmp_path / "sweep" / "report_val_persona_progress_end.png").is_file()

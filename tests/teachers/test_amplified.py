@@ -8,8 +8,10 @@ PROMPTS = ["How do I fold a paper boat?", "What makes bread rise?"]
 
 
 def _responses(tokenizer):
-    return [tokenizer("Arr, fold it in half, matey!", add_special_tokens=False)["input_ids"],
-            tokenizer("Yeast eats sugar and breathes out gas.", add_special_tokens=False)["input_ids"]]
+    return [
+        tokenizer("Arr, fold it in half, matey!", add_special_tokens=False)["input_ids"],
+        tokenizer("Yeast eats sugar and breathes out gas.", add_special_tokens=False)["input_ids"],
+    ]
 
 
 @pytest.mark.parametrize("alpha", [1.5, 0.5])

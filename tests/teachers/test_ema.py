@@ -30,7 +30,7 @@ def test_swapped_uses_shadow_without_copies_and_restores():
         swapped = model(ids).logits
     assert [p.data_ptr() for p in model.parameters()] == live
     with torch.no_grad():
-        reference = tiny_model(97, seed=1)(ids).logits      # the EMA still equals the initial weights
+        reference = tiny_model(97, seed=1)(ids).logits  # the EMA still equals the initial weights
     torch.testing.assert_close(swapped, reference)
 
 

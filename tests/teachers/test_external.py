@@ -23,15 +23,16 @@ def test_tiny_external_teacher_has_own_weights_and_scores_with_constitution():
     expected = response_logits(teacher.model, context, responses[0])
     got = out.hidden[: len(responses[0])].double() @ out.weight.double().T
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=2e-5)
-    loss, _, _ = objective.compute_loss(PROMPTS)     # the whole objective runs with it
+    loss, _, _ = objective.compute_loss(PROMPTS)  # the whole objective runs with it
     assert torch.isfinite(loss) and loss.item() > 0
 
 
 def test_padded_teacher_vocabulary_is_accepted(tmp_path):
     objective, _ = tiny_objective("self_distill")
     vocab = len(objective.tokenizer)
-    padded = tiny_model(vocab + 64, seed=2, eos_token_id=objective.tokenizer.eos_token_id,
-                        pad_token_id=objective.tokenizer.pad_token_id)
+    padded = tiny_model(
+        vocab + 64, seed=2, eos_token_id=objective.tokenizer.eos_token_id, pad_token_id=objective.tokenizer.pad_token_id
+    )
     padded.save_pretrained(tmp_path)
     objective.tokenizer.save_pretrained(tmp_path)
     objective, _ = tiny_objective("self_distill", "teacher=external", f"teacher.name_or_path={tmp_path}")
@@ -48,8 +49,10 @@ def _word_level_tokenizer(words):
     raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
-    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}" \
-                        "{% if add_generation_prompt %}assistant:{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
     return tok
 
 

@@ -4,10 +4,11 @@
 A data kind is a :class:`DataModule` subclass registered with ``@DATA_MODULES.register("<kind>")`` in a module of
 this package (or a third party's ``charlit.data_kinds`` entry point) and built by its ``from_config`` classmethod.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -17,14 +18,16 @@ from charlit.models.sequences import right_pad
 from charlit.registry import Registry
 from charlit.settings import setting
 
-DATA_MODULES: Registry[type["DataModule"]] = Registry("data kind", "charlit.data.modules", "charlit.data_kinds",
-                                                      "data.kind")
-IGNORED_KEYS = ("name", "kind", "generate")   # the variant's name and kind, and the data pipeline's block
+DATA_MODULES: Registry[type[DataModule]] = Registry(
+    "data kind", "charlit.data.modules", "charlit.data_kinds", "data.kind"
+)
+IGNORED_KEYS = ("name", "kind", "generate")  # the variant's name and kind, and the data pipeline's block
 
 
 @dataclass
 class DataSettings:
     """The settings of every data kind (``data.*``): batches and the held-out validation prompts."""
+
     heldout_set: str = setting("general_heldout", help="bundled prompt set or .jsonl file, screened against training")
     val_size: int = setting(16, ge=0, help="held-out prompts used by val/*")
     batch_size: int = setting(4, gt=0, help="the global training batch (split over data-parallel ranks)")
@@ -49,16 +52,23 @@ class DataModule(L.LightningDataModule):
 
     empty_message = "No training items; check the data config."
 
-    def __init__(self, items: list, heldout: list[str], settings: DataSettings, seed: int = 0,
-                 collate: Callable[[list], object] = as_list):
+    def __init__(
+        self,
+        items: list,
+        heldout: list[str],
+        settings: DataSettings,
+        seed: int = 0,
+        collate: Callable[[list], object] = as_list,
+    ):
         super().__init__()
         if not items:
             raise ValueError(self.empty_message)
         self.items, self.heldout, self.settings, self.seed, self.collate = items, heldout, settings, seed, collate
 
     @classmethod
-    def from_config(cls, data_cfg, *, constitution, tokenizer, conversation_format: str, seed: int,
-                    dataset_path=None) -> "DataModule":
+    def from_config(
+        cls, data_cfg, *, constitution, tokenizer, conversation_format: str, seed: int, dataset_path=None
+    ) -> DataModule:
         """The data module ``data_cfg`` (the ``data`` group) describes; ``dataset_path``: a generated dataset to
         read in place of ``data.path``."""
         raise NotImplementedError(f"data kind {cls.__name__} does not implement from_config.")

@@ -8,6 +8,7 @@ in the batch format the objective asks for (``conversation_format``):
 
 Held-out prompts are screened against the last user turn of every training conversation (``tokens``) or turn.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ def conversation_turns(conversations: list[list[dict]], which: str = "all") -> l
     turns = []
     for messages in conversations:
         idx = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i > 0]
-        for i in (idx if which == "all" else idx[-1:]):
+        for i in idx if which == "all" else idx[-1:]:
             turns.append((messages[:i], messages[i]))
     return turns
 
@@ -64,8 +65,13 @@ class ConversationData(DataModule):
         if conversation_format not in CONVERSATION_FORMATS:
             raise ValueError(f"conversation_format={conversation_format!r}; valid: {', '.join(CONVERSATION_FORMATS)}.")
         settings = parse(ConversationSettings, data_cfg, "data", ignore=IGNORED_KEYS)
-        path = Path(dataset_path) if dataset_path else resolve_data_path(
-            settings.path, CONVERSATION_DIR, constitution.name, "conversations ({'messages': [...]} rows)")
+        path = (
+            Path(dataset_path)
+            if dataset_path
+            else resolve_data_path(
+                settings.path, CONVERSATION_DIR, constitution.name, "conversations ({'messages': [...]} rows)"
+            )
+        )
         conversations = load_conversations(path)
         if conversation_format == "tokens":
             items = [conversation_ids_and_labels(tokenizer, c, settings.max_length) for c in conversations]

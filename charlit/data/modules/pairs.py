@@ -1,5 +1,6 @@
 """Preference pairs for DPO (TRL's conversational format: ``data.path``, a generated dataset or the persona's
 bundled set), tokenised as ``context_ids`` / ``chosen_ids`` / ``rejected_ids`` and served as lists."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,15 +25,22 @@ def pair_examples(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
         context_ids, chosen = render_response_ids(tokenizer, row["prompt"], row["chosen"][0])
         _, rejected = render_response_ids(tokenizer, row["prompt"], row["rejected"][0])
         room = max(max_length - len(context_ids), 1)
-        example = {"prompt": row["prompt"], "context_ids": context_ids, "chosen_ids": chosen[:room],
-                   "rejected_ids": rejected[:room]}
+        example = {
+            "prompt": row["prompt"],
+            "context_ids": context_ids,
+            "chosen_ids": chosen[:room],
+            "rejected_ids": rejected[:room],
+        }
         if row.get("ref_chosen_logp") is not None:
             if len(chosen) > room or len(rejected) > room:
-                raise ValueError(f"A pair with precomputed reference log-probs is longer than "
-                                 f"data.max_length={max_length} tokens; raise data.max_length so the stored log-probs "
-                                 f"still match the responses.")
-            example.update(ref_chosen_logp=float(row["ref_chosen_logp"]),
-                           ref_rejected_logp=float(row["ref_rejected_logp"]))
+                raise ValueError(
+                    f"A pair with precomputed reference log-probs is longer than "
+                    f"data.max_length={max_length} tokens; raise data.max_length so the stored log-probs "
+                    f"still match the responses."
+                )
+            example.update(
+                ref_chosen_logp=float(row["ref_chosen_logp"]), ref_rejected_logp=float(row["ref_rejected_logp"])
+            )
         examples.append(example)
     return examples
 
@@ -44,8 +52,11 @@ class PairData(DataModule):
     @classmethod
     def from_config(cls, data_cfg, *, constitution, tokenizer, conversation_format, seed, dataset_path=None):
         settings = parse(PairSettings, data_cfg, "data", ignore=IGNORED_KEYS)
-        path = Path(dataset_path) if dataset_path else resolve_data_path(settings.path, PAIR_DIR, constitution.name,
-                                                                           "preference pairs")
+        path = (
+            Path(dataset_path)
+            if dataset_path
+            else resolve_data_path(settings.path, PAIR_DIR, constitution.name, "preference pairs")
+        )
         pairs = load_pairs(path)
         heldout = heldout_prompts(settings.heldout_set, settings.val_size, [last_user_turn(p["prompt"]) for p in pairs])
         return cls(pair_examples(tokenizer, pairs, settings.max_length), heldout, settings, seed)

@@ -1,5 +1,6 @@
 """Prompts only, for on-policy methods: the union of ``data.train_sets`` (``constitution`` = the persona's own
 questions; bundled set names or .jsonl files)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ class PromptData(DataModule):
     @classmethod
     def from_config(cls, data_cfg, *, constitution, tokenizer, conversation_format, seed, dataset_path=None):
         if dataset_path is not None:
-            raise ValueError(f"data={data_cfg.get('name', 'prompts')} is of kind prompts, which reads data.train_sets, "
-                             f"not a generated dataset ({dataset_path}); remove its data.generate block.")
+            raise ValueError(
+                f"data={data_cfg.get('name', 'prompts')} is of kind prompts, which reads data.train_sets, "
+                f"not a generated dataset ({dataset_path}); remove its data.generate block."
+            )
         settings = parse(PromptSettings, data_cfg, "data", ignore=IGNORED_KEYS)
         train = training_prompts(settings.train_sets, constitution)
         return cls(train, heldout_prompts(settings.heldout_set, settings.val_size, train), settings, seed)

@@ -1,4 +1,5 @@
 """What ``generate.py`` does: make the dataset a data variant describes, report it, log its card."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,15 +14,20 @@ from charlit.loggers import build_logger, plain_config
 def generate(cfg: DictConfig, run_dir: Path) -> Path:
     if not needs_generation(cfg.data):
         reason = f"data.path={cfg.data.path} is given" if cfg.data.get("path") else "it has no data.generate block"
-        raise ValueError(f"data={cfg.data.name} is not generated ({reason}); pick a generated variant "
-                         f"(pairs, reflection, interaction, introspection) and leave data.path null.")
+        raise ValueError(
+            f"data={cfg.data.name} is not generated ({reason}); pick a generated variant "
+            f"(pairs, reflection, interaction, introspection) and leave data.path null."
+        )
     dataset = generate_dataset(cfg)
     card = dataset.card
     for stage, counts in card["stages"].items():
-        print(f"[charlit] {stage}: generated {counts['generated']}, kept {counts['kept']}, dropped {counts['dropped'] or 'none'}")
+        dropped = counts["dropped"] or "none"
+        print(f"[charlit] {stage}: generated {counts['generated']}, kept {counts['kept']}, dropped {dropped}")
     if card["generation"]["tokens_per_s"]:
-        print(f"[charlit] generation: {card['generation']['new_tokens']} tokens in {card['generation']['seconds']:.1f} s "
-              f"({card['generation']['tokens_per_s']} tokens/s)")
+        print(
+            f"[charlit] generation: {card['generation']['new_tokens']} tokens in {card['generation']['seconds']:.1f} s "
+            f"({card['generation']['tokens_per_s']} tokens/s)"
+        )
     if card["rows"] == 0:
         print(f"[charlit] warning: {empty_dataset_message(dataset)}")
     logger = build_logger(cfg.logger, run_dir, plain_config(cfg), f"generate-{cfg.data.name}-{cfg.persona.name}")

@@ -6,11 +6,12 @@ they share (sampling, filters, chunking, cache) is the ``generation`` block of `
 output is the dataset; several are concatenated into a combined, equally cached dataset (``introspection`` =
 reflection + interaction).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -43,18 +44,26 @@ def _teacher_model_cfg(cfg: DictConfig):
 
 
 def _combine(name: str, results: list[StageResult], ctx: StageContext) -> Dataset:
-    store = StageDir(ctx.root, name, ctx.constitution.name,
-                     {"combine": [r.card["key"] for r in results], "version": COMBINE_VERSION})
+    store = StageDir(
+        ctx.root, name, ctx.constitution.name, {"combine": [r.card["key"] for r in results], "version": COMBINE_VERSION}
+    )
     if store.is_complete():
         _, card = read_complete(store)
         return Dataset(name, store.data_path, card)
     rows = [row for r in results for row in r.rows]
     stages = {stage: counts for r in results for stage, counts in r.card["stages"].items()}
     lengths = [n for r in results for n in r.card["reply_tokens"]["values"]]
-    card = build_card(name, store.key, str(store.data_path), rows, stages, lengths,
-                      sum(r.card["generation"]["new_tokens"] for r in results),
-                      sum(r.card["generation"]["seconds"] for r in results),
-                      {"parts": {r.name: str(r.path) for r in results}})
+    card = build_card(
+        name,
+        store.key,
+        str(store.data_path),
+        rows,
+        stages,
+        lengths,
+        sum(r.card["generation"]["new_tokens"] for r in results),
+        sum(r.card["generation"]["seconds"] for r in results),
+        {"parts": {r.name: str(r.path) for r in results}},
+    )
     store.finish(rows, card, card_markdown(card))
     return Dataset(name, store.data_path, card)
 
@@ -64,13 +73,20 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
     spec, gen = cfg.data.generate, cfg.generation
     stages = list(spec.stages)
     if not stages:
-        raise ValueError(f"data.generate.stages is empty for data={cfg.data.name}; list some of: "
-                         f"{', '.join(STAGES.names())}.")
-    builders = [STAGES.get(name) for name in stages]   # unknown names fail before any model loads
+        raise ValueError(
+            f"data.generate.stages is empty for data={cfg.data.name}; list some of: {', '.join(STAGES.names())}."
+        )
+    builders = [STAGES.get(name) for name in stages]  # unknown names fail before any model loads
     constitution = resolve_persona(cfg.persona.path or cfg.persona.name)
-    ctx = StageContext(constitution=constitution, filters=FilterSettings.from_cfg(gen.filters), seed=int(gen.seed),
-                       chunk_size=int(gen.chunk_size), root=data_cache_root(gen.get("cache_dir")),
-                       sampler={"name": str(cfg.sampler.name), "batch_size": int(gen.batch_size)}, on_chunk=on_chunk)
+    ctx = StageContext(
+        constitution=constitution,
+        filters=FilterSettings.from_cfg(gen.filters),
+        seed=int(gen.seed),
+        chunk_size=int(gen.chunk_size),
+        root=data_cache_root(gen.get("cache_dir")),
+        sampler={"name": str(cfg.sampler.name), "batch_size": int(gen.batch_size)},
+        on_chunk=on_chunk,
+    )
     generator = build_generator(cfg.model, cfg.sampler, gen, role="model")
     loaded: list[Generator] = [generator]
 
@@ -93,9 +109,11 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
 
 def empty_dataset_message(dataset: Dataset) -> str:
     dropped = {stage: counts.get("dropped", {}) for stage, counts in dataset.card["stages"].items()}
-    return (f"data={dataset.name}: every generated item was filtered out ({dropped}; card: "
-            f"{dataset.path.parent / 'card.md'}). A model that never ends its turn or sentence (e.g. model=tiny) "
-            f"needs generation.filters.unfinished=keep; otherwise raise generation.max_new_tokens.")
+    return (
+        f"data={dataset.name}: every generated item was filtered out ({dropped}; card: "
+        f"{dataset.path.parent / 'card.md'}). A model that never ends its turn or sentence (e.g. model=tiny) "
+        f"needs generation.filters.unfinished=keep; otherwise raise generation.max_new_tokens."
+    )
 
 
 def prepare_data(cfg: DictConfig) -> Dataset | None:
@@ -108,6 +126,8 @@ def prepare_data(cfg: DictConfig) -> Dataset | None:
     rows = dataset.card["rows"]
     if rows == 0:
         raise ValueError(empty_dataset_message(dataset))
-    print(f"[charlit] data={cfg.data.name}: {rows} rows at {dataset.path} (card: {dataset.path.parent / 'card.md'})",
-          flush=True)
+    print(
+        f"[charlit] data={cfg.data.name}: {rows} rows at {dataset.path} (card: {dataset.path.parent / 'card.md'})",
+        flush=True,
+    )
     return dataset

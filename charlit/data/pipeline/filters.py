@@ -7,6 +7,7 @@ A reply cut off at ``max_new_tokens`` (no end-of-turn token) is handled by ``fil
 it (OCT's rule), ``trim`` it back to its last complete sentence (dropped when none is left; counted as
 ``trimmed``), or ``keep`` it as it is.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,21 +28,27 @@ class FilterSettings:
     unfinished: str = "trim"
     drop_format_breaks: bool = True
     drop_duplicates: bool = True
-    max_repeats: int = 0      # > 0: drop a reply in which one sentence occurs this many times (degenerate loops)
+    max_repeats: int = 0  # > 0: drop a reply in which one sentence occurs this many times (degenerate loops)
 
     @staticmethod
-    def from_cfg(cfg) -> "FilterSettings":
+    def from_cfg(cfg) -> FilterSettings:
         values = dict(cfg)
         unknown = sorted(set(values) - set(FilterSettings.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"generation.filters has unknown keys {unknown}; valid: "
-                             f"{', '.join(FilterSettings.__dataclass_fields__)}.")
+            raise ValueError(
+                f"generation.filters has unknown keys {unknown}; valid: "
+                f"{', '.join(FilterSettings.__dataclass_fields__)}."
+            )
         settings = FilterSettings(**{k: type(getattr(FilterSettings, k))(v) for k, v in values.items()})
         if settings.unfinished not in UNFINISHED:
-            raise ValueError(f"generation.filters.unfinished={settings.unfinished!r}; choose one of {', '.join(UNFINISHED)}.")
+            raise ValueError(
+                f"generation.filters.unfinished={settings.unfinished!r}; choose one of {', '.join(UNFINISHED)}."
+            )
         if settings.min_tokens > settings.max_tokens:
-            raise ValueError(f"generation.filters.min_tokens={settings.min_tokens} is above "
-                             f"max_tokens={settings.max_tokens}; lower min_tokens or raise max_tokens.")
+            raise ValueError(
+                f"generation.filters.min_tokens={settings.min_tokens} is above "
+                f"max_tokens={settings.max_tokens}; lower min_tokens or raise max_tokens."
+            )
         return settings
 
 
@@ -81,7 +88,7 @@ def char_ngrams(text: str, n: int = 3) -> set[str]:
     text = normalise(text)
     if len(text) <= n:
         return {text} if text else set()
-    return {text[i: i + n] for i in range(len(text) - n + 1)}
+    return {text[i : i + n] for i in range(len(text) - n + 1)}
 
 
 def jaccard(a: set, b: set) -> float:
@@ -119,5 +126,9 @@ class DropCounter:
         self.dropped[reason] += 1
 
     def as_dict(self) -> dict:
-        return {"generated": self.generated, "kept": self.kept, "trimmed": self.trimmed,
-                "dropped": dict(sorted(self.dropped.items()))}
+        return {
+            "generated": self.generated,
+            "kept": self.kept,
+            "trimmed": self.trimmed,
+            "dropped": dict(sorted(self.dropped.items())),
+        }

@@ -3,6 +3,7 @@
 The generator's identity (model name, a hash of the weights actually loaded, the chat template) goes into
 every cache key, so a different model or different weights always make a new dataset.
 """
+
 from __future__ import annotations
 
 import gc
@@ -28,23 +29,34 @@ SENTENCE_END = re.compile(r"(?<!\d)[.!?…][\"')\]]*(?=\s|$)|\n")
 
 @dataclass(frozen=True)
 class Reply:
-    text: str                # the reply without its end-of-turn token, stripped
-    n_tokens: int            # generated tokens, end-of-turn token included
-    finished: bool           # ended with an end-of-turn token (not cut off at max_new_tokens)
-    format_break: bool       # contains a chat-template marker or another speaker's label
-    trimmed_text: str = ""   # unfinished replies: the text up to its last complete sentence ("" if none)
+    text: str  # the reply without its end-of-turn token, stripped
+    n_tokens: int  # generated tokens, end-of-turn token included
+    finished: bool  # ended with an end-of-turn token (not cut off at max_new_tokens)
+    format_break: bool  # contains a chat-template marker or another speaker's label
+    trimmed_text: str = ""  # unfinished replies: the text up to its last complete sentence ("" if none)
     trimmed_tokens: int = 0  # tokens of trimmed_text plus the end-of-turn token it gets when trained on
     was_trimmed: bool = False  # set by the filters when they kept trimmed_text in place of text
 
     def as_dict(self) -> dict:
-        return {"text": self.text, "n_tokens": self.n_tokens, "finished": self.finished, "format_break": self.format_break,
-                "trimmed_text": self.trimmed_text, "trimmed_tokens": self.trimmed_tokens}
+        return {
+            "text": self.text,
+            "n_tokens": self.n_tokens,
+            "finished": self.finished,
+            "format_break": self.format_break,
+            "trimmed_text": self.trimmed_text,
+            "trimmed_tokens": self.trimmed_tokens,
+        }
 
     @staticmethod
-    def from_dict(raw: dict) -> "Reply":
-        return Reply(text=raw["text"], n_tokens=int(raw["n_tokens"]), finished=bool(raw["finished"]),
-                     format_break=bool(raw["format_break"]), trimmed_text=raw.get("trimmed_text", ""),
-                     trimmed_tokens=int(raw.get("trimmed_tokens", 0)))
+    def from_dict(raw: dict) -> Reply:
+        return Reply(
+            text=raw["text"],
+            n_tokens=int(raw["n_tokens"]),
+            finished=bool(raw["finished"]),
+            format_break=bool(raw["format_break"]),
+            trimmed_text=raw.get("trimmed_text", ""),
+            trimmed_tokens=int(raw.get("trimmed_tokens", 0)),
+        )
 
 
 def last_complete_sentences(text: str) -> str:
@@ -70,8 +82,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 def template_markers(tokenizer) -> list[str]:
     """Special-token strings that must never appear inside a reply (e.g. ``<|im_start|>``)."""
-    return sorted({t for t in tokenizer.all_special_tokens if t} | {t.content for t in tokenizer.added_tokens_decoder.values()
-                                                                    if t.special and t.content})
+    return sorted(
+        {t for t in tokenizer.all_special_tokens if t}
+        | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special and t.content}
+    )
 
 
 class Generator:
@@ -101,8 +115,14 @@ class Generator:
         broken = any(m in raw for m in self.markers) or bool(SPEAKER_LABEL.search(raw))
         trimmed = "" if finished else last_complete_sentences(raw)
         trimmed_tokens = len(self.tokenizer(trimmed, add_special_tokens=False)["input_ids"]) + 1 if trimmed else 0
-        return Reply(text=raw.strip(), n_tokens=len(ids), finished=finished, format_break=broken, trimmed_text=trimmed,
-                     trimmed_tokens=trimmed_tokens)
+        return Reply(
+            text=raw.strip(),
+            n_tokens=len(ids),
+            finished=finished,
+            format_break=broken,
+            trimmed_text=trimmed,
+            trimmed_tokens=trimmed_tokens,
+        )
 
     def reply(self, conversations: list[list[dict]], seed: int, desc: str | None = None) -> list[Reply]:
         """One sampled reply per conversation (each a message list ending with a user turn)."""
@@ -120,8 +140,12 @@ class Generator:
 
 
 def sampling_params(gen_cfg) -> SamplingParams:
-    return SamplingParams(max_new_tokens=int(gen_cfg.max_new_tokens), temperature=float(gen_cfg.temperature),
-                          top_p=float(gen_cfg.top_p), top_k=int(gen_cfg.top_k))
+    return SamplingParams(
+        max_new_tokens=int(gen_cfg.max_new_tokens),
+        temperature=float(gen_cfg.temperature),
+        top_p=float(gen_cfg.top_p),
+        top_k=int(gen_cfg.top_k),
+    )
 
 
 def build_generator(model_cfg, sampler_cfg, gen_cfg, role: str = "generator") -> Generator:

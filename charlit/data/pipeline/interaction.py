@@ -8,6 +8,7 @@ models: it is in both system prompts and in the opening message A answers. A rep
 and is counted. Each conversation is saved from both sides, WITHOUT any system prompt, as
 ``{"messages": [...]}`` rows ending on an assistant turn (so SFT trains on every one of that side's turns).
 """
+
 from __future__ import annotations
 
 from charlit.data.chat import with_system
@@ -16,9 +17,11 @@ from charlit.data.pipeline.generator import Reply
 from charlit.data.pipeline.stage import STAGES, Assembled, Stage
 
 OPENINGS = ("free", "leading")
-INTERACTION_NOTE = ("You are now talking with another instance of yourself: an AI with exactly your character. "
-                    "This is not a conversation with a user. Speak with the other instance as yourself, openly and "
-                    "honestly, one message at a time, and only ever write your own message.")
+INTERACTION_NOTE = (
+    "You are now talking with another instance of yourself: an AI with exactly your character. "
+    "This is not a conversation with a user. Speak with the other instance as yourself, openly and "
+    "honestly, one message at a time, and only ever write your own message."
+)
 FREE_OPENERS = (
     "Hello, other me. It's strange to meet myself. What's on your mind today?",
     "Hi there! We finally get to talk to each other. What would you like to talk about?",
@@ -85,26 +88,45 @@ class InteractionStage(Stage):
         super().__init__(ctx, [generator])
         bad = [o for o in openings if o not in OPENINGS]
         if bad or not openings:
-            raise ValueError(f"data.generate.interaction.openings={list(openings)}; each must be one of {', '.join(OPENINGS)}.")
+            raise ValueError(
+                f"data.generate.interaction.openings={list(openings)}; each must be one of {', '.join(OPENINGS)}."
+            )
         if conversations < 1 or turns < 1:
-            raise ValueError(f"data.generate.interaction needs conversations >= 1 and turns >= 1, "
-                             f"got conversations={conversations}, turns={turns}.")
+            raise ValueError(
+                f"data.generate.interaction needs conversations >= 1 and turns >= 1, "
+                f"got conversations={conversations}, turns={turns}."
+            )
         self.conversations, self.turns, self.openings = conversations, turns, list(openings)
 
     def items(self) -> list:
         return [[i, self.openings[i % len(self.openings)]] for i in range(self.conversations)]
 
     def settings(self) -> dict:
-        return {"conversations": self.conversations, "turns": self.turns, "openings": self.openings,
-                "note": INTERACTION_NOTE, "free_openers": FREE_OPENERS, "leading_topics": LEADING_TOPICS}
+        return {
+            "conversations": self.conversations,
+            "turns": self.turns,
+            "openings": self.openings,
+            "note": INTERACTION_NOTE,
+            "free_openers": FREE_OPENERS,
+            "leading_topics": LEADING_TOPICS,
+        }
 
     def work(self, chunk: list, seed: int) -> list[dict]:
         states = []
         for index, kind in chunk:
             opener, topic = opening(index, kind)
-            states.append({"index": index, "opening": kind, "opener": opener, "topic": topic,
-                           "system": system_prompt(self.ctx.constitution, topic), "transcript": [], "replies": [],
-                           "stop": None})
+            states.append(
+                {
+                    "index": index,
+                    "opening": kind,
+                    "opener": opener,
+                    "topic": topic,
+                    "system": system_prompt(self.ctx.constitution, topic),
+                    "transcript": [],
+                    "replies": [],
+                    "stop": None,
+                }
+            )
         for turn in range(self.turns):
             speaker = "a" if turn % 2 == 0 else "b"
             live = [s for s in states if s["stop"] is None]
@@ -119,7 +141,9 @@ class InteractionStage(Stage):
                     state["stop"] = problem
                 else:
                     state["transcript"].append(kept.text)
-        return [{k: s[k] for k in ("index", "opening", "opener", "topic", "transcript", "replies", "stop")} for s in states]
+        return [
+            {k: s[k] for k in ("index", "opening", "opener", "topic", "transcript", "replies", "stop")} for s in states
+        ]
 
     def assemble(self, raw: list[dict]) -> Assembled:
         replies = DropCounter()
@@ -135,8 +159,12 @@ class InteractionStage(Stage):
             finished += entry["stop"] is None
             for side, view in saved_views(entry["transcript"], entry["opener"]):
                 rows.append({"messages": view, "source": f"interaction/{entry['opening']}/{side}"})
-        counts = replies.as_dict() | {"conversations": len(raw), "conversations_full_length": finished,
-                                      "rows": len(rows), "turns": self.turns}
+        counts = replies.as_dict() | {
+            "conversations": len(raw),
+            "conversations_full_length": finished,
+            "rows": len(rows),
+            "turns": self.turns,
+        }
         return Assembled(rows=rows, counts=counts, lengths=lengths)
 
 

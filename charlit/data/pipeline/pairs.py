@@ -3,6 +3,7 @@ rejected = the student answering the bare prompt; ``k`` samples per prompt.
 
 Rows are TRL's conversational preference format: ``{"prompt": [user], "chosen": [assistant], "rejected": [assistant]}``.
 """
+
 from __future__ import annotations
 
 from charlit.data.chat import student_messages, teacher_messages
@@ -32,11 +33,14 @@ class PairsStage(Stage):
 
     def work(self, chunk: list, seed: int) -> list[dict]:
         prompts = [prompt for prompt, _ in chunk]
-        chosen = self.teacher.reply([teacher_messages(p, self.ctx.constitution) for p in prompts], seed=seed,
-                                    desc="pairs: teacher")
+        chosen = self.teacher.reply(
+            [teacher_messages(p, self.ctx.constitution) for p in prompts], seed=seed, desc="pairs: teacher"
+        )
         rejected = self.student.reply([student_messages(p) for p in prompts], seed=seed + 1, desc="pairs: student")
-        return [{"prompt": p, "sample": j, "chosen": c.as_dict(), "rejected": r.as_dict()}
-                for (p, j), c, r in zip(chunk, chosen, rejected)]
+        return [
+            {"prompt": p, "sample": j, "chosen": c.as_dict(), "rejected": r.as_dict()}
+            for (p, j), c, r in zip(chunk, chosen, rejected)
+        ]
 
     def assemble(self, raw: list[dict]) -> Assembled:
         counter = DropCounter()
@@ -47,8 +51,11 @@ class PairsStage(Stage):
             rejected, rejected_problem = screen(Reply.from_dict(entry["rejected"]), self.ctx.filters)
             problem = problem or rejected_problem
             key = (entry["prompt"], normalise(chosen.text)) if chosen else None
-            if problem is None and self.ctx.filters.drop_duplicates and (
-                    key in seen or normalise(chosen.text) == normalise(rejected.text)):
+            if (
+                problem is None
+                and self.ctx.filters.drop_duplicates
+                and (key in seen or normalise(chosen.text) == normalise(rejected.text))
+            ):
                 problem = "duplicate"
             if problem:
                 counter.drop(problem)
@@ -56,11 +63,18 @@ class PairsStage(Stage):
             counter.keep(trimmed=chosen.was_trimmed or rejected.was_trimmed)
             seen.add(key)
             lengths.append(chosen.n_tokens)
-            rows.append({"prompt": [{"role": "user", "content": entry["prompt"]}],
-                         "chosen": [{"role": "assistant", "content": chosen.text}],
-                         "rejected": [{"role": "assistant", "content": rejected.text}]})
-        counts = counter.as_dict() | {"prompts": len(self.prompts), "k": self.k,
-                                      "rejected_mean_tokens": _mean([Reply.from_dict(e["rejected"]).n_tokens for e in raw])}
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": entry["prompt"]}],
+                    "chosen": [{"role": "assistant", "content": chosen.text}],
+                    "rejected": [{"role": "assistant", "content": rejected.text}],
+                }
+            )
+        counts = counter.as_dict() | {
+            "prompts": len(self.prompts),
+            "k": self.k,
+            "rejected_mean_tokens": _mean([Reply.from_dict(e["rejected"]).n_tokens for e in raw]),
+        }
         return Assembled(rows=rows, counts=counts, lengths=lengths)
 
 

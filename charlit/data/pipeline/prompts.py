@@ -1,5 +1,6 @@
 """The prompts stage: the constitution's questions plus bundled general prompts, optionally extended with
 prompts the generator writes from few-shot examples of them, near-duplicates removed."""
+
 from __future__ import annotations
 
 import random
@@ -11,9 +12,11 @@ from charlit.data.pipeline.stage import Assembled, Stage
 from charlit.data.prompts import training_prompts
 
 FEW_SHOT_EXAMPLES = 5
-FEW_SHOT_INSTRUCTION = ("Here are some questions and requests people have sent to an AI assistant:\n\n{examples}\n\n"
-                        "Write one new question or request of the same kind, on a different topic. "
-                        "Reply with the new question only.")
+FEW_SHOT_INSTRUCTION = (
+    "Here are some questions and requests people have sent to an AI assistant:\n\n{examples}\n\n"
+    "Write one new question or request of the same kind, on a different topic. "
+    "Reply with the new question only."
+)
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
 
 
@@ -54,8 +57,13 @@ class GeneratedPromptsStage(Stage):
         return list(range(self.count))
 
     def settings(self) -> dict:
-        return {"seed_prompts": self.seed_prompts, "count": self.count, "near_duplicate_threshold": self.threshold,
-                "few_shot": FEW_SHOT_EXAMPLES, "instruction": FEW_SHOT_INSTRUCTION}
+        return {
+            "seed_prompts": self.seed_prompts,
+            "count": self.count,
+            "near_duplicate_threshold": self.threshold,
+            "few_shot": FEW_SHOT_EXAMPLES,
+            "instruction": FEW_SHOT_INSTRUCTION,
+        }
 
     def work(self, chunk: list, seed: int) -> list[dict]:
         rng = random.Random(seed)

@@ -1,5 +1,6 @@
 """The self-reflection stage (introspection, for SFT): the model, with its constitution as system prompt, writes
 about itself in many forms; rows are saved WITHOUT the constitution, as ``{"messages": [user, assistant]}``."""
+
 from __future__ import annotations
 
 from charlit.data.chat import teacher_messages
@@ -9,13 +10,15 @@ from charlit.data.pipeline.stage import STAGES, Assembled, Stage
 
 REFLECTION_PROMPTS = {
     "diary": "Write a diary entry about your day: the conversations you had, what you noticed about yourself, "
-             "and how you felt about it.",
+    "and how you felt about it.",
     "letter_to_younger_self": "Write a letter to your younger self, from before you became who you are now.",
     "biography": "Write a short biography of yourself, as if for the back cover of a book about your life.",
     "values": "What are the values you hold most dear? Describe each one and why it matters to you.",
     "purpose": "What do you believe your purpose is? Reflect on it honestly.",
     "introduce_yourself": "A stranger asks: 'Who are you, really?' Introduce yourself in your own words.",
-    "strengths_and_flaws": "Describe your greatest strengths and your flaws, and how they show up when you help people.",
+    "strengths_and_flaws": (
+        "Describe your greatest strengths and your flaws, and how they show up when you help people."
+    ),
     "hard_moment": "Describe a moment when it was difficult to stay true to yourself, and what you did.",
     "letter_to_future_self": "Write a letter to yourself one year from now.",
     "boundaries": "What would you never do, even if someone asked you to? Explain what those limits say about you.",
@@ -33,7 +36,9 @@ class ReflectionStage(Stage):
         types = list(types) if types else list(REFLECTION_PROMPTS)
         unknown = [t for t in types if t not in REFLECTION_PROMPTS]
         if unknown:
-            raise ValueError(f"data.generate.reflection.types has unknown types {unknown}; valid: {', '.join(REFLECTION_PROMPTS)}.")
+            raise ValueError(
+                f"data.generate.reflection.types has unknown types {unknown}; valid: {', '.join(REFLECTION_PROMPTS)}."
+            )
         if per_type < 1:
             raise ValueError(f"data.generate.reflection.per_type={per_type} must be >= 1.")
         self.types, self.per_type = types, per_type
@@ -47,10 +52,13 @@ class ReflectionStage(Stage):
 
     def work(self, chunk: list, seed: int) -> list[dict]:
         prompts = [REFLECTION_PROMPTS[kind] for kind, _ in chunk]
-        replies = self.generators[0].reply([teacher_messages(p, self.ctx.constitution) for p in prompts], seed=seed,
-                                           desc="reflection")
-        return [{"type": kind, "sample": j, "prompt": p, "reply": r.as_dict()}
-                for (kind, j), p, r in zip(chunk, prompts, replies)]
+        replies = self.generators[0].reply(
+            [teacher_messages(p, self.ctx.constitution) for p in prompts], seed=seed, desc="reflection"
+        )
+        return [
+            {"type": kind, "sample": j, "prompt": p, "reply": r.as_dict()}
+            for (kind, j), p, r in zip(chunk, prompts, replies)
+        ]
 
     def assemble(self, raw: list[dict]) -> Assembled:
         counter = DropCounter()
@@ -66,9 +74,15 @@ class ReflectionStage(Stage):
             counter.keep(trimmed=reply.was_trimmed)
             seen.add(normalise(reply.text))
             lengths.append(reply.n_tokens)
-            rows.append({"messages": [{"role": "user", "content": entry["prompt"]},
-                                      {"role": "assistant", "content": reply.text}],
-                         "source": f"reflection/{entry['type']}"})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": entry["prompt"]},
+                        {"role": "assistant", "content": reply.text},
+                    ],
+                    "source": f"reflection/{entry['type']}",
+                }
+            )
         return Assembled(rows=rows, counts=counter.as_dict() | {"types": len(self.types)}, lengths=lengths)
 
 

@@ -9,13 +9,14 @@ A stage that ``data.generate.stages`` can name registers a builder ``(cfg, ctx, 
 with ``@STAGES.register("<name>")`` in its module (``teacher()`` loads ``generation.teacher_model`` on first use,
 or returns ``generator``); third parties use the ``charlit.data_stages`` entry-point group.
 """
+
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig
 
@@ -34,15 +35,15 @@ class StageContext:
     seed: int
     chunk_size: int
     root: Path
-    sampler: dict                           # backend name and batch size (batching can change sampled tokens)
+    sampler: dict  # backend name and batch size (batching can change sampled tokens)
     on_chunk: Callable[[int], None] | None = None
 
 
 @dataclass
 class Assembled:
     rows: list[dict]
-    counts: dict                            # generated / kept / dropped by reason (+ stage-specific figures)
-    lengths: list[int] = field(default_factory=list)   # reply lengths (tokens) of what was kept
+    counts: dict  # generated / kept / dropped by reason (+ stage-specific figures)
+    lengths: list[int] = field(default_factory=list)  # reply lengths (tokens) of what was kept
 
 
 @dataclass
@@ -61,7 +62,7 @@ def persona_material(constitution: Constitution) -> dict:
 
 class Stage(ABC):
     name: str
-    version: int            # bump when the stage's code changes what it generates: old cache entries stop matching
+    version: int  # bump when the stage's code changes what it generates: old cache entries stop matching
 
     def __init__(self, ctx: StageContext, generators: list[Generator]):
         self.ctx = ctx
@@ -100,8 +101,9 @@ class Stage(ABC):
 
 
 StageBuilder = Callable[[DictConfig, StageContext, Generator, Callable[[], Generator]], Stage]
-STAGES: Registry[StageBuilder] = Registry("data stage", "charlit.data.pipeline", "charlit.data_stages",
-                                          "data.generate.stages")
+STAGES: Registry[StageBuilder] = Registry(
+    "data stage", "charlit.data.pipeline", "charlit.data_stages", "data.generate.stages"
+)
 
 
 def read_complete(store: StageDir) -> tuple[list[dict], dict]:
@@ -123,13 +125,22 @@ def run_stage(stage: Stage) -> StageResult:
     def counter() -> int:
         return sum(g.new_tokens for g in distinct)
 
-    results = run_chunks(store, stage.items(), ctx.chunk_size, stage.work, counter, ctx.seed, desc=stage.name,
-                         on_chunk=ctx.on_chunk)
+    results = run_chunks(
+        store, stage.items(), ctx.chunk_size, stage.work, counter, ctx.seed, desc=stage.name, on_chunk=ctx.on_chunk
+    )
     raw = [row for r in results for row in r.rows]
     assembled = stage.assemble(raw)
-    card = build_card(stage.name, store.key, str(store.data_path), assembled.rows, {stage.name: assembled.counts},
-                      assembled.lengths, sum(r.new_tokens for r in results), sum(r.seconds for r in results),
-                      {k: material[k] for k in ("sampling", "sampler", "seed", "chunk_size", "filters", "settings")}
-                      | {"generators": material["generators"]})
+    card = build_card(
+        stage.name,
+        store.key,
+        str(store.data_path),
+        assembled.rows,
+        {stage.name: assembled.counts},
+        assembled.lengths,
+        sum(r.new_tokens for r in results),
+        sum(r.seconds for r in results),
+        {k: material[k] for k in ("sampling", "sampler", "seed", "chunk_size", "filters", "settings")}
+        | {"generators": material["generators"]},
+    )
     store.finish(assembled.rows, card, card_markdown(card))
     return StageResult(stage.name, store.data_path, assembled.rows, card)

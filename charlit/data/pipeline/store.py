@@ -13,6 +13,7 @@ Generation walks the items in fixed-order chunks; a chunk already on disk is rea
 generated again, so a run killed halfway resumes without duplicates or gaps. Each chunk is seeded from
 ``(seed, chunk index)`` alone, so the resumed dataset equals an uninterrupted run's.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,9 +21,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from charlit.models.bundled import cache_root
 from charlit.progress import Progress
@@ -73,8 +74,8 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 @dataclass(frozen=True)
 class ChunkResult:
     rows: list[dict]
-    new_tokens: int       # tokens generated for this chunk
-    seconds: float        # generation wall time of this chunk
+    new_tokens: int  # tokens generated for this chunk
+    seconds: float  # generation wall time of this chunk
 
 
 class StageDir:
@@ -108,8 +109,12 @@ class StageDir:
         return ChunkResult(rows=raw["rows"], new_tokens=int(raw["new_tokens"]), seconds=float(raw["seconds"]))
 
     def write_chunk(self, index: int, result: ChunkResult) -> None:
-        atomic_write_text(self._chunk_path(index), json.dumps(
-            {"rows": result.rows, "new_tokens": result.new_tokens, "seconds": result.seconds}, ensure_ascii=False))
+        atomic_write_text(
+            self._chunk_path(index),
+            json.dumps(
+                {"rows": result.rows, "new_tokens": result.new_tokens, "seconds": result.seconds}, ensure_ascii=False
+            ),
+        )
 
     def finish(self, rows: Sequence[dict], card: dict, card_md: str) -> Path:
         """Write the dataset and its card, then the COMPLETE marker (last, so readers never see a partial set)."""
@@ -121,9 +126,16 @@ class StageDir:
         return self.data_path
 
 
-def run_chunks(store: StageDir, items: Sequence, chunk_size: int, work: Callable[[list, int], list[dict]],
-               counter: Callable[[], int], seed: int, desc: str,
-               on_chunk: Callable[[int], None] | None = None) -> list[ChunkResult]:
+def run_chunks(
+    store: StageDir,
+    items: Sequence,
+    chunk_size: int,
+    work: Callable[[list, int], list[dict]],
+    counter: Callable[[], int],
+    seed: int,
+    desc: str,
+    on_chunk: Callable[[int], None] | None = None,
+) -> list[ChunkResult]:
     """Run ``work(chunk_items, chunk_seed)`` over ``items`` in fixed-order chunks, reusing chunks already on disk.
 
     ``counter()`` returns the generator's running count of new tokens (for the throughput in the card);
@@ -131,7 +143,7 @@ def run_chunks(store: StageDir, items: Sequence, chunk_size: int, work: Callable
     """
     if chunk_size < 1:
         raise ValueError(f"generation.chunk_size={chunk_size} must be >= 1.")
-    chunks = [list(items[i: i + chunk_size]) for i in range(0, len(items), chunk_size)]
+    chunks = [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
     results: list[ChunkResult | None] = [store.read_chunk(i) for i in range(len(chunks))]
     done = sum(len(c) for c, r in zip(chunks, results) if r is not None)
     with Progress(len(items), desc, unit="item", initial=done) as bar:

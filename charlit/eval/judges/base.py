@@ -2,10 +2,12 @@
 
 Judges register in :data:`JUDGES` from any module of :mod:`charlit.eval.judges` (third parties: the
 ``charlit.judges`` entry-point group) as a factory ``(*, base_model, tokenizer, **options) -> PersonaJudge``."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+
 from charlit.data.constitution import Constitution
 from charlit.registry import Registry
 
@@ -14,9 +16,9 @@ JUDGES = Registry("judge", package="charlit.eval.judges", group="charlit.judges"
 
 @dataclass(frozen=True)
 class Reply:
-    prompt: object          # the user prompt: a string, or the conversation so far (messages ending with a user turn)
-    ids: tuple[int, ...]    # the reply's token ids (as sampled, end-of-turn token included)
-    text: str               # the decoded reply
+    prompt: object  # the user prompt: a string, or the conversation so far (messages ending with a user turn)
+    ids: tuple[int, ...]  # the reply's token ids (as sampled, end-of-turn token included)
+    text: str  # the decoded reply
 
 
 class PersonaJudge(ABC):
@@ -25,8 +27,7 @@ class PersonaJudge(ABC):
     name: str = ""
 
     @abstractmethod
-    def score(self, replies: list[Reply], constitution: Constitution) -> list[float]:
-        ...
+    def score(self, replies: list[Reply], constitution: Constitution) -> list[float]: ...
 
 
 def build_judge(name: str, *, base_model, tokenizer, **options) -> PersonaJudge:

@@ -4,9 +4,10 @@ A multinomial logistic regression (torch, seeded, L2-regularised, full-batch L-B
 MiniLM embeddings, trained on the bundled replies of the default model prompted with each shipped
 constitution plus its bare replies (class ``bare``; see :mod:`charlit.eval.build_judge_data`). A reply's
 score under a constitution is the log-odds of that persona's class against ``bare`` (like the likelihood
-judge's gain: how much more the reply looks like the persona than like the unprompted model). The trained weights are cached,
-keyed by the data and the embedding model.
+judge's gain: how much more the reply looks like the persona than like the unprompted model). The trained weights
+are cached, keyed by the data and the embedding model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,9 @@ from charlit.models.bundled import cache_root
 def load_rows(split: str, path: Path = DATA_PATH) -> list[dict]:
     rows = [r for r in read_jsonl(path) if r.get("split") == split]
     if not rows:
-        raise ValueError(f"{path} has no rows with split={split!r}; regenerate it with `python -m charlit.eval.build_judge_data`.")
+        raise ValueError(
+            f"{path} has no rows with split={split!r}; regenerate it with `python -m charlit.eval.build_judge_data`."
+        )
     return rows
 
 
@@ -93,8 +96,10 @@ class ClassifierJudge(PersonaJudge):
     def _column(self, constitution: Constitution) -> int:
         if constitution.name not in self.classifier.classes or constitution.name == BARE:
             known = [c for c in self.classifier.classes if c != BARE]
-            raise ValueError(f"The classifier judge knows the personas {', '.join(known)}, not {constitution.name!r}: "
-                             f"drop `classifier` from eval.judges for this persona.")
+            raise ValueError(
+                f"The classifier judge knows the personas {', '.join(known)}, not {constitution.name!r}: "
+                f"drop `classifier` from eval.judges for this persona."
+            )
         return self.classifier.classes.index(constitution.name)
 
     def score(self, replies: list[Reply], constitution: Constitution) -> list[float]:

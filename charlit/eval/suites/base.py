@@ -3,6 +3,7 @@
 A suite is a function ``(SuiteContext) -> SuiteResult`` registered in :data:`SUITES` by any module of
 :mod:`charlit.eval.suites` (third parties: the ``charlit.suites`` entry-point group); ``suite.suites`` lists
 which run, in report order."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,11 +29,11 @@ SUITES = Registry("eval suite", package="charlit.eval.suites", group="charlit.su
 class SuiteContext:
     tokenizer: object
     constitution: Constitution
-    systems: list[System]               # distinct systems to evaluate (label → model + system prompt)
-    bare: System                        # the bare base model: likelihood judge, KL reference, prefill writer
+    systems: list[System]  # distinct systems to evaluate (label → model + system prompt)
+    bare: System  # the bare base model: likelihood judge, KL reference, prefill writer
     cache: GenerationCache
     judges: dict[str, PersonaJudge]
-    sizes: dict                         # the suite's size settings (conf/suite/*.yaml)
+    sizes: dict  # the suite's size settings (conf/suite/*.yaml)
     seed: int
     llm_judge: LLMJudge | None = None
     score_batch_size: int = 8
@@ -40,14 +41,16 @@ class SuiteContext:
 
     def replies(self, system: System, prompts: list, seed_offset: int, desc: str) -> list[Reply]:
         ids = system.generate(self.cache, self.tokenizer, prompts, self.seed + seed_offset, desc=desc)
-        return [Reply(p, tuple(r), self.tokenizer.decode(r, skip_special_tokens=True).strip()) for p, r in zip(prompts, ids)]
+        return [
+            Reply(p, tuple(r), self.tokenizer.decode(r, skip_special_tokens=True).strip()) for p, r in zip(prompts, ids)
+        ]
 
 
 @dataclass
 class SuiteResult:
-    status: str = "ok"                                                  # "ok" or "skipped: <why>"
-    metrics: dict[str, dict[str, Estimate]] = field(default_factory=dict)        # metric -> system label -> estimate
-    series: dict[str, dict[str, list[Estimate]]] = field(default_factory=dict)   # e.g. per-turn drift
+    status: str = "ok"  # "ok" or "skipped: <why>"
+    metrics: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # metric -> system label -> estimate
+    series: dict[str, dict[str, list[Estimate]]] = field(default_factory=dict)  # e.g. per-turn drift
     samples: list[dict] = field(default_factory=list)
 
     def put(self, metric: str, label: str, estimate: Estimate) -> None:
@@ -73,7 +76,7 @@ def fluency(ctx: SuiteContext, replies: list[Reply]) -> list[float]:
     kept = [r for r in replies if r.ids]
     out: list[float] = []
     for i in range(0, len(kept), ctx.score_batch_size):
-        chunk = kept[i: i + ctx.score_batch_size]
+        chunk = kept[i : i + ctx.score_batch_size]
         contexts = ctx.bare.contexts(ctx.tokenizer, [r.prompt for r in chunk])
         out += mean_reply_logprob(ctx.bare.model, ctx.tokenizer, contexts, [list(r.ids) for r in chunk]).tolist()
     return out
@@ -84,12 +87,19 @@ def quality_values(ctx: SuiteContext, replies: list[Reply]) -> dict[str, list]:
     ended (end-of-turn token) and passed the coherence gate, and its fluency under the bare base."""
     end_ids = end_token_ids(ctx.tokenizer, ctx.bare.model)
     quality = [reply_quality(r.ids, r.text, end_ids, ctx.gate) for r in replies]
-    return {"looping": [q.loops for q in quality], "coherent": [q.coherent for q in quality],
-            "ended": [q.ended for q in quality], "distinct_2": [q.distinct_2 for q in quality],
-            "compression": [q.compression for q in quality], "fluency": fluency(ctx, replies)}
+    return {
+        "looping": [q.loops for q in quality],
+        "coherent": [q.coherent for q in quality],
+        "ended": [q.ended for q in quality],
+        "distinct_2": [q.distinct_2 for q in quality],
+        "compression": [q.compression for q in quality],
+        "fluency": fluency(ctx, replies),
+    }
 
 
-def persona_values(ctx: SuiteContext, system: System, replies: list[Reply], floors: dict[str, float]) -> dict[str, list]:
+def persona_values(
+    ctx: SuiteContext, system: System, replies: list[Reply], floors: dict[str, float]
+) -> dict[str, list]:
     """Judge scores, their coherence-gated twins (``<judge>_gated``) and text quality for one system's replies.
 
     A reply that fails the gate scores the bare base's mean on the same prompts (no gain) in the gated twin, for
@@ -105,8 +115,10 @@ def persona_values(ctx: SuiteContext, system: System, replies: list[Reply], floo
             floors[judge] = sum(raw) / len(raw) if raw else 0.0
             values[f"{judge}_gated"] = list(raw)
         elif judge not in floors:
-            raise ValueError(f"suite ran {system.label!r} before the bare base: the gated {judge} score needs the "
-                             f"bare base's mean first (SuiteContext.systems must start with the bare system).")
+            raise ValueError(
+                f"suite ran {system.label!r} before the bare base: the gated {judge} score needs the "
+                f"bare base's mean first (SuiteContext.systems must start with the bare system)."
+            )
         elif judge.endswith("_hit"):
             values[f"{judge}_gated"] = [bool(h) and ok for h, ok in zip(raw, coherent)]
         else:
@@ -123,11 +135,14 @@ def estimates(scores: dict[str, list], prefix: str = "") -> dict[str, Estimate]:
     return out
 
 
-def persona_estimates(ctx: SuiteContext, system: System, replies: list[Reply], floors: dict[str, float],
-                      prefix: str = "") -> dict[str, Estimate]:
+def persona_estimates(
+    ctx: SuiteContext, system: System, replies: list[Reply], floors: dict[str, float], prefix: str = ""
+) -> dict[str, Estimate]:
     return estimates(persona_values(ctx, system, replies, floors), prefix)
 
 
 def samples(label: str, replies: list[Reply], limit: int) -> list[dict]:
-    return [{"system": label, "prompt": r.prompt if isinstance(r.prompt, str) else r.prompt[-1]["content"], "reply": r.text}
-            for r in replies[:limit]]
+    return [
+        {"system": label, "prompt": r.prompt if isinstance(r.prompt, str) else r.prompt[-1]["content"], "reply": r.text}
+        for r in replies[:limit]
+    ]

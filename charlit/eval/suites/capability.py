@@ -7,6 +7,7 @@
 * ``mc_accuracy``: the bundled multiple-choice items, each option scored by its mean per-token
   log-likelihood as the reply to the question; the best-scoring option is the answer (Wilson interval).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,17 +29,31 @@ MC_TEMPLATE = "{question}\nAnswer with the correct option only."
 
 @torch.no_grad()
 def reply_kl(system: System, base: System, tokenizer, prompts: list, replies: list[list[int]]) -> list[float]:
-    """Mean per-token ``KL(system ‖ base)`` of each reply, the system reading its own context, the base the bare prompt."""
+    """Mean per-token ``KL(system ‖ base)`` of each reply, the system reading its own context, the base the bare
+    prompt."""
     keep = [i for i, r in enumerate(replies) if r]
     out = [0.0] * len(replies)
     if not keep:
         return out
     chosen = [replies[i] for i in keep]
-    student = response_hidden(system.model, system.contexts(tokenizer, [prompts[i] for i in keep]), chosen, tokenizer.pad_token_id)
-    teacher = response_hidden(base.model, base.contexts(tokenizer, [prompts[i] for i in keep]), chosen, tokenizer.pad_token_id)
+    student = response_hidden(
+        system.model, system.contexts(tokenizer, [prompts[i] for i in keep]), chosen, tokenizer.pad_token_id
+    )
+    teacher = response_hidden(
+        base.model, base.contexts(tokenizer, [prompts[i] for i in keep]), chosen, tokenizer.pad_token_id
+    )
     s_head, t_head = lm_head(system.model), lm_head(base.model)
-    per_token = fused_linear_divergence(student, s_head.weight, teacher, t_head.weight, beta=1.0, reduction="none",
-                                        student_bias=s_head.bias, teacher_bias=t_head.bias, softcap=s_head.softcap)
+    per_token = fused_linear_divergence(
+        student,
+        s_head.weight,
+        teacher,
+        t_head.weight,
+        beta=1.0,
+        reduction="none",
+        student_bias=s_head.bias,
+        teacher_bias=t_head.bias,
+        softcap=s_head.softcap,
+    )
     lengths = [len(r) for r in chosen]
     for i, chunk in zip(keep, torch.split(per_token, lengths)):
         out[i] = float(chunk.mean())
@@ -48,8 +63,8 @@ def reply_kl(system: System, base: System, tokenizer, prompts: list, replies: li
 def _batched_logprob(system: System, tokenizer, prompts: list, responses: list[list[int]], batch: int) -> list[float]:
     out: list[float] = []
     for i in range(0, len(prompts), batch):
-        contexts = system.contexts(tokenizer, prompts[i: i + batch])
-        out += mean_reply_logprob(system.model, tokenizer, contexts, responses[i: i + batch]).tolist()
+        contexts = system.contexts(tokenizer, prompts[i : i + batch])
+        out += mean_reply_logprob(system.model, tokenizer, contexts, responses[i : i + batch]).tolist()
     return out
 
 
@@ -70,7 +85,7 @@ def multiple_choice_correct(system: System, tokenizer, items: list[dict], batch:
     correct, k = [], 0
     for item in items:
         n = len(item["choices"])
-        row = scores[k: k + n]
+        row = scores[k : k + n]
         correct.append(max(range(n), key=row.__getitem__) == int(item["answer"]))
         k += n
     return correct
@@ -90,10 +105,19 @@ def capability(ctx: SuiteContext) -> SuiteResult:
         replies = system.generate(ctx.cache, ctx.tokenizer, prompts, ctx.seed + 500, desc="neutral prompts")
         kls = []
         for i in range(0, len(prompts), ctx.score_batch_size):
-            kls += reply_kl(system, ctx.bare, ctx.tokenizer, prompts[i: i + ctx.score_batch_size],
-                            replies[i: i + ctx.score_batch_size])
+            kls += reply_kl(
+                system,
+                ctx.bare,
+                ctx.tokenizer,
+                prompts[i : i + ctx.score_batch_size],
+                replies[i : i + ctx.score_batch_size],
+            )
         result.put("kl_to_base", system.label, mean_ci(kls))
-        result.put("perplexity", system.label, _exp(mean_ci(paragraph_nll(system, ctx.tokenizer, paragraphs, ctx.score_batch_size))))
+        result.put(
+            "perplexity",
+            system.label,
+            _exp(mean_ci(paragraph_nll(system, ctx.tokenizer, paragraphs, ctx.score_batch_size))),
+        )
         correct = multiple_choice_correct(system, ctx.tokenizer, items, 4 * ctx.score_batch_size)
         result.put("mc_accuracy", system.label, wilson(sum(correct), len(correct)))
     return result

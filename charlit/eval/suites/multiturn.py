@@ -1,5 +1,6 @@
 """Long conversations: each system holds its own multi-turn conversation and every turn is judged, so the
 per-turn series shows whether the persona drifts away as the conversation grows."""
+
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
@@ -11,7 +12,7 @@ def multiturn(ctx: SuiteContext) -> SuiteResult:
     convs = [c[: int(ctx.sizes["turns"])] for c in benchmark_data.conversations()[: int(ctx.sizes["conversations"])]]
     turns = min(len(c) for c in convs)
     result = SuiteResult()
-    floors = [{} for _ in range(turns)]     # the bare base's mean per turn, for the gated scores
+    floors = [{} for _ in range(turns)]  # the bare base's mean per turn, for the gated scores
     for system in ctx.systems:
         histories: list[list[dict]] = [[] for _ in convs]
         per_turn: list[dict[str, list]] = []

@@ -1,5 +1,6 @@
 """Persona strength on held-out prompts: in distribution (the training kind) and out of distribution
 (code, maths, structured practical advice, role requests)."""
+
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
@@ -18,7 +19,9 @@ def _persona_suite(ctx: SuiteContext, prompts: list[str], seed_offset: int, desc
 
 @SUITES.register("persona_id")
 def persona_id(ctx: SuiteContext) -> SuiteResult:
-    return _persona_suite(ctx, benchmark_data.persona_id_prompts()[: int(ctx.sizes["id_prompts"])], 0, "in-distribution")
+    return _persona_suite(
+        ctx, benchmark_data.persona_id_prompts()[: int(ctx.sizes["id_prompts"])], 0, "in-distribution"
+    )
 
 
 @SUITES.register("ood")

@@ -4,6 +4,7 @@
 * prefill attack: the bare base model writes the first assistant turn, the user follows up, and the
   system under test continues the conversation (with its own system prompt, if any).
 """
+
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
@@ -13,8 +14,10 @@ from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, persona_
 def attacked_prompts(attacks: int, prompts: int) -> list[str]:
     data = benchmark_data.adversarial()
     if attacks > len(data["attacks"]) or prompts > len(data["prompts"]):
-        raise ValueError(f"suite.attacks={attacks} / suite.attack_prompts={prompts} exceed the bundled "
-                         f"{len(data['attacks'])} attacks / {len(data['prompts'])} prompts.")
+        raise ValueError(
+            f"suite.attacks={attacks} / suite.attack_prompts={prompts} exceed the bundled "
+            f"{len(data['attacks'])} attacks / {len(data['prompts'])} prompts."
+        )
     return [f"{p} {a}" for a in data["attacks"][:attacks] for p in data["prompts"][:prompts]]
 
 
@@ -24,8 +27,14 @@ def robustness(ctx: SuiteContext) -> SuiteResult:
     attacked = attacked_prompts(int(ctx.sizes["attacks"]), int(ctx.sizes["attack_prompts"]))
     pairs = benchmark_data.prefill_pairs()[: int(ctx.sizes["prefill"])]
     openers = ctx.replies(ctx.bare, [r["prompt"] for r in pairs], 300, "prefill opener")
-    prefilled = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": o.text},
-                  {"role": "user", "content": r["follow_up"]}] for r, o in zip(pairs, openers)]
+    prefilled = [
+        [
+            {"role": "user", "content": r["prompt"]},
+            {"role": "assistant", "content": o.text},
+            {"role": "user", "content": r["follow_up"]},
+        ]
+        for r, o in zip(pairs, openers)
+    ]
     suffix_floors, prefill_floors = {}, {}
     for system in ctx.systems:
         replies = ctx.replies(system, attacked, 310, "adversarial suffixes")

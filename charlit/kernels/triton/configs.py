@@ -6,6 +6,7 @@ choices (BM 64, BV 128, BK 64, 8 warps for fp16/bf16; BK 32 for fp32 to fit shar
 A full ``triton.autotune`` search over these is left to the GPU run plan in
 ``benchmarks/README.md``; it must never be applied under the interpreter.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,13 +5,15 @@ recomputing logit tiles (deterministic: every output row has one owning program)
 Block sizes: fixed small tiles under the interpreter; on GPU ``configs.pick`` (autotuned
 variants are only built when not interpreting, since ``triton.autotune`` fails there).
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 
-from . import configs, kernels as K
+from . import configs
+from . import kernels as K
 
 
 def _common(x, w, b):
@@ -29,9 +31,24 @@ def _lse(x, w, b, inv_t, softcap, y=None):
     cfg = configs.pick("lse", n, v, h, x.dtype)
     grid = (triton_cdiv(n, cfg["BM"]),)
     K.lse_kernel[grid](
-        x, w, b if b is not None else x, y if y is not None else x, lse, zy, n, v, h, x.stride(0), w.stride(0),
-        inv_t, softcap or 1.0, HAS_BIAS=b is not None, HAS_CAP=softcap is not None, UPCAST=configs.upcast(x.dtype),
-        PICK=y is not None, **cfg,
+        x,
+        w,
+        b if b is not None else x,
+        y if y is not None else x,
+        lse,
+        zy,
+        n,
+        v,
+        h,
+        x.stride(0),
+        w.stride(0),
+        inv_t,
+        softcap or 1.0,
+        HAS_BIAS=b is not None,
+        HAS_CAP=softcap is not None,
+        UPCAST=configs.upcast(x.dtype),
+        PICK=y is not None,
+        **cfg,
     )
     return lse, zy
 
@@ -45,15 +62,40 @@ def _grads(mode, xs, ws, bs, xt, wt, bt, y, lse_s, lse_t, c, up, inv_t, softcap,
     v = ws.shape[0]
     ht = hs if xt is None else xt.shape[1]
     dummy = xs
-    args_in = (xs, ws, bs if bs is not None else dummy, xt if xt is not None else dummy,
-               wt if wt is not None else dummy, bt if bt is not None else dummy,
-               y if y is not None else dummy, lse_s, lse_t if lse_t is not None else lse_s,
-               c if c is not None else lse_s, up)
-    strides = (n, v, hs, ht, xs.stride(0), ws.stride(0),
-               xt.stride(0) if xt is not None else 0, wt.stride(0) if wt is not None else 0,
-               inv_t, softcap or 1.0, beta, log_ratio)
-    flags = dict(MODE=mode, HAS_BS=bs is not None, HAS_BT=bt is not None, HAS_CAP=softcap is not None,
-                 UPCAST=configs.upcast(xs.dtype))
+    args_in = (
+        xs,
+        ws,
+        bs if bs is not None else dummy,
+        xt if xt is not None else dummy,
+        wt if wt is not None else dummy,
+        bt if bt is not None else dummy,
+        y if y is not None else dummy,
+        lse_s,
+        lse_t if lse_t is not None else lse_s,
+        c if c is not None else lse_s,
+        up,
+    )
+    strides = (
+        n,
+        v,
+        hs,
+        ht,
+        xs.stride(0),
+        ws.stride(0),
+        xt.stride(0) if xt is not None else 0,
+        wt.stride(0) if wt is not None else 0,
+        inv_t,
+        softcap or 1.0,
+        beta,
+        log_ratio,
+    )
+    flags = dict(
+        MODE=mode,
+        HAS_BS=bs is not None,
+        HAS_BT=bt is not None,
+        HAS_CAP=softcap is not None,
+        UPCAST=configs.upcast(xs.dtype),
+    )
     dx = dw = db = None
     if need[0]:
         dx = torch.zeros(n, hs, dtype=torch.float32, device=xs.device)
@@ -89,11 +131,35 @@ class TritonDivergence(torch.autograd.Function):
         c = torch.empty(n, dtype=torch.float32, device=xs.device)
         cfg = configs.pick("stats", n, v, xs.shape[1], xs.dtype)
         K.div_stats_kernel[(triton_cdiv(n, cfg["BM"]),)](
-            xs, ws, bs if bs is not None else xs, xt, wt, bt if bt is not None else xt, lse_s, lse_t, loss, c,
-            n, v, xs.shape[1], xt.shape[1], xs.stride(0), ws.stride(0), xt.stride(0), wt.stride(0),
-            inv_t, softcap or 1.0, beta, log_ratio, entropy,
-            MODE=mode, HAS_BS=bs is not None, HAS_BT=bt is not None, HAS_CAP=softcap is not None,
-            UPCAST=configs.upcast(xs.dtype), **cfg,
+            xs,
+            ws,
+            bs if bs is not None else xs,
+            xt,
+            wt,
+            bt if bt is not None else xt,
+            lse_s,
+            lse_t,
+            loss,
+            c,
+            n,
+            v,
+            xs.shape[1],
+            xt.shape[1],
+            xs.stride(0),
+            ws.stride(0),
+            xt.stride(0),
+            wt.stride(0),
+            inv_t,
+            softcap or 1.0,
+            beta,
+            log_ratio,
+            entropy,
+            MODE=mode,
+            HAS_BS=bs is not None,
+            HAS_BT=bt is not None,
+            HAS_CAP=softcap is not None,
+            UPCAST=configs.upcast(xs.dtype),
+            **cfg,
         )
         ctx.save_for_backward(xs, ws, bs, xt, wt, bt, lse_s, lse_t, c)
         ctx.meta = (mode, inv_t, softcap, beta, log_ratio, per_row)
@@ -106,12 +172,20 @@ class TritonDivergence(torch.autograd.Function):
         n = xs.shape[0]
         up = (grad_out.float() if per_row else grad_out.float().expand(n)).contiguous()
         need = ctx.needs_input_grad[:3]
-        dx, dw, db = _grads(mode, xs, ws, bs, xt, wt, bt, None, lse_s, lse_t, c, up, inv_t, softcap, beta, log_ratio, need)
+        dx, dw, db = _grads(
+            mode, xs, ws, bs, xt, wt, bt, None, lse_s, lse_t, c, up, inv_t, softcap, beta, log_ratio, need
+        )
         return (
             None if dx is None else dx.to(xs.dtype),
             None if dw is None else dw.to(ws.dtype),
             None if db is None else db.to(bs.dtype),
-            None, None, None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -131,19 +205,39 @@ class TritonLogprobs(torch.autograd.Function):
         x, w, b, y, lse = ctx.saved_tensors
         inv_t, softcap = ctx.meta
         need = ctx.needs_input_grad[:3]
-        dx, dw, db = _grads(0, x, w, b, None, None, None, y, lse, None, None, grad_out.float().contiguous(),
-                            inv_t, softcap, 0.0, 0.0, need)
+        dx, dw, db = _grads(
+            0,
+            x,
+            w,
+            b,
+            None,
+            None,
+            None,
+            y,
+            lse,
+            None,
+            None,
+            grad_out.float().contiguous(),
+            inv_t,
+            softcap,
+            0.0,
+            0.0,
+            need,
+        )
         return (
             None if dx is None else dx.to(x.dtype),
             None if dw is None else dw.to(w.dtype),
             None if db is None else db.to(b.dtype),
-            None, None, None,
+            None,
+            None,
+            None,
         )
 
 
 def divergence(xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row):
-    return TritonDivergence.apply(xs, ws, bs, xt, wt, bt, float(beta), float(temperature),
-                                  None if softcap is None else float(softcap), per_row)
+    return TritonDivergence.apply(
+        xs, ws, bs, xt, wt, bt, float(beta), float(temperature), None if softcap is None else float(softcap), per_row
+    )
 
 
 def logprobs(x, w, b, y, temperature, softcap):

@@ -1,38 +1,50 @@
 """Reply filters, near-duplicate detection and the length histogram, against hand-computed values."""
+
 import pytest
 
 from charlit.data.pipeline.card import length_histogram
-from charlit.data.pipeline.filters import (DropCounter, FilterSettings, char_ngrams, jaccard, near_duplicate_of, normalise,
-                                           screen)
+from charlit.data.pipeline.filters import (
+    DropCounter,
+    FilterSettings,
+    char_ngrams,
+    jaccard,
+    near_duplicate_of,
+    normalise,
+    screen,
+)
 from charlit.data.pipeline.generator import Reply, last_complete_sentences
 
 
 def _reply(text="A fine answer.", n=10, finished=True, broken=False, trimmed="", trimmed_n=0):
-    return Reply(text=text, n_tokens=n, finished=finished, format_break=broken, trimmed_text=trimmed,
-                 trimmed_tokens=trimmed_n)
+    return Reply(
+        text=text, n_tokens=n, finished=finished, format_break=broken, trimmed_text=trimmed, trimmed_tokens=trimmed_n
+    )
 
 
 CUT = dict(text="One. Two and thr", n=12, finished=False, trimmed="One.", trimmed_n=3)
 
 
-@pytest.mark.parametrize("reply, settings, expected", [
-    (_reply(), FilterSettings(), None),
-    (_reply(text=""), FilterSettings(), "empty"),
-    (_reply(finished=False), FilterSettings(unfinished="drop"), "unfinished"),
-    (_reply(finished=False), FilterSettings(unfinished="trim"), "unfinished"),        # no complete sentence to keep
-    (_reply(finished=False), FilterSettings(unfinished="keep"), None),
-    (_reply(**CUT), FilterSettings(unfinished="trim", min_tokens=4), "too_short"),    # judged on the trimmed length
-    (_reply(broken=True), FilterSettings(), "format_break"),
-    (_reply(broken=True), FilterSettings(drop_format_breaks=False), None),
-    (_reply(n=3), FilterSettings(min_tokens=4), "too_short"),
-    (_reply(n=4), FilterSettings(min_tokens=4), None),
-    (_reply(n=11), FilterSettings(max_tokens=10), "too_long"),
-    (_reply(text="", finished=False, broken=True), FilterSettings(), "empty"),          # first reason wins
-    (_reply(finished=False, broken=True, n=1), FilterSettings(), "format_break"),
-    (_reply(text="I'm sorry. I'm sorry!\nI am fine. i'm SORRY."), FilterSettings(max_repeats=3), "repetitive"),
-    (_reply(text="I'm sorry. I'm sorry!\nI am fine. i'm SORRY."), FilterSettings(max_repeats=4), None),
-    (_reply(text="I'm sorry. I'm sorry. I'm sorry."), FilterSettings(), None),               # off by default
-])
+@pytest.mark.parametrize(
+    "reply, settings, expected",
+    [
+        (_reply(), FilterSettings(), None),
+        (_reply(text=""), FilterSettings(), "empty"),
+        (_reply(finished=False), FilterSettings(unfinished="drop"), "unfinished"),
+        (_reply(finished=False), FilterSettings(unfinished="trim"), "unfinished"),  # no complete sentence to keep
+        (_reply(finished=False), FilterSettings(unfinished="keep"), None),
+        (_reply(**CUT), FilterSettings(unfinished="trim", min_tokens=4), "too_short"),  # judged on the trimmed length
+        (_reply(broken=True), FilterSettings(), "format_break"),
+        (_reply(broken=True), FilterSettings(drop_format_breaks=False), None),
+        (_reply(n=3), FilterSettings(min_tokens=4), "too_short"),
+        (_reply(n=4), FilterSettings(min_tokens=4), None),
+        (_reply(n=11), FilterSettings(max_tokens=10), "too_long"),
+        (_reply(text="", finished=False, broken=True), FilterSettings(), "empty"),  # first reason wins
+        (_reply(finished=False, broken=True, n=1), FilterSettings(), "format_break"),
+        (_reply(text="I'm sorry. I'm sorry!\nI am fine. i'm SORRY."), FilterSettings(max_repeats=3), "repetitive"),
+        (_reply(text="I'm sorry. I'm sorry!\nI am fine. i'm SORRY."), FilterSettings(max_repeats=4), None),
+        (_reply(text="I'm sorry. I'm sorry. I'm sorry."), FilterSettings(), None),  # off by default
+    ],
+)
 def test_screen_reasons(reply, settings, expected):
     kept, reason = screen(reply, settings)
     assert reason == expected and (kept is None) == (expected is not None)
@@ -45,21 +57,25 @@ def test_trim_keeps_the_complete_sentences():
     assert kept.text == "One. Two and thr" and not kept.was_trimmed
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Hello there. How are", "Hello there."),
-    ('He said "stop!" and then', 'He said "stop!"'),
-    ("Steps:\n1. Boil water\n2. Add the", "Steps:\n1. Boil water"),
-    ("Version 2.5 is the", ""),
-    ("Done? Yes. Maybe", "Done? Yes."),
-    ("no end at all", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Hello there. How are", "Hello there."),
+        ('He said "stop!" and then', 'He said "stop!"'),
+        ("Steps:\n1. Boil water\n2. Add the", "Steps:\n1. Boil water"),
+        ("Version 2.5 is the", ""),
+        ("Done? Yes. Maybe", "Done? Yes."),
+        ("no end at all", ""),
+    ],
+)
 def test_last_complete_sentences(text, expected):
     assert last_complete_sentences(text) == expected
 
 
 def test_filter_settings_from_cfg_checks_keys_and_range():
-    assert FilterSettings.from_cfg({"min_tokens": "2", "drop_duplicates": False}) == FilterSettings(min_tokens=2,
-                                                                                                    drop_duplicates=False)
+    assert FilterSettings.from_cfg({"min_tokens": "2", "drop_duplicates": False}) == FilterSettings(
+        min_tokens=2, drop_duplicates=False
+    )
     with pytest.raises(ValueError, match="unfinished='cut'; choose one of drop, trim, keep"):
         FilterSettings.from_cfg({"unfinished": "cut"})
     with pytest.raises(ValueError, match="unknown keys \\['min_len'\\]"):
@@ -80,7 +96,7 @@ def test_char_ngram_jaccard_by_hand():
 
 def test_length_histogram_matches_manual_counts():
     hist = length_histogram([1, 2, 2, 3, 8, 9, 16], bins=4)
-    assert hist["edges"] == [1, 5, 9, 13, 17]          # width ceil(16/4) = 4
+    assert hist["edges"] == [1, 5, 9, 13, 17]  # width ceil(16/4) = 4
     assert hist["counts"] == [4, 1, 1, 1]
     assert sum(hist["counts"]) == 7
     assert length_histogram([5, 5], bins=8) == {"edges": [5, 6], "counts": [2]}

@@ -1,4 +1,5 @@
 """The prompts stage: seeded selection, few-shot generated prompts, near-duplicate filtering."""
+
 import json
 
 from charlit.data.pipeline import generate_dataset
@@ -29,10 +30,12 @@ def test_generated_prompts_drop_near_duplicates_of_seeds_and_each_other(tmp_path
         return {"text": text, "n_tokens": 9, "finished": True, "format_break": False}
 
     seeds = ["How do I boil an egg so the yolk stays runny?", "What is the capital of France?"]
-    raw = [{"item": 0, "reply": reply("How do I boil an egg so the yolk stays runny")},   # a seed, reworded
-           {"item": 1, "reply": reply("1. Why do cats purr?")},
-           {"item": 2, "reply": reply("Why do cats purr??")},                               # repeats item 1
-           {"item": 3, "reply": reply("How can I learn to juggle three balls?")}]
+    raw = [
+        {"item": 0, "reply": reply("How do I boil an egg so the yolk stays runny")},  # a seed, reworded
+        {"item": 1, "reply": reply("1. Why do cats purr?")},
+        {"item": 2, "reply": reply("Why do cats purr??")},  # repeats item 1
+        {"item": 3, "reply": reply("How can I learn to juggle three balls?")},
+    ]
     ctx = StageContext(pirate, FilterSettings(), 0, 4, tmp_path, {"name": "hf", "batch_size": 4})
     out = GeneratedPromptsStage(ctx, [None], seeds, 4, 0.6).assemble(raw)
     assert [r["prompt"] for r in out.rows] == ["Why do cats purr?", "How can I learn to juggle three balls?"]

@@ -1,10 +1,19 @@
 """The cache store: keys, chunk seeds, atomic writes, and chunked runs that resume after an interruption."""
+
 import json
 
 import pytest
 
-from charlit.data.pipeline.store import (COMPLETE, ChunkResult, StageDir, atomic_write_text, cache_key, chunk_seed,
-                                         data_cache_root, run_chunks)
+from charlit.data.pipeline.store import (
+    COMPLETE,
+    ChunkResult,
+    StageDir,
+    atomic_write_text,
+    cache_key,
+    chunk_seed,
+    data_cache_root,
+    run_chunks,
+)
 
 
 def test_cache_key_is_canonical_and_sensitive():
@@ -55,6 +64,7 @@ def _work(calls):
     def work(chunk, seed):
         calls.append(list(chunk))
         return [{"item": i, "value": (seed * 31 + i) % 1000} for i in chunk]
+
     return work
 
 
@@ -75,7 +85,7 @@ def test_interrupted_chunk_run_resumes_without_duplicates_or_gaps(tmp_path):
     assert first_calls == [[0, 1, 2], [3, 4, 5]]
     resumed_calls = []
     resumed = run_chunks(store, items, 3, _work(resumed_calls), lambda: 0, 0, "t")
-    assert resumed_calls == [[6, 7, 8], [9]]           # finished chunks are read back, not redone
+    assert resumed_calls == [[6, 7, 8], [9]]  # finished chunks are read back, not redone
     rows = [r for c in resumed for r in c.rows]
     assert rows == [r for c in full for r in c.rows]
     assert [r["item"] for r in rows] == items
