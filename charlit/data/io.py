@@ -104,8 +104,11 @@ def load_pairs(path: Path) -> list[dict]:
     return pairs
 
 
-def resolve_data_path(given: str | None, directory: Path, persona: str, what: str) -> Path:
-    """``data.path``: a JSONL file, or null / ``bundled`` for the persona's bundled set in ``directory``."""
+def resolve_data_path(given: str | None, directory: Path, persona: str, what: str, generated=None) -> Path:
+    """The file to read: ``generated`` (a dataset the pipeline made) when given, else ``data.path``: a JSONL file, or
+    null / ``bundled`` for the persona's bundled set in ``directory``."""
+    if generated:
+        return Path(generated)
     path = Path(given) if given and given != "bundled" else directory / f"{persona}.jsonl"
     if not path.is_file():
         bundled = ", ".join(sorted(p.stem for p in directory.glob("*.jsonl")))

@@ -92,14 +92,7 @@ class CudaDivergence(torch.autograd.Function):
             None if dx is None or not need[0] else dx.to(x_dtype),
             None if dw is None or not need[1] else dw.to(w_dtype),
             None if db is None or not need[2] else db.to(w_dtype),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            *[None] * 8,
         )
 
 
@@ -126,9 +119,7 @@ class CudaLogprobs(torch.autograd.Function):
             dx.to(x.dtype) if need[0] else None,
             dw.to(w.dtype) if need[1] else None,
             db.to(w.dtype) if need[2] else None,
-            None,
-            None,
-            None,
+            *[None] * 3,
         )
 
 

@@ -335,15 +335,7 @@ class DivergenceFunction(torch.autograd.Function):
             None if dx is None else dx.to(x_dtype),
             None if dw is None else dw.to(w_dtype),
             None if db is None else db.to(w_dtype),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            *[None] * 9,
         )
 
 
@@ -445,11 +437,7 @@ class LogprobsFunction(torch.autograd.Function):
             None if acc.dx is None else acc.dx.to(x.dtype),
             None if acc.dw is None else acc.dw.to(w.dtype),
             None if acc.db is None else acc.db.to(w.dtype),
-            None,
-            None,
-            None,
-            None,
-            None,
+            *[None] * 5,
         )
 
 

@@ -29,12 +29,10 @@ class AmplifiedTeacher(SelfTeacher):
     class Config:
         alpha: float = setting(1.0, ge=0, help="0 = teacher=self; larger pushes further from the bare network")
 
-    def __init__(
-        self, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99, alpha: float = 1.0
-    ):
-        super().__init__(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
+    def __init__(self, *args, alpha: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
         self.alpha = float(alpha)
-        softcap = lm_head(policy).softcap
+        softcap = lm_head(self.policy).softcap
         if softcap:
             raise ValueError(
                 f"teacher=amplified needs logits linear in the hidden state, but this model soft-caps its "
@@ -42,8 +40,8 @@ class AmplifiedTeacher(SelfTeacher):
             )
 
     @classmethod
-    def from_config(cls, config, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
-        return cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay, alpha=config.alpha)
+    def from_config(cls, config, *args, **weights):
+        return cls(*args, alpha=config.alpha, **weights)
 
     def score(self, prompts, responses):
         ctx = [self.context_ids(p) for p in prompts]

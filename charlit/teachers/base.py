@@ -60,16 +60,10 @@ class Teacher(ABC):
 
     @classmethod
     def from_config(
-        cls,
-        config,
-        policy,
-        reference: FrozenReference,
-        tokenizer,
-        constitution: Constitution,
-        weights: str = "frozen",
-        ema_decay: float = 0.99,
+        cls, config, policy, reference: FrozenReference, tokenizer, constitution: Constitution, **weights
     ) -> Teacher:
-        return cls(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
+        """Build from the parsed ``Config``; ``weights``: ``weights=`` and ``ema_decay=`` as :meth:`__init__` takes."""
+        return cls(policy, reference, tokenizer, constitution, **weights)
 
     def __init__(
         self,

@@ -60,27 +60,16 @@ class FewShotTeacher(SelfTeacher):
         )
         num_exemplars: int = setting(4, ge=1)
 
-    def __init__(
-        self,
-        policy,
-        reference,
-        tokenizer,
-        constitution,
-        weights="frozen",
-        ema_decay=0.99,
-        exemplars: list[dict] | None = None,
-    ):
-        super().__init__(policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay)
+    def __init__(self, *args, exemplars: list[dict] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
         if not exemplars:
             raise ValueError("FewShotTeacher needs at least one exemplar exchange.")
         self.exemplars = exemplars
 
     @classmethod
-    def from_config(cls, config, policy, reference, tokenizer, constitution, weights="frozen", ema_decay=0.99):
+    def from_config(cls, config, policy, reference, tokenizer, constitution, **weights):
         exemplars = load_exemplars(config.exemplars, constitution.name, config.num_exemplars)
-        return cls(
-            policy, reference, tokenizer, constitution, weights=weights, ema_decay=ema_decay, exemplars=exemplars
-        )
+        return cls(policy, reference, tokenizer, constitution, exemplars=exemplars, **weights)
 
     def context_ids(self, prompt) -> list[int]:
         return render_prompt_ids(self.tokenizer, teacher_messages(prompt, self.constitution, self.exemplars))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 from charlit.data.chat import conversation_ids_and_labels, last_user_turn, render_response_ids
 from charlit.data.io import CONVERSATION_DIR, load_conversations, resolve_data_path
@@ -65,14 +64,10 @@ class ConversationData(DataModule):
         if conversation_format not in CONVERSATION_FORMATS:
             raise ValueError(f"conversation_format={conversation_format!r}; valid: {', '.join(CONVERSATION_FORMATS)}.")
         settings = parse(ConversationSettings, data_cfg, "data", ignore=IGNORED_KEYS)
-        path = (
-            Path(dataset_path)
-            if dataset_path
-            else resolve_data_path(
-                settings.path, CONVERSATION_DIR, constitution.name, "conversations ({'messages': [...]} rows)"
-            )
+        what = "conversations ({'messages': [...]} rows)"
+        conversations = load_conversations(
+            resolve_data_path(settings.path, CONVERSATION_DIR, constitution.name, what, generated=dataset_path)
         )
-        conversations = load_conversations(path)
         if conversation_format == "tokens":
             items = [conversation_ids_and_labels(tokenizer, c, settings.max_length) for c in conversations]
             prompts = [last_user_turn(c) for c in conversations]

@@ -4,7 +4,6 @@ bundled set), tokenised as ``context_ids`` / ``chosen_ids`` / ``rejected_ids`` a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from charlit.data.chat import last_user_turn, render_response_ids
 from charlit.data.io import PAIR_DIR, load_pairs, resolve_data_path
@@ -52,11 +51,8 @@ class PairData(DataModule):
     @classmethod
     def from_config(cls, data_cfg, *, constitution, tokenizer, conversation_format, seed, dataset_path=None):
         settings = parse(PairSettings, data_cfg, "data", ignore=IGNORED_KEYS)
-        path = (
-            Path(dataset_path)
-            if dataset_path
-            else resolve_data_path(settings.path, PAIR_DIR, constitution.name, "preference pairs")
+        pairs = load_pairs(
+            resolve_data_path(settings.path, PAIR_DIR, constitution.name, "preference pairs", generated=dataset_path)
         )
-        pairs = load_pairs(path)
         heldout = heldout_prompts(settings.heldout_set, settings.val_size, [last_user_turn(p["prompt"]) for p in pairs])
         return cls(pair_examples(tokenizer, pairs, settings.max_length), heldout, settings, seed)

@@ -15,7 +15,6 @@ G = d loss / d z (raw logits) for one tile is produced by ``_grad_tile`` from th
 All accumulation is fp32; inputs are upcast after load when ``UPCAST`` (always under the
 interpreter, whose bf16 arithmetic is wrong; on GPU fp16/bf16 go to tl.dot directly).
 """
-
 import triton
 import triton.language as tl
 
@@ -32,26 +31,9 @@ def _softplus(x):
 
 
 @triton.jit
-def _logits_tile(
-    x_ptr,
-    w_ptr,
-    b_ptr,
-    rows,
-    cols,
-    N,
-    V,
-    H,
-    sxn,
-    swv,
-    inv_t,
-    softcap,
-    HAS_BIAS: tl.constexpr,
-    HAS_CAP: tl.constexpr,
-    UPCAST: tl.constexpr,
-    BM: tl.constexpr,
-    BV: tl.constexpr,
-    BK: tl.constexpr,
-):
+def _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, N, V, H, sxn, swv, inv_t, softcap,
+                 HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr, UPCAST: tl.constexpr,
+                 BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
     """Scaled logits z' [BM, BV] (fp32) and d z'/d z (1/T, or (1 - tanh^2)/T with softcap)."""
     acc = tl.zeros((BM, BV), dtype=tl.float32)
     rmask = rows < N
@@ -61,7 +43,7 @@ def _logits_tile(
         kmask = ks < H
         x = tl.load(x_ptr + rows[:, None] * sxn + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         w = tl.load(w_ptr + cols[:, None] * swv + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
-        if UPCAST:  # fp32 math: "ieee", not Triton's TF32 default (1e-3 relative error on an H100)
+        if UPCAST:   # fp32 math: "ieee", not Triton's TF32 default (1e-3 relative error on an H100)
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w))
@@ -78,28 +60,9 @@ def _logits_tile(
 
 
 @triton.jit
-def lse_kernel(
-    x_ptr,
-    w_ptr,
-    b_ptr,
-    y_ptr,
-    lse_ptr,
-    zy_ptr,
-    N,
-    V,
-    H,
-    sxn,
-    swv,
-    inv_t,
-    softcap,
-    HAS_BIAS: tl.constexpr,
-    HAS_CAP: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PICK: tl.constexpr,
-    BM: tl.constexpr,
-    BV: tl.constexpr,
-    BK: tl.constexpr,
-):
+def lse_kernel(x_ptr, w_ptr, b_ptr, y_ptr, lse_ptr, zy_ptr, N, V, H, sxn, swv, inv_t, softcap,
+               HAS_BIAS: tl.constexpr, HAS_CAP: tl.constexpr, UPCAST: tl.constexpr, PICK: tl.constexpr,
+               BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BM + tl.arange(0, BM)
     rmask = rows < N
@@ -110,9 +73,8 @@ def lse_kernel(
         y = tl.load(y_ptr + rows, mask=rmask, other=0)
     for v0 in range(0, V, BV):
         cols = v0 + tl.arange(0, BV)
-        z, _ = _logits_tile(
-            x_ptr, w_ptr, b_ptr, rows, cols, N, V, H, sxn, swv, inv_t, softcap, HAS_BIAS, HAS_CAP, UPCAST, BM, BV, BK
-        )
+        z, _ = _logits_tile(x_ptr, w_ptr, b_ptr, rows, cols, N, V, H, sxn, swv, inv_t, softcap,
+                            HAS_BIAS, HAS_CAP, UPCAST, BM, BV, BK)
         z = tl.where((cols < V)[None, :], z, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=1))
         l = l * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
@@ -134,39 +96,10 @@ def _log_probs(s, t, lse_s, lse_t, cmask):
 
 
 @triton.jit
-def div_stats_kernel(
-    xs_ptr,
-    ws_ptr,
-    bs_ptr,
-    xt_ptr,
-    wt_ptr,
-    bt_ptr,
-    lse_s_ptr,
-    lse_t_ptr,
-    loss_ptr,
-    c_ptr,
-    N,
-    V,
-    HS,
-    HT,
-    sxs,
-    sws,
-    sxt,
-    swt,
-    inv_t,
-    softcap,
-    beta,
-    log_ratio,
-    entropy,
-    MODE: tl.constexpr,
-    HAS_BS: tl.constexpr,
-    HAS_BT: tl.constexpr,
-    HAS_CAP: tl.constexpr,
-    UPCAST: tl.constexpr,
-    BM: tl.constexpr,
-    BV: tl.constexpr,
-    BK: tl.constexpr,
-):
+def div_stats_kernel(xs_ptr, ws_ptr, bs_ptr, xt_ptr, wt_ptr, bt_ptr, lse_s_ptr, lse_t_ptr, loss_ptr, c_ptr,
+                     N, V, HS, HT, sxs, sws, sxt, swt, inv_t, softcap, beta, log_ratio, entropy,
+                     MODE: tl.constexpr, HAS_BS: tl.constexpr, HAS_BT: tl.constexpr, HAS_CAP: tl.constexpr,
+                     UPCAST: tl.constexpr, BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BM + tl.arange(0, BM)
     rmask = rows < N
@@ -177,12 +110,10 @@ def div_stats_kernel(
     for v0 in range(0, V, BV):
         cols = v0 + tl.arange(0, BV)
         cmask = cols < V
-        s, _ = _logits_tile(
-            xs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, HS, sxs, sws, inv_t, softcap, HAS_BS, HAS_CAP, UPCAST, BM, BV, BK
-        )
-        t, _ = _logits_tile(
-            xt_ptr, wt_ptr, bt_ptr, rows, cols, N, V, HT, sxt, swt, inv_t, softcap, HAS_BT, HAS_CAP, UPCAST, BM, BV, BK
-        )
+        s, _ = _logits_tile(xs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, HS, sxs, sws, inv_t, softcap,
+                            HAS_BS, HAS_CAP, UPCAST, BM, BV, BK)
+        t, _ = _logits_tile(xt_ptr, wt_ptr, bt_ptr, rows, cols, N, V, HT, sxt, swt, inv_t, softcap,
+                            HAS_BT, HAS_CAP, UPCAST, BM, BV, BK)
         ls, lt, q, p = _log_probs(s, t, lse_s, lse_t, cmask)
         if MODE == 1:
             loss += tl.sum(p * (lt - ls), axis=1)
@@ -202,47 +133,15 @@ def div_stats_kernel(
 
 
 @triton.jit
-def _grad_tile(
-    xs_ptr,
-    ws_ptr,
-    bs_ptr,
-    xt_ptr,
-    wt_ptr,
-    bt_ptr,
-    y_ptr,
-    lse_s_ptr,
-    lse_t_ptr,
-    c_ptr,
-    up_ptr,
-    rows,
-    cols,
-    N,
-    V,
-    HS,
-    HT,
-    sxs,
-    sws,
-    sxt,
-    swt,
-    inv_t,
-    softcap,
-    beta,
-    log_ratio,
-    MODE: tl.constexpr,
-    HAS_BS: tl.constexpr,
-    HAS_BT: tl.constexpr,
-    HAS_CAP: tl.constexpr,
-    UPCAST: tl.constexpr,
-    BM: tl.constexpr,
-    BV: tl.constexpr,
-    BK: tl.constexpr,
-):
+def _grad_tile(xs_ptr, ws_ptr, bs_ptr, xt_ptr, wt_ptr, bt_ptr, y_ptr, lse_s_ptr, lse_t_ptr, c_ptr, up_ptr,
+               rows, cols, N, V, HS, HT, sxs, sws, sxt, swt, inv_t, softcap, beta, log_ratio,
+               MODE: tl.constexpr, HAS_BS: tl.constexpr, HAS_BT: tl.constexpr, HAS_CAP: tl.constexpr,
+               UPCAST: tl.constexpr, BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
     """G = d(sum_r u_r loss_r) / d z_raw for one [BM, BV] tile; 0 outside N x V."""
     rmask = rows < N
     cmask = cols < V
-    s, fac = _logits_tile(
-        xs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, HS, sxs, sws, inv_t, softcap, HAS_BS, HAS_CAP, UPCAST, BM, BV, BK
-    )
+    s, fac = _logits_tile(xs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, HS, sxs, sws, inv_t, softcap,
+                          HAS_BS, HAS_CAP, UPCAST, BM, BV, BK)
     lse_s = tl.load(lse_s_ptr + rows, mask=rmask, other=0.0)
     u = tl.load(up_ptr + rows, mask=rmask, other=0.0)
     if MODE == 0:
@@ -250,9 +149,8 @@ def _grad_tile(
         q = tl.where(cmask[None, :], tl.exp(s - lse_s[:, None]), 0.0)
         g = tl.where(cols[None, :] == y[:, None], 1.0, 0.0) - q
     else:
-        t, _ = _logits_tile(
-            xt_ptr, wt_ptr, bt_ptr, rows, cols, N, V, HT, sxt, swt, inv_t, softcap, HAS_BT, HAS_CAP, UPCAST, BM, BV, BK
-        )
+        t, _ = _logits_tile(xt_ptr, wt_ptr, bt_ptr, rows, cols, N, V, HT, sxt, swt, inv_t, softcap,
+                            HAS_BT, HAS_CAP, UPCAST, BM, BV, BK)
         lse_t = tl.load(lse_t_ptr + rows, mask=rmask, other=0.0)
         ls, lt, q, p = _log_probs(s, t, lse_s, lse_t, cmask)
         if MODE == 1:
@@ -269,87 +167,24 @@ def _grad_tile(
 
 
 @triton.jit
-def grad_dx_kernel(
-    xs_ptr,
-    ws_ptr,
-    bs_ptr,
-    xt_ptr,
-    wt_ptr,
-    bt_ptr,
-    y_ptr,
-    lse_s_ptr,
-    lse_t_ptr,
-    c_ptr,
-    up_ptr,
-    dx_ptr,
-    N,
-    V,
-    HS,
-    HT,
-    sxs,
-    sws,
-    sxt,
-    swt,
-    inv_t,
-    softcap,
-    beta,
-    log_ratio,
-    MODE: tl.constexpr,
-    HAS_BS: tl.constexpr,
-    HAS_BT: tl.constexpr,
-    HAS_CAP: tl.constexpr,
-    UPCAST: tl.constexpr,
-    BM: tl.constexpr,
-    BV: tl.constexpr,
-    BK: tl.constexpr,
-):
+def grad_dx_kernel(xs_ptr, ws_ptr, bs_ptr, xt_ptr, wt_ptr, bt_ptr, y_ptr, lse_s_ptr, lse_t_ptr, c_ptr, up_ptr,
+                   dx_ptr, N, V, HS, HT, sxs, sws, sxt, swt, inv_t, softcap, beta, log_ratio,
+                   MODE: tl.constexpr, HAS_BS: tl.constexpr, HAS_BT: tl.constexpr, HAS_CAP: tl.constexpr,
+                   UPCAST: tl.constexpr, BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
     """dX [N, HS] fp32 (zero-initialised) += G W over all vocab blocks; this program owns BM rows."""
     pid = tl.program_id(0)
     rows = pid * BM + tl.arange(0, BM)
     rmask = rows < N
     for v0 in range(0, V, BV):
         cols = v0 + tl.arange(0, BV)
-        g = _grad_tile(
-            xs_ptr,
-            ws_ptr,
-            bs_ptr,
-            xt_ptr,
-            wt_ptr,
-            bt_ptr,
-            y_ptr,
-            lse_s_ptr,
-            lse_t_ptr,
-            c_ptr,
-            up_ptr,
-            rows,
-            cols,
-            N,
-            V,
-            HS,
-            HT,
-            sxs,
-            sws,
-            sxt,
-            swt,
-            inv_t,
-            softcap,
-            beta,
-            log_ratio,
-            MODE,
-            HAS_BS,
-            HAS_BT,
-            HAS_CAP,
-            UPCAST,
-            BM,
-            BV,
-            BK,
-        )
+        g = _grad_tile(xs_ptr, ws_ptr, bs_ptr, xt_ptr, wt_ptr, bt_ptr, y_ptr, lse_s_ptr, lse_t_ptr, c_ptr, up_ptr,
+                       rows, cols, N, V, HS, HT, sxs, sws, sxt, swt, inv_t, softcap, beta, log_ratio,
+                       MODE, HAS_BS, HAS_BT, HAS_CAP, UPCAST, BM, BV, BK)
         for k0 in range(0, HS, BK):
             ks = k0 + tl.arange(0, BK)
             kmask = ks < HS
-            w = tl.load(
-                ws_ptr + cols[:, None] * sws + ks[None, :], mask=(cols < V)[:, None] & kmask[None, :], other=0.0
-            )
+            wmask = (cols < V)[:, None] & kmask[None, :]
+            w = tl.load(ws_ptr + cols[:, None] * sws + ks[None, :], mask=wmask, other=0.0)
             if UPCAST:
                 part = tl.dot(g, w.to(tl.float32), input_precision="ieee")
             else:
@@ -360,42 +195,11 @@ def grad_dx_kernel(
 
 
 @triton.jit
-def grad_dw_kernel(
-    xs_ptr,
-    ws_ptr,
-    bs_ptr,
-    xt_ptr,
-    wt_ptr,
-    bt_ptr,
-    y_ptr,
-    lse_s_ptr,
-    lse_t_ptr,
-    c_ptr,
-    up_ptr,
-    dw_ptr,
-    db_ptr,
-    N,
-    V,
-    HS,
-    HT,
-    sxs,
-    sws,
-    sxt,
-    swt,
-    inv_t,
-    softcap,
-    beta,
-    log_ratio,
-    MODE: tl.constexpr,
-    HAS_BS: tl.constexpr,
-    HAS_BT: tl.constexpr,
-    HAS_CAP: tl.constexpr,
-    UPCAST: tl.constexpr,
-    NEED_DB: tl.constexpr,
-    BM: tl.constexpr,
-    BV: tl.constexpr,
-    BK: tl.constexpr,
-):
+def grad_dw_kernel(xs_ptr, ws_ptr, bs_ptr, xt_ptr, wt_ptr, bt_ptr, y_ptr, lse_s_ptr, lse_t_ptr, c_ptr, up_ptr,
+                   dw_ptr, db_ptr, N, V, HS, HT, sxs, sws, sxt, swt, inv_t, softcap, beta, log_ratio,
+                   MODE: tl.constexpr, HAS_BS: tl.constexpr, HAS_BT: tl.constexpr, HAS_CAP: tl.constexpr,
+                   UPCAST: tl.constexpr, NEED_DB: tl.constexpr,
+                   BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
     """dW [V, HS] fp32 (zero-initialised) += G^T X over all token blocks; owns BV vocab rows."""
     pid = tl.program_id(0)
     cols = pid * BV + tl.arange(0, BV)
@@ -403,49 +207,16 @@ def grad_dw_kernel(
     db = tl.zeros((BV,), tl.float32)
     for r0 in range(0, N, BM):
         rows = r0 + tl.arange(0, BM)
-        g = _grad_tile(
-            xs_ptr,
-            ws_ptr,
-            bs_ptr,
-            xt_ptr,
-            wt_ptr,
-            bt_ptr,
-            y_ptr,
-            lse_s_ptr,
-            lse_t_ptr,
-            c_ptr,
-            up_ptr,
-            rows,
-            cols,
-            N,
-            V,
-            HS,
-            HT,
-            sxs,
-            sws,
-            sxt,
-            swt,
-            inv_t,
-            softcap,
-            beta,
-            log_ratio,
-            MODE,
-            HAS_BS,
-            HAS_BT,
-            HAS_CAP,
-            UPCAST,
-            BM,
-            BV,
-            BK,
-        )
+        g = _grad_tile(xs_ptr, ws_ptr, bs_ptr, xt_ptr, wt_ptr, bt_ptr, y_ptr, lse_s_ptr, lse_t_ptr, c_ptr, up_ptr,
+                       rows, cols, N, V, HS, HT, sxs, sws, sxt, swt, inv_t, softcap, beta, log_ratio,
+                       MODE, HAS_BS, HAS_BT, HAS_CAP, UPCAST, BM, BV, BK)
         if NEED_DB:
             db += tl.sum(g, axis=0)
         for k0 in range(0, HS, BK):
             ks = k0 + tl.arange(0, BK)
             kmask = ks < HS
-            x = tl.load(
-                xs_ptr + rows[:, None] * sxs + ks[None, :], mask=(rows < N)[:, None] & kmask[None, :], other=0.0
-            )
+            xmask = (rows < N)[:, None] & kmask[None, :]
+            x = tl.load(xs_ptr + rows[:, None] * sxs + ks[None, :], mask=xmask, other=0.0)
             if UPCAST:
                 part = tl.dot(tl.trans(g), x.to(tl.float32), input_precision="ieee")
             else:

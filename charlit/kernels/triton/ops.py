@@ -179,13 +179,7 @@ class TritonDivergence(torch.autograd.Function):
             None if dx is None else dx.to(xs.dtype),
             None if dw is None else dw.to(ws.dtype),
             None if db is None else db.to(bs.dtype),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            *[None] * 7,
         )
 
 
@@ -210,9 +204,7 @@ class TritonLogprobs(torch.autograd.Function):
             x,
             w,
             b,
-            None,
-            None,
-            None,
+            *[None] * 3,
             y,
             lse,
             None,
@@ -228,9 +220,7 @@ class TritonLogprobs(torch.autograd.Function):
             None if dx is None else dx.to(x.dtype),
             None if dw is None else dw.to(w.dtype),
             None if db is None else db.to(b.dtype),
-            None,
-            None,
-            None,
+            *[None] * 3,
         )
 
 
