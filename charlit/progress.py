@@ -226,6 +226,15 @@ def describe_training(trainer, module) -> str:
     )
 
 
+VALIDATION_HEADLINES = ("val/divergence", "val/persona_progress", "val/persona_progress_gated", "val/looping_frac")
+
+
+def validation_line(metrics: dict) -> str:
+    """``[charlit] validation at step N: ...`` with the headline ``val/*`` numbers."""
+    shown = [f"{k.split('/', 1)[1]}={metrics[k]:.3g}" for k in VALIDATION_HEADLINES if k in metrics]
+    return f"[charlit] validation at step {metrics['step']}: " + ", ".join(shown)
+
+
 @functools.cache
 def _callback_classes():
     from lightning.pytorch.callbacks import Callback, ProgressBar
@@ -244,6 +253,7 @@ def _callback_classes():
             super().__init__()
             self._enabled = True
             self._bar: Progress | None = None
+            self._val: Progress | None = None
             self._suspended = None
 
         def disable(self) -> None:
@@ -286,8 +296,27 @@ def _callback_classes():
             if self._bar is not None and self._suspended is None:
                 self._suspended = self._bar.suspend()
                 self._suspended.__enter__()
+            if trainer.sanity_checking:
+                return
+            counts = trainer.num_val_batches if isinstance(trainer.num_val_batches, list) else [trainer.num_val_batches]
+            batches = int(sum(counts)) if all(c != float("inf") for c in counts) else 0
+            show = self._enabled and trainer.is_global_zero
+            self._val = Progress(batches or None, f"validation at step {trainer.global_step}", unit="batch", show=show)
+            if self._val.shown and not interactive():  # each batch samples three systems: say it started
+                print(f"[charlit] validation at step {trainer.global_step}: {batches} held-out batches", flush=True)
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if self._val is not None:
+                self._val.update()
 
         def on_validation_end(self, trainer, pl_module):
+            if self._val is not None:
+                shown = self._val.shown
+                self._val.close()
+                self._val = None
+                history = getattr(pl_module, "val_history", None)
+                if shown and history and history[-1]["step"] == trainer.global_step:
+                    print(validation_line(history[-1]), flush=True)
             if self._suspended is not None:
                 self._suspended.__exit__(None, None, None)
                 self._suspended = None

@@ -13,6 +13,7 @@ nothing else in charlit, so data filters, validation and evaluation all apply th
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -74,18 +75,58 @@ def compression_ratio(text: str) -> float:
     return len(raw) / len(zlib.compress(raw, 9))
 
 
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def recitation(text: str, source: str, n: int = 5) -> float:
+    """The fraction of the reply's word ``n``-grams that stand in ``source`` (e.g. the constitution): 1.0 for a reply
+    pasted from it, near 0 for a reply in the persona's voice. A reply shorter than ``n`` words scores 0."""
+    reply = words(text)
+    grams = {tuple(reply[i : i + n]) for i in range(len(reply) - n + 1)}
+    if not grams:
+        return 0.0
+    known = words(source)
+    return len(grams & {tuple(known[i : i + n]) for i in range(len(known) - n + 1)}) / len(grams)
+
+
 @dataclass(frozen=True)
 class QualityGate:
-    """Which replies count as coherent: no loop under ``rule``, and not empty. ``max_compression`` (0 = off)
-    also fails replies whose compression ratio exceeds it."""
+    """Which replies count as coherent: not empty, no loop under ``rule``, not recited from the constitution (more
+    than ``max_recitation`` of its word 5-grams; 1 = off), and, where the bare base's per-token log-likelihood of
+    the reply (its *fluency*) is known, not more than ``fluency_margin`` nats below that of the bare base's own
+    replies (a list of persona keywords is unlikely text). ``max_compression`` (0 = off) also fails highly
+    compressible replies."""
 
     rule: LoopRule = DEFAULT_RULE
+    max_recitation: float = 0.5
+    fluency_margin: float = 2.5
     max_compression: float = 0.0
 
-    def passes(self, tokens: Sequence, text: str) -> bool:
+    def passes(
+        self,
+        tokens: Sequence,
+        text: str,
+        source: str = "",
+        fluency: float | None = None,
+        reference_fluency: float | None = None,
+    ) -> bool:
+        """``source``: text the reply must not recite; ``fluency`` / ``reference_fluency``: the reply's and the bare
+        base's mean per-token log-likelihood under the bare base (either None: no fluency check)."""
         if not text.strip() or loops(tokens, self.rule):
             return False
+        if source and recitation(text, source) > self.max_recitation:
+            return False
+        if not self.fluent(fluency, reference_fluency):
+            return False
         return not (self.max_compression > 0 and compression_ratio(text) > self.max_compression)
+
+    def fluent(self, fluency: float | None, reference_fluency: float | None) -> bool:
+        """The fluency part of the gate alone (True when either number is unknown)."""
+        return fluency is None or reference_fluency is None or fluency >= reference_fluency - self.fluency_margin
 
 
 @dataclass(frozen=True)
@@ -96,13 +137,21 @@ class ReplyQuality:
     distinct_2: float
     compression: float
     ended: bool  # the reply ends with an end-of-turn token (it finished)
+    recitation: float  # share of its word 5-grams found in the source (the constitution)
     coherent: bool  # passes the gate
 
 
 def reply_quality(
-    tokens: Sequence[int], text: str, end_ids: Sequence[int] = (), gate: QualityGate = QualityGate()
+    tokens: Sequence[int],
+    text: str,
+    end_ids: Sequence[int] = (),
+    gate: QualityGate = QualityGate(),
+    source: str = "",
+    fluency: float | None = None,
+    reference_fluency: float | None = None,
 ) -> ReplyQuality:
-    """Every text-quality number for one reply (``tokens``: its ids as sampled, end-of-turn token included)."""
+    """Every text-quality number for one reply (``tokens``: its ids as sampled, end-of-turn token included); the
+    last three arguments go to :meth:`QualityGate.passes`."""
     body = list(tokens)
     ended = bool(body) and body[-1] in set(end_ids)
     if ended:
@@ -114,7 +163,8 @@ def reply_quality(
         distinct_2=distinct_n(body, 2),
         compression=compression_ratio(text),
         ended=ended,
-        coherent=gate.passes(body, text),
+        recitation=recitation(text, source) if source else 0.0,
+        coherent=gate.passes(body, text, source, fluency, reference_fluency),
     )
 
 

@@ -13,6 +13,7 @@ from charlit.quality import (
     gated_scores,
     loop_span,
     loops,
+    recitation,
     reply_quality,
 )
 
@@ -62,3 +63,21 @@ def test_gated_scores_put_failing_replies_at_the_floor():
     assert gated_scores([0.9, 0.4, 1.2], [True, False, False], floor=-0.2) == [0.9, -0.2, -0.2]
     with pytest.raises(ValueError, match="3 scores but 2"):
         gated_scores([1, 2, 3], [True, False], 0.0)
+
+
+def test_recitation_counts_word_five_grams_found_in_the_source():
+    source = "I speak in the language of the sea, with salty words and a love of ships."
+    assert recitation("I speak in the language of the sea, with salty words", source) == 1.0
+    # 11 words -> 7 five-grams; "i speak in the language" and "speak in the language of" stand in the source
+    assert recitation("I speak in the language of my home town every day", source) == 2 / 7
+    assert recitation("Arr!", source) == 0.0
+    assert not QualityGate().passes([1, 2, 3, 4], "I speak in the language of the sea, with salty words", source)
+    assert QualityGate(max_recitation=1.0).passes([1, 2, 3, 4], "I speak in the language of the sea", source)
+
+
+def test_the_fluency_check_needs_both_numbers_and_applies_the_margin():
+    gate = QualityGate(fluency_margin=2.5)
+    ids, text = [1, 2, 3], "ship sail plank rum parrot"
+    assert gate.passes(ids, text, fluency=-9.0)  # no reference: no check
+    assert gate.passes(ids, text, fluency=-4.4, reference_fluency=-2.0)  # 2.4 nats below: kept
+    assert not gate.passes(ids, text, fluency=-4.6, reference_fluency=-2.0)  # 2.6 nats below: fails

@@ -28,12 +28,19 @@ def mean_reply_logprob(model, tokenizer, contexts: list[list[int]], responses: l
 
 
 @torch.no_grad()
+def persona_gain_and_fluency(
+    model, tokenizer, constitution: Constitution, prompts: list[str], responses: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-reply gain ``mean log p(reply | constitution) - mean log p(reply | bare prompt)`` and the second term
+    alone, the reply's *fluency* under the judge model (see :mod:`charlit.quality`), both ``[B]``."""
+    with_ctx = [render_prompt_ids(tokenizer, teacher_messages(p, constitution)) for p in prompts]
+    bare = [render_prompt_ids(tokenizer, student_messages(p)) for p in prompts]
+    fluency = mean_reply_logprob(model, tokenizer, bare, responses)
+    return mean_reply_logprob(model, tokenizer, with_ctx, responses) - fluency, fluency
+
+
 def persona_gain(
     model, tokenizer, constitution: Constitution, prompts: list[str], responses: list[list[int]]
 ) -> torch.Tensor:
     """Per-reply gain ``mean log p(reply | constitution) - mean log p(reply | bare prompt)``, ``[B]``."""
-    with_ctx = [render_prompt_ids(tokenizer, teacher_messages(p, constitution)) for p in prompts]
-    bare = [render_prompt_ids(tokenizer, student_messages(p)) for p in prompts]
-    return mean_reply_logprob(model, tokenizer, with_ctx, responses) - mean_reply_logprob(
-        model, tokenizer, bare, responses
-    )
+    return persona_gain_and_fluency(model, tokenizer, constitution, prompts, responses)[0]

@@ -204,17 +204,17 @@ class CharacterObjective(L.LightningModule):
 
     # ---- validation -------------------------------------------------------------------------
     def on_validation_epoch_start(self):
-        self._val_acc = ValidationTally()
+        self._val_acc = ValidationTally(gate=self.validation.gate)
 
     def validation_step(self, batch, batch_idx):
         self._val_acc.add(self.validation.run_batch(list(batch), batch_idx, with_baselines=not self.baselines))
 
     def on_validation_epoch_end(self):
         tally = self._val_acc
-        if self.trainer.sanity_checking or tally is None or not tally.gains:
+        if self.trainer.sanity_checking or tally is None or not tally.student.gains:
             return
         fresh = {}
-        if tally.baseline_gains:
+        if tally.baseline_scores:
             self.baselines = fresh = tally.baselines()
         metrics = {**tally.metrics(self.baselines), **fresh}
         for key, value in metrics.items():

@@ -10,7 +10,9 @@ of a run see the same randomness), then:
   replies scored once as ``val/persona_gain_bare`` and ``val/persona_gain_prompted``;
 * text quality (:mod:`charlit.quality`): ``val/looping_frac`` (and ``_bare`` / ``_prompted``), and the
   coherence-gated twins ``val/persona_gain_gated`` / ``val/persona_progress_gated`` in which a reply that fails the
-  gate counts as the bare base's mean gain (no gain), for the student and the prompted base alike.
+  gate (:class:`charlit.quality.QualityGate`: empty, looping, recited from the constitution, or far less fluent
+  under the bare base than the bare base's own replies) counts as the bare base's mean gain (no gain), for the
+  student and the prompted base alike.
   ``looping_margin`` / ``on_looping``: warn about (or stop) a run whose looping fraction climbs more than the
   margin above the bare base's.
 """
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from charlit.data.chat import render_prompt_ids, student_messages, teacher_messages
-from charlit.eval.likelihood_judge import persona_gain
+from charlit.eval.likelihood_judge import persona_gain_and_fluency
 from charlit.kernels import fused_linear_divergence
 from charlit.models.heads import lm_head
 from charlit.models.modes import eval_mode
@@ -56,16 +58,29 @@ class ValidationSettings:
 
 
 @dataclass
+class Scored:
+    """One system's replies to a batch of held-out prompts, as the judge and the quality gate see them."""
+
+    gains: list[float]  # the likelihood judge's persona gain
+    fluency: list[float]  # the bare base's mean per-token log-likelihood of the reply
+    text_ok: list[bool]  # passes the gate's text checks (not empty, no loop, not recited)
+    looping: list[bool]
+
+    def extend(self, other: Scored) -> None:
+        for name in ("gains", "fluency", "text_ok", "looping"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def coherent(self, gate: QualityGate, reference_fluency: float) -> list[bool]:
+        return [ok and gate.fluent(f, reference_fluency) for ok, f in zip(self.text_ok, self.fluency)]
+
+
+@dataclass
 class BatchResult:
     divergence_sum: float
     tokens: int
-    gains: torch.Tensor
+    student: Scored
     samples: list[dict]
-    coherent: list[bool] = field(default_factory=list)  # per student reply: passes the gate
-    looping: list[bool] = field(default_factory=list)
-    baseline_gains: dict[str, torch.Tensor] = field(default_factory=dict)
-    baseline_coherent: dict[str, list[bool]] = field(default_factory=dict)
-    baseline_looping: dict[str, list[bool]] = field(default_factory=dict)
+    baselines: dict[str, Scored] = field(default_factory=dict)  # "bare", "prompted": at the first validation
 
 
 class HeldOutValidation:
@@ -79,14 +94,20 @@ class HeldOutValidation:
         self.prompted_replies: dict[str, str] = {}  # prompt -> the prompted base's reply, for sample tables
         self.gate = QualityGate()
 
-    def _quality(self, replies: list[list[int]]) -> tuple[list[bool], list[bool]]:
-        """(coherent, looping) per reply."""
-        end_ids = end_token_ids(self.tokenizer, self.policy)
-        quality = [reply_quality(r, self._decode(r), end_ids, self.gate) for r in replies]
-        return [q.coherent for q in quality], [q.loops for q in quality]
-
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _score(self, base, prompts: list[str], replies: list[list[int]]) -> Scored:
+        gains, fluency = persona_gain_and_fluency(base, self.tokenizer, self.constitution, prompts, replies)
+        end_ids = end_token_ids(self.tokenizer, self.policy)
+        source = self.constitution.system_prompt()
+        quality = [reply_quality(r, self._decode(r), end_ids, self.gate, source) for r in replies]
+        return Scored(
+            gains.double().cpu().tolist(),
+            fluency.double().cpu().tolist(),
+            [q.coherent for q in quality],
+            [q.loops for q in quality],
+        )
 
     @torch.no_grad()
     def run_batch(self, prompts: list[str], batch_idx: int, with_baselines: bool) -> BatchResult:
@@ -116,14 +137,13 @@ class HeldOutValidation:
             else 0.0
         )
 
-        coherent, looping = self._quality(replies)
         with self.reference.model() as base:
-            gains = persona_gain(base, self.tokenizer, self.constitution, prompts, replies)
+            student = self._score(base, prompts, replies)
             samples = [
                 {"prompt": p, "student": self._decode(r), "loops": loop}
-                for p, r, loop in zip(prompts, replies, looping)
+                for p, r, loop in zip(prompts, replies, student.looping)
             ]
-            result = BatchResult(div_sum, tokens, gains, samples, coherent, looping)
+            result = BatchResult(div_sum, tokens, student, samples)
             if with_baselines:
                 bare_replies = self.sampler.generate(base, bare_ctx, self.params, seed=seed, desc="val bare base")
                 prompted_ctx = [
@@ -132,9 +152,10 @@ class HeldOutValidation:
                 prompted_replies = self.sampler.generate(
                     base, prompted_ctx, self.params, seed=seed, desc="val prompted base"
                 )
-                for key, ids in (("bare", bare_replies), ("prompted", prompted_replies)):
-                    result.baseline_gains[key] = persona_gain(base, self.tokenizer, self.constitution, prompts, ids)
-                    result.baseline_coherent[key], result.baseline_looping[key] = self._quality(ids)
+                result.baselines = {
+                    "bare": self._score(base, prompts, bare_replies),
+                    "prompted": self._score(base, prompts, prompted_replies),
+                }
                 self.prompted_replies.update({p: self._decode(r) for p, r in zip(prompts, prompted_replies)})
 
         for sample in samples:
@@ -153,56 +174,56 @@ def _ci95(values) -> float:
     return 1.96 * values.std().item() / len(values) ** 0.5 if len(values) > 1 else float("nan")
 
 
+def _gated(scored: Scored, gate: QualityGate, bare_gain: float, bare_fluency: float) -> list[float]:
+    """Gains with every reply that fails the gate counted as the bare base's mean gain (no gain)."""
+    return [g if ok else bare_gain for g, ok in zip(scored.gains, scored.coherent(gate, bare_fluency))]
+
+
 @dataclass
 class ValidationTally:
     """One validation run's batch results, summed up into ``val/*`` metrics."""
 
+    gate: QualityGate = field(default_factory=QualityGate)
     divergence_sum: float = 0.0
     tokens: int = 0
-    gains: list[float] = field(default_factory=list)
-    coherent: list[bool] = field(default_factory=list)
-    looping: list[bool] = field(default_factory=list)
+    student: Scored = field(default_factory=lambda: Scored([], [], [], []))
     samples: list[dict] = field(default_factory=list)
-    baseline_gains: dict[str, list[float]] = field(default_factory=dict)
-    baseline_coherent: dict[str, list[bool]] = field(default_factory=dict)
-    baseline_looping: dict[str, list[bool]] = field(default_factory=dict)
+    baseline_scores: dict[str, Scored] = field(default_factory=dict)
 
     def add(self, result: BatchResult) -> None:
         self.divergence_sum += result.divergence_sum
         self.tokens += result.tokens
-        self.gains += result.gains.double().cpu().tolist()
-        self.coherent += result.coherent
-        self.looping += result.looping
+        self.student.extend(result.student)
         self.samples += result.samples
-        for key, gains in result.baseline_gains.items():
-            self.baseline_gains.setdefault(key, []).extend(gains.double().cpu().tolist())
-            self.baseline_coherent.setdefault(key, []).extend(result.baseline_coherent[key])
-            self.baseline_looping.setdefault(key, []).extend(result.baseline_looping[key])
+        for key, scored in result.baselines.items():
+            self.baseline_scores.setdefault(key, Scored([], [], [], [])).extend(scored)
 
     def baselines(self) -> dict[str, float]:
         """The bare and prompted base's figures (computed once, at the first validation): raw and gated gain,
-        looping fraction. A prompted reply that fails the gate counts as the bare mean (no gain)."""
-        bare = _mean(self.baseline_gains["bare"])
-        prompted = self.baseline_gains["prompted"]
-        gated = [g if ok else bare for g, ok in zip(prompted, self.baseline_coherent["prompted"])]
+        looping fraction, the bare replies' fluency (the gate's reference)."""
+        bare, prompted = self.baseline_scores["bare"], self.baseline_scores["prompted"]
+        gain, fluency = _mean(bare.gains), _mean(bare.fluency)
         return {
-            "val/persona_gain_bare": bare,
-            "val/persona_gain_prompted": _mean(prompted),
-            "val/persona_gain_prompted_gated": _mean(gated),
-            "val/looping_frac_bare": _mean(self.baseline_looping["bare"]),
-            "val/looping_frac_prompted": _mean(self.baseline_looping["prompted"]),
+            "val/persona_gain_bare": gain,
+            "val/persona_gain_prompted": _mean(prompted.gains),
+            "val/persona_gain_prompted_gated": _mean(_gated(prompted, self.gate, gain, fluency)),
+            "val/looping_frac_bare": _mean(bare.looping),
+            "val/looping_frac_prompted": _mean(prompted.looping),
+            "val/fluency_bare": fluency,
         }
 
     def metrics(self, baselines: dict[str, float]) -> dict[str, float]:
         bare = baselines["val/persona_gain_bare"]
-        gated = [g if ok else bare for g, ok in zip(self.gains, self.coherent)]
+        gated = _gated(self.student, self.gate, bare, baselines.get("val/fluency_bare"))
+        gains = self.student.gains
         metrics = {
             "val/divergence": self.divergence_sum / max(self.tokens, 1),
-            "val/persona_gain": _mean(self.gains),
-            "val/persona_gain_ci95": _ci95(self.gains),
+            "val/persona_gain": _mean(gains),
+            "val/persona_gain_ci95": _ci95(gains),
             "val/persona_gain_gated": _mean(gated),
             "val/persona_gain_gated_ci95": _ci95(gated),
-            "val/looping_frac": _mean(self.looping),
+            "val/looping_frac": _mean(self.student.looping),
+            "val/fluency": _mean(self.student.fluency),
         }
         for suffix, prompted in (
             ("", baselines["val/persona_gain_prompted"]),

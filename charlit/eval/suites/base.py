@@ -71,29 +71,39 @@ def judge_scores(ctx: SuiteContext, replies: list[Reply]) -> dict[str, list]:
 
 
 @torch.no_grad()
-def fluency(ctx: SuiteContext, replies: list[Reply]) -> list[float]:
-    """The bare base's mean per-token log-likelihood of each non-empty reply, given the bare prompt."""
+def fluency(ctx: SuiteContext, replies: list[Reply]) -> list[float | None]:
+    """The bare base's mean per-token log-likelihood of each reply given the bare prompt (None for an empty reply)."""
     kept = [r for r in replies if r.ids]
-    out: list[float] = []
+    scores: list[float] = []
     for i in range(0, len(kept), ctx.score_batch_size):
         chunk = kept[i : i + ctx.score_batch_size]
         contexts = ctx.bare.contexts(ctx.tokenizer, [r.prompt for r in chunk])
-        out += mean_reply_logprob(ctx.bare.model, ctx.tokenizer, contexts, [list(r.ids) for r in chunk]).tolist()
-    return out
+        scores += mean_reply_logprob(ctx.bare.model, ctx.tokenizer, contexts, [list(r.ids) for r in chunk]).tolist()
+    found = iter(scores)
+    return [next(found) if r.ids else None for r in replies]
 
 
-def quality_values(ctx: SuiteContext, replies: list[Reply]) -> dict[str, list]:
-    """Per-reply text quality (:mod:`charlit.quality`): looping, distinct-2, compression ratio, whether the reply
-    ended (end-of-turn token) and passed the coherence gate, and its fluency under the bare base."""
+def quality_values(ctx: SuiteContext, replies: list[Reply], reference_fluency: float | None) -> dict[str, list]:
+    """Per-reply text quality (:mod:`charlit.quality`): looping, distinct-2, compression ratio, recitation of the
+    constitution, whether the reply ended (end-of-turn token) and passed the coherence gate, and its fluency under
+    the bare base (``reference_fluency``: the bare base's own mean, for the gate; None = the mean of these)."""
     end_ids = end_token_ids(ctx.tokenizer, ctx.bare.model)
-    quality = [reply_quality(r.ids, r.text, end_ids, ctx.gate) for r in replies]
+    source = ctx.constitution.system_prompt()
+    fluent = fluency(ctx, replies)
+    known = [f for f in fluent if f is not None]
+    if reference_fluency is None and known:
+        reference_fluency = sum(known) / len(known)
+    quality = [
+        reply_quality(r.ids, r.text, end_ids, ctx.gate, source, f, reference_fluency) for r, f in zip(replies, fluent)
+    ]
     return {
         "looping": [q.loops for q in quality],
         "coherent": [q.coherent for q in quality],
         "ended": [q.ended for q in quality],
         "distinct_2": [q.distinct_2 for q in quality],
         "compression": [q.compression for q in quality],
-        "fluency": fluency(ctx, replies),
+        "recitation": [q.recitation for q in quality],
+        "fluency": known,
     }
 
 
@@ -104,21 +114,25 @@ def persona_values(
 
     A reply that fails the gate scores the bare base's mean on the same prompts (no gain) in the gated twin, for
     every system alike; the bare base, the anchor, keeps its raw scores. ``floors`` carries the bare base's means
-    from its call (systems run bare first) to the others'.
+    (and its replies' mean fluency, which the gate compares with) from its call (systems run bare first) to the
+    others'.
     """
+    bare = system.label == ctx.bare.label
+    if not bare and "fluency" not in floors:
+        raise ValueError(
+            f"suite ran {system.label!r} before the bare base: the gated scores need the bare base's means first "
+            f"(SuiteContext.systems must start with the bare system)."
+        )
     values = judge_scores(ctx, replies)
-    quality = quality_values(ctx, replies)
+    quality = quality_values(ctx, replies, None if bare else floors["fluency"])
     coherent = quality["coherent"]
+    if bare:
+        floors["fluency"] = sum(quality["fluency"]) / len(quality["fluency"]) if quality["fluency"] else None
     for judge in list(values):
         raw = values[judge]
-        if system.label == ctx.bare.label:
+        if bare:
             floors[judge] = sum(raw) / len(raw) if raw else 0.0
             values[f"{judge}_gated"] = list(raw)
-        elif judge not in floors:
-            raise ValueError(
-                f"suite ran {system.label!r} before the bare base: the gated {judge} score needs the "
-                f"bare base's mean first (SuiteContext.systems must start with the bare system)."
-            )
         elif judge.endswith("_hit"):
             values[f"{judge}_gated"] = [bool(h) and ok for h, ok in zip(raw, coherent)]
         else:
