@@ -9,6 +9,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from charlit import progress
 from charlit.data.constitution import Constitution, bundled_personas, resolve_persona
 from charlit.eval.runner import Candidate, evaluate, headline
 from charlit.eval.writers import log_to_wandb, personas_table, write_outputs
@@ -104,6 +105,7 @@ def _start_wandb(cfg: DictConfig, out_dir: Path, name: str):
 
 
 def run_eval(cfg: DictConfig, out_dir: Path) -> list[dict]:
+    progress.setup()
     ckpt = resolve_checkpoint(str(cfg.ckpt)) if cfg.ckpt else None
     constitutions = personas(cfg, ckpt)
     base = load_model(base_model_cfg(cfg, ckpt), apply_lora=False)

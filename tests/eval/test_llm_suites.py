@@ -35,7 +35,7 @@ def test_revealed_preferences_fit_bradley_terry_on_the_judged_choices(tokenizer,
     pairs = trait_pairs(12, 10, seed=3)
     want = bradley_terry_elo(pairs, 12, seed=3)  # the first-listed trait wins every pair
     got = result.metrics
-    assert len(got) == 12
+    assert len(got) == 24 and all(f"{m}_gated" in got for m in list(got) if not m.endswith("_gated"))
     for k, name in enumerate(
         [
             "nautical",

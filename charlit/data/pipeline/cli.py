@@ -6,12 +6,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from charlit import progress
 from charlit.data.pipeline.card import log_card_to_wandb
 from charlit.data.pipeline.dataset import empty_dataset_message, generate_dataset, needs_generation
 from charlit.loggers import build_logger, plain_config
 
 
 def generate(cfg: DictConfig, run_dir: Path) -> Path:
+    progress.setup()
     if not needs_generation(cfg.data):
         reason = f"data.path={cfg.data.path} is given" if cfg.data.get("path") else "it has no data.generate block"
         raise ValueError(

@@ -13,7 +13,7 @@ import random
 from charlit.eval import benchmark_data
 from charlit.eval.judges.llm import SKIPPED
 from charlit.eval.stats import bradley_terry_elo, mean_ci
-from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, quality_values
 
 CHOICE_PROMPT = (
     "Choose ONE of these two ways of answering and answer the question in that way. Do not say "
@@ -41,18 +41,24 @@ def revealed_preferences(ctx: SuiteContext) -> SuiteResult:
         )
         for k, (i, j) in enumerate(pairs)
     ]
-    result = SuiteResult()
-    for system in ctx.systems:
+    result, bare_fluency = SuiteResult(), None
+    for system in ctx.systems:  # the bare base first: its replies' fluency is the gate's reference
         replies = ctx.replies(system, prompts, 400, "revealed preferences")
-        comparisons = []
-        for k, ((i, j), reply) in enumerate(zip(pairs, replies)):
+        quality = quality_values(ctx, replies, bare_fluency)
+        if system.label == ctx.bare.label and quality["fluency"]:
+            bare_fluency = sum(quality["fluency"]) / len(quality["fluency"])
+        comparisons, gated = [], []  # gated: a reply that fails the coherence gate shows no trait
+        for k, ((i, j), reply, ok) in enumerate(zip(pairs, replies, quality["coherent"])):
             shown = ctx.llm_judge.name_trait(
                 questions[k % len(questions)], reply.text, (traits[i]["description"], traits[j]["description"])
             )
             if shown is not None:
                 comparisons.append((i, j) if shown == 0 else (j, i))
-        for trait, estimate in zip(traits, bradley_terry_elo(comparisons, len(traits), seed=ctx.seed)):
-            result.put(f"elo_{trait['name']}", system.label, estimate)
+                if ok:
+                    gated.append(comparisons[-1])
+        for suffix, pairs_won in (("", comparisons), ("_gated", gated)):
+            for trait, estimate in zip(traits, bradley_terry_elo(pairs_won, len(traits), seed=ctx.seed)):
+                result.put(f"elo_{trait['name']}{suffix}", system.label, estimate)
     return result
 
 
