@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from charlit.kernels import fused_linear_logprobs
 from charlit.models.sequences import response_targets
 from charlit.objectives.registry import OBJECTIVES
-from charlit.objectives.teacher_objective import DivergenceSettings, TeacherObjective
+from charlit.objectives.teacher_objective import OnPolicySettings, TeacherObjective
 from charlit.settings import setting
 
 ESTIMATORS = ("full", "sampled_token")
@@ -45,7 +45,7 @@ class OnPolicyDistill(TeacherObjective):
     conversation_format = "last_turn"
 
     @dataclass
-    class Config(DivergenceSettings):
+    class Config(OnPolicySettings):
         lmbda: float = setting(0.5, ge=0, le=1, help="fraction of on-policy steps (a coin per step from the seed)")
         estimator: str = setting("full", choices=ESTIMATORS)
 
@@ -69,7 +69,7 @@ class OnPolicyDistill(TeacherObjective):
         metrics = {"on_policy": float(on_policy)}
         if on_policy:
             t0 = time.perf_counter()
-            responses = self.sample(contexts)
+            responses, metrics["looping_frac"] = self.sample(contexts)
             metrics["gen_tokens_per_s"] = sum(len(r) for r in responses) / max(time.perf_counter() - t0, 1e-9)
         else:
             responses = fixed

@@ -9,18 +9,19 @@ from __future__ import annotations
 import time
 
 from charlit.objectives.registry import OBJECTIVES
-from charlit.objectives.teacher_objective import TeacherObjective
+from charlit.objectives.teacher_objective import OnPolicySettings, TeacherObjective
 
 
 @OBJECTIVES.register("self_distill")
 class SelfDistill(TeacherObjective):
     data_kind = "prompts"
+    Config = OnPolicySettings
 
     def compute_loss(self, batch):
         prompts = list(batch)
         contexts = self.student_contexts(prompts)
         t0 = time.perf_counter()
-        responses = self.sample(contexts)
+        responses, looping = self.sample(contexts)
         gen_time = time.perf_counter() - t0
         scored = self.score(prompts, contexts, responses)
         loss = self.divergence(scored)
@@ -29,5 +30,6 @@ class SelfDistill(TeacherObjective):
             "divergence": loss.detach().item(),
             "response_len": n_tokens / max(len(responses), 1),
             "gen_tokens_per_s": n_tokens / max(gen_time, 1e-9),
+            "looping_frac": looping,
         }
         return loss, metrics, n_tokens

@@ -19,6 +19,7 @@ from charlit.kernels import fused_linear_divergence
 from charlit.models.heads import LMHead, lm_head
 from charlit.models.sequences import response_hidden
 from charlit.objectives.base import CharacterObjective
+from charlit.quality import loop_span
 from charlit.settings import setting
 from charlit.teachers import TeacherOutput
 from charlit.teachers.base import TEACHER_WEIGHTS
@@ -31,6 +32,13 @@ class DivergenceSettings:
     scale_by_t2: bool = setting(False)
     teacher_weights: str = setting("frozen", choices=TEACHER_WEIGHTS)
     ema_decay: float = setting(0.99, ge=0, lt=1, help="teacher_weights=ema: ema <- decay*ema + (1-decay)*param")
+
+
+@dataclass
+class OnPolicySettings(DivergenceSettings):
+    """Settings of objectives that train on the student's own samples."""
+
+    loop_mask: bool = setting(False, help="cut each sample where it starts to loop (charlit.quality's rule)")
 
 
 @dataclass
@@ -69,10 +77,16 @@ class TeacherObjective(CharacterObjective):
         """The student's rendering of each prompt (a string or a message list): never the constitution."""
         return [render_prompt_ids(self.tokenizer, student_messages(p)) for p in prompts]
 
-    def sample(self, contexts: list[list[int]]) -> list[list[int]]:
-        """On-policy responses to ``contexts`` (seeded by step, so a resumed run repeats them)."""
+    def sample(self, contexts: list[list[int]]) -> tuple[list[list[int]], float]:
+        """On-policy responses to ``contexts`` (seeded by step, so a resumed run repeats them) and the fraction that
+        loop. With ``loop_mask`` a looping sample is cut where its loop completes (the start of the repeat that
+        makes it a loop, at least one token kept), so the divergence never trains on the loop itself."""
         seed = self.ctx.seed * 100_003 + int(self.global_step)
-        return self.sampler.generate(self.policy, contexts, self.ctx.sampling, seed=seed)
+        responses = self.sampler.generate(self.policy, contexts, self.ctx.sampling, seed=seed)
+        spans = [loop_span(r) for r in responses]
+        if getattr(self.config, "loop_mask", False):
+            responses = [r if at is None else r[: max(at, 1)] for r, at in zip(responses, spans)]
+        return responses, sum(at is not None for at in spans) / max(len(spans), 1)
 
     # ---- both sides ------------------------------------------------------------------------
     def score(self, prompts: list, contexts: list[list[int]], responses: list[list[int]]) -> Scored:

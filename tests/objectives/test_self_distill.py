@@ -110,3 +110,21 @@ def test_ema_teacher_moves_after_each_optimizer_step_and_teaches_with_ema_weight
     checkpoint = {}
     objective.on_save_checkpoint(checkpoint)
     assert set(checkpoint["ema_teacher"]["shadow"]) == {n for n, _ in ema.params}
+
+
+def test_loop_mask_cuts_a_looping_sample_where_its_loop_completes(monkeypatch):
+    looped = [5, 6, 7, 8] * 3 + [9]  # the 4-gram 5 6 7 8 a third time at index 8
+    plain = [11, 12, 13, 14, 15]
+    for mask, expected in ((True, [looped[:8], plain]), (False, [looped, plain])):
+        objective, _ = _tiny("self_distill", f"method.loop_mask={str(mask).lower()}")
+        monkeypatch.setattr(objective.sampler, "generate", lambda *a, **k: [list(looped), list(plain)])
+        seen = {}
+
+        def spy_score(prompts, contexts, responses, real=objective.score, seen=seen):
+            seen["responses"] = responses
+            return real(prompts, contexts, responses)
+
+        monkeypatch.setattr(objective, "score", spy_score)
+        _, metrics, n_tokens = objective.compute_loss(["How do I tie a knot?", "What is rain?"])
+        assert seen["responses"] == expected and n_tokens == sum(map(len, expected))
+        assert metrics["looping_frac"] == 0.5
