@@ -2,8 +2,8 @@
 
 It lives in a temporary directory: one module, YAMLs under its own ``conf/`` (added with Hydra's
 ``hydra.searchpath=[pkg://toy_charlit_plugin.conf]``) and a ``.dist-info`` whose ``entry_points.txt`` registers
-an objective, a teacher, a sampler, a data kind, a kernel backend, an eval suite and a judge, exactly as
-``pip install`` of a real package would. Training and evaluation then use them by name.
+an objective, a teacher, a sampler, a data kind, a data pipeline stage, a kernel backend, an eval suite and a
+judge, exactly as ``pip install`` of a real package would. Training and evaluation then use them by name.
 """
 
 import json
@@ -21,6 +21,7 @@ PLUGIN = '''
 from dataclasses import dataclass
 
 from charlit.data.modules.prompts import PromptData
+from charlit.data.pipeline.reflection import ReflectionStage
 from charlit.data.modules.base import DataSettings, IGNORED_KEYS
 from charlit.data.prompts import heldout_prompts
 from charlit.eval.judges.base import PersonaJudge
@@ -98,6 +99,16 @@ class ArrJudge(PersonaJudge):
         return [float(r.text.lower().count("arr")) for r in replies]
 
 
+class MottoStage(ReflectionStage):
+    """Reflection rows, one prompt type only, under a stage name of its own."""
+
+    name = "motto"
+
+
+def build_motto(cfg, ctx, generator, teacher):
+    return MottoStage(ctx, generator, int(cfg.data.generate.motto.per_type), ["introduce_yourself"])
+
+
 def reply_length(ctx):
     result = SuiteResult()
     for system in ctx.systems:
@@ -122,6 +133,8 @@ toy_backend = toy_charlit_plugin:ToyBackend
 reply_length = toy_charlit_plugin:reply_length
 [charlit.judges]
 arr = toy_charlit_plugin:ArrJudge
+[charlit.data_stages]
+motto = toy_charlit_plugin:build_motto
 """
 
 YAMLS = {
@@ -155,6 +168,20 @@ YAMLS = {
         val_size: 2
         batch_size: 2
         val_batch_size: 2
+        """,
+    "data/mottos.yaml": """
+        name: mottos
+        kind: conversations
+        path: null
+        generate:
+          stages: [motto]
+          motto:
+            per_type: 3
+        heldout_set: general_heldout
+        val_size: 2
+        batch_size: 2
+        val_batch_size: 2
+        max_length: 256
         """,
 }
 
@@ -229,6 +256,25 @@ def test_a_third_party_objective_teacher_sampler_data_kind_and_kernel_backend_tr
 
     bad, _ = _run(plugin, tmp_path, "train.py", "method=toy", "method.scale=0", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "charlit: error: method.scale=0 is out of range; it must be > 0" in bad.stderr
+
+
+def test_a_third_party_data_stage_generates_the_data_a_run_trains_on(plugin, tmp_path):
+    run_dir = tmp_path / "run"
+    proc, _ = _run(
+        plugin,
+        tmp_path,
+        "train.py",
+        "method=sft",
+        "data=mottos",
+        "trainer.max_steps=1",
+        "logger=csv",
+        "val.every_n_steps=0",
+        f"generation.cache_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dataset = json.loads((run_dir / "summary.json").read_text())["paths"]["dataset"]
+    assert "motto" in dataset and open(dataset).read().strip()
 
 
 def test_a_third_party_eval_suite_and_judge_report(plugin, tmp_path):
