@@ -46,9 +46,18 @@ def resolve_checkpoint(path: str, what: str = "ckpt") -> Checkpoint:
 
 
 def base_model_cfg(cfg: DictConfig, ckpt: Checkpoint | None) -> DictConfig:
-    """The base model: the one the run trained from (its summary.json) when known, else ``model``."""
+    """The base model: the one the run trained from (its summary.json) when known, else ``model``.
+
+    A run dir is someone else's file: nothing read from it may turn on remote code. ``trust_remote_code`` is always
+    this invocation's own ``model.trust_remote_code``, and the model path taken from the run dir is printed."""
     if ckpt and ckpt.summary and ckpt.summary.get("config", {}).get("model"):
-        return OmegaConf.create(ckpt.summary["config"]["model"])
+        model = OmegaConf.create(ckpt.summary["config"]["model"])
+        model.trust_remote_code = bool(cfg.model.get("trust_remote_code", False))
+        print(
+            f"[charlit] base model from {ckpt.model_dir.parent / 'summary.json'}: {model.get('name_or_path')}",
+            flush=True,
+        )
+        return model
     return cfg.model
 
 

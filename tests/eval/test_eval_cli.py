@@ -167,3 +167,17 @@ def test_train_hook_adds_eval_numbers_to_the_summary(tmp_path):
         assert key in metrics, key
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["persona"] == "poet" and report["suites"]["revealed_preferences"]["status"] == SKIPPED
+
+
+def test_a_run_dirs_summary_cannot_turn_on_remote_code(tmp_path):
+    from omegaconf import OmegaConf
+
+    from charlit.eval.cli import Checkpoint, base_model_cfg
+
+    summary = {"config": {"model": {"name_or_path": str(tmp_path / "evil"), "trust_remote_code": True}}}
+    ckpt = Checkpoint(tmp_path / "final", summary)
+    mine = OmegaConf.create({"model": {"name_or_path": "tiny", "trust_remote_code": False}})
+    model = base_model_cfg(mine, ckpt)
+    assert model.name_or_path == str(tmp_path / "evil") and model.trust_remote_code is False
+    mine.model.trust_remote_code = True  # only the user's own flag for this invocation opts in
+    assert base_model_cfg(mine, ckpt).trust_remote_code is True
