@@ -196,9 +196,8 @@ class CharacterObjective(L.LightningModule):
         self.val_history = list(state.get("val_history", []))
         self.baselines = dict(state.get("baselines", {}))
         saved = checkpoint.setdefault("state_dict", {})
-        for name, param in self.named_parameters(
-            remove_duplicate=False
-        ):  # strict loading still catches any other mismatch
+        # put the omitted frozen weights back; strict loading still catches any other mismatch
+        for name, param in self.named_parameters(remove_duplicate=False):
             if not param.requires_grad and name not in saved:
                 saved[name] = param.detach()
 

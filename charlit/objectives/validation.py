@@ -32,7 +32,7 @@ from charlit.models.sequences import response_hidden
 from charlit.quality import QualityGate, reply_quality
 from charlit.sampling import SamplingParams
 from charlit.sampling.hf import end_token_ids
-from charlit.settings import setting
+from charlit.settings import parse, setting
 from charlit.teachers.self import SelfTeacher
 
 
@@ -49,9 +49,7 @@ class ValidationSettings:
 
     @classmethod
     def from_config(cls, node) -> ValidationSettings:
-        from charlit.settings import parse
-
-        sampling = SamplingParams.from_config(node.get("sampling", {}), "val.sampling")
+        sampling = parse(SamplingParams, node.get("sampling", {}), "val.sampling")
         settings = parse(cls, {k: v for k, v in node.items() if k != "sampling"}, "val")
         settings.sampling = sampling
         return settings
@@ -93,15 +91,15 @@ class HeldOutValidation:
         self.teacher = SelfTeacher(policy, reference, tokenizer, constitution, weights="frozen")
         self.prompted_replies: dict[str, str] = {}  # prompt -> the prompted base's reply, for sample tables
         self.gate = QualityGate()
+        self.end_ids = end_token_ids(tokenizer, policy)
+        self.source = constitution.system_prompt()  # the text a reply must not recite
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _score(self, base, prompts: list[str], replies: list[list[int]]) -> Scored:
         gains, fluency = persona_gain_and_fluency(base, self.tokenizer, self.constitution, prompts, replies)
-        end_ids = end_token_ids(self.tokenizer, self.policy)
-        source = self.constitution.system_prompt()
-        quality = [reply_quality(r, self._decode(r), end_ids, self.gate, source) for r in replies]
+        quality = [reply_quality(r, self._decode(r), self.end_ids, self.gate, self.source) for r in replies]
         return Scored(
             gains.double().cpu().tolist(),
             fluency.double().cpu().tolist(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -20,12 +19,6 @@ class SamplingParams:
     temperature: float = setting(1.0, ge=0, help="0 = greedy")
     top_p: float = setting(1.0, gt=0, le=1)
     top_k: int = setting(0, ge=0, help="0 = off")
-
-    @classmethod
-    def from_config(cls, node, prefix: str, ignore=()) -> SamplingParams:
-        """Parse the sampling keys of ``node`` (other keys listed in ``ignore`` are skipped)."""
-        keys = {f.name for f in dataclasses.fields(cls)}
-        return parse(cls, {k: v for k, v in node.items() if k in keys or k not in ignore}, prefix)
 
 
 @dataclass
