@@ -56,6 +56,19 @@ def loop_span(tokens: Sequence, rule: LoopRule = DEFAULT_RULE) -> int | None:
     return None
 
 
+def repeat_positions(tokens: Sequence, n: int = 4) -> list[int]:
+    """Indices ``t`` where the ``n``-gram ending at ``t`` already ended somewhere before ``t``: the tokens that
+    continue a copy of earlier text (the candidates of repetition unlikelihood training)."""
+    seen: set[tuple] = set()
+    repeats = []
+    for t in range(n - 1, len(tokens)):
+        gram = tuple(tokens[t - n + 1 : t + 1])
+        if gram in seen:
+            repeats.append(t)
+        seen.add(gram)
+    return repeats
+
+
 def loops(tokens: Sequence, rule: LoopRule = DEFAULT_RULE) -> bool:
     return loop_span(tokens, rule) is not None
 

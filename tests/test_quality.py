@@ -14,6 +14,7 @@ from charlit.quality import (
     loop_span,
     loops,
     recitation,
+    repeat_positions,
     reply_quality,
 )
 
@@ -81,3 +82,11 @@ def test_the_fluency_check_needs_both_numbers_and_applies_the_margin():
     assert gate.passes(ids, text, fluency=-9.0)  # no reference: no check
     assert gate.passes(ids, text, fluency=-4.4, reference_fluency=-2.0)  # 2.4 nats below: kept
     assert not gate.passes(ids, text, fluency=-4.6, reference_fluency=-2.0)  # 2.6 nats below: fails
+
+
+def test_repeat_positions_marks_tokens_that_complete_an_earlier_ngram():
+    # hand-marked: "abc" ends at 2, again at 6 and 9; in "abcabcabc" every 3-gram from index 5 on is a repeat
+    assert repeat_positions(list("abcxabcabc"), n=3) == [6, 9]
+    assert repeat_positions(list("abcabcabc"), n=3) == [5, 6, 7, 8]
+    assert repeat_positions(list("abcd"), n=2) == [] and repeat_positions([], n=4) == []
+    assert repeat_positions([1, 1, 1, 1], n=1) == [1, 2, 3]

@@ -75,8 +75,8 @@ class OnPolicyDistill(TeacherObjective):
             responses = fixed
         scored = self.score(prompts, contexts, responses)
         if self.estimator == "full":
-            loss = self.divergence(scored)
-            metrics["divergence"] = loss.detach().item()
+            loss, divergence_metrics = self.distill_loss(scored, responses)
+            metrics |= divergence_metrics
         else:
             loss, kl = self.sampled_token_loss(scored, responses)
             metrics["kl_estimate"] = kl

@@ -24,10 +24,9 @@ class SelfDistill(TeacherObjective):
         responses, looping = self.sample(contexts)
         gen_time = time.perf_counter() - t0
         scored = self.score(prompts, contexts, responses)
-        loss = self.divergence(scored)
+        loss, metrics = self.distill_loss(scored, responses)
         n_tokens = scored.n_tokens
-        metrics = {
-            "divergence": loss.detach().item(),
+        metrics |= {
             "response_len": n_tokens / max(len(responses), 1),
             "gen_tokens_per_s": n_tokens / max(gen_time, 1e-9),
             "looping_frac": looping,

@@ -10,16 +10,16 @@ Their shared settings are :class:`DivergenceSettings`: ``beta`` (0 forward KL ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from charlit.data.chat import render_prompt_ids, student_messages
-from charlit.kernels import fused_linear_divergence
+from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
 from charlit.models.heads import LMHead, lm_head
-from charlit.models.sequences import response_hidden
+from charlit.models.sequences import response_hidden, response_targets
 from charlit.objectives.base import CharacterObjective
-from charlit.quality import loop_span
+from charlit.quality import loop_span, repeat_positions
 from charlit.settings import setting
 from charlit.teachers import TeacherOutput
 from charlit.teachers.base import TEACHER_WEIGHTS
@@ -39,6 +39,13 @@ class OnPolicySettings(DivergenceSettings):
     """Settings of objectives that train on the student's own samples."""
 
     loop_mask: bool = setting(False, help="cut each sample where it starts to loop (charlit.quality's rule)")
+    unlikelihood: float = setting(
+        0.0, ge=0, help="weight of repetition unlikelihood on sampled tokens that repeat an earlier n-gram"
+    )
+    unlikelihood_n: int = setting(4, ge=1, help="the n of that repeated n-gram")
+    greedy_rollouts: float = setting(
+        0.0, ge=0, le=1, help="share of each batch's prompts decoded greedily instead of sampled (loops show there)"
+    )
 
 
 @dataclass
@@ -79,10 +86,17 @@ class TeacherObjective(CharacterObjective):
 
     def sample(self, contexts: list[list[int]]) -> tuple[list[list[int]], float]:
         """On-policy responses to ``contexts`` (seeded by step, so a resumed run repeats them) and the fraction that
-        loop. With ``loop_mask`` a looping sample is cut where its loop completes (the start of the repeat that
-        makes it a loop, at least one token kept), so the divergence never trains on the loop itself."""
+        loop. The first ``greedy_rollouts`` share of the batch is decoded greedily, the rest sampled. With
+        ``loop_mask`` a looping sample is cut where its loop completes (the start of the repeat that makes it a
+        loop, at least one token kept), so the divergence never trains on the loop itself."""
         seed = self.ctx.seed * 100_003 + int(self.global_step)
-        responses = self.sampler.generate(self.policy, contexts, self.ctx.sampling, seed=seed)
+        greedy = round(getattr(self.config, "greedy_rollouts", 0.0) * len(contexts))
+        responses = []
+        if greedy:
+            params = replace(self.ctx.sampling, temperature=0.0)
+            responses += self.sampler.generate(self.policy, contexts[:greedy], params, seed=seed)
+        if greedy < len(contexts):
+            responses += self.sampler.generate(self.policy, contexts[greedy:], self.ctx.sampling, seed=seed)
         spans = [loop_span(r) for r in responses]
         if getattr(self.config, "loop_mask", False):
             responses = [r if at is None else r[: max(at, 1)] for r, at in zip(responses, spans)]
@@ -97,22 +111,71 @@ class TeacherObjective(CharacterObjective):
             student=student, head=lm_head(self.policy), teacher=teacher, n_tokens=sum(len(r) for r in responses)
         )
 
-    def divergence(self, scored: Scored, beta: float | None = None) -> torch.Tensor:
-        """The per-token β-divergence over the full vocabulary, normalised by the global batch's token count."""
+    def divergence(
+        self,
+        scored: Scored,
+        beta: float | None = None,
+        rows: torch.Tensor | None = None,
+        num_items: float | None = None,
+    ) -> torch.Tensor:
+        """The per-token β-divergence over the full vocabulary on ``rows`` (a bool mask; default all), normalised
+        by ``num_items`` (default: the global batch's token count)."""
         config = self.config
+        student, teacher = scored.student, scored.teacher.hidden
+        if rows is not None:
+            student, teacher = student[rows], teacher[rows]
+        if num_items is None:
+            num_items = self.global_num_items(scored.n_tokens)
         return fused_linear_divergence(
-            scored.student,
+            student,
             scored.head.weight,
-            scored.teacher.hidden,
+            teacher,
             scored.teacher.weight,
             beta=config.beta if beta is None else beta,
             temperature=config.temperature,
             scale_by_t2=config.scale_by_t2,
-            num_items=self.global_num_items(scored.n_tokens),
+            num_items=num_items,
             student_bias=scored.head.bias,
             teacher_bias=scored.teacher.bias,
             softcap=scored.head.softcap,
         )
+
+    def distill_loss(self, scored: Scored, responses: list[list[int]]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The divergence on every response token, or with ``unlikelihood > 0`` the repetition-aware loss.
+
+        A token that repeats an earlier ``unlikelihood_n``-gram of its own response leaves the divergence (once
+        a loop has started the teacher endorses it: in-context copying) and is pushed down instead by the
+        unlikelihood ``-log(1 - q(y_t))`` of Welleck et al. 2019, weighted by ``unlikelihood`` and normalised by
+        the same token count. The student learns the teacher's persona but not its loops.
+        """
+        weight = getattr(self.config, "unlikelihood", 0.0)
+        num_items = self.global_num_items(scored.n_tokens)  # one collective per step on every rank
+        if not weight:
+            loss = self.divergence(scored, num_items=num_items)
+            return loss, {"divergence": loss.detach().item()}
+        device = scored.student.device
+        repeats = torch.zeros(scored.n_tokens, dtype=torch.bool, device=device)
+        offset = 0
+        for response in responses:
+            for t in repeat_positions(response, self.config.unlikelihood_n):
+                repeats[offset + t] = True
+            offset += len(response)
+        divergence = self.divergence(scored, rows=~repeats, num_items=num_items)
+        head = scored.head
+        log_q = fused_linear_logprobs(
+            scored.student[repeats],
+            head.weight,
+            response_targets(responses, device)[repeats],
+            bias=head.bias,
+            softcap=head.softcap,
+        )
+        unlikelihood = -torch.log1p(-log_q.exp().clamp(max=1 - 1e-6)).sum() / max(num_items, 1.0)
+        metrics = {
+            "divergence": divergence.detach().item(),
+            "unlikelihood": unlikelihood.detach().item(),
+            "repeat_frac": repeats.float().mean().item() if scored.n_tokens else 0.0,
+        }
+        return divergence + weight * unlikelihood, metrics
 
     # ---- EMA teacher -----------------------------------------------------------------------
     def on_train_batch_end(self, outputs, batch, batch_idx):

@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from charlit.run import build_objective
 from tests.conftest import compose
-from tests.objectives.helpers import lowers_own_loss, perturb
+from tests.objectives.helpers import kl, lowers_own_loss, perturb, response_logits
 
 
 def _tiny(method, *extra):
@@ -128,3 +129,45 @@ def test_loop_mask_cuts_a_looping_sample_where_its_loop_completes(monkeypatch):
         _, metrics, n_tokens = objective.compute_loss(["How do I tie a knot?", "What is rain?"])
         assert seen["responses"] == expected and n_tokens == sum(map(len, expected))
         assert metrics["looping_frac"] == 0.5
+
+
+def test_unlikelihood_replaces_the_divergence_on_repeated_ngrams_float64():
+    """Reverse KL on ordinary tokens plus w * -log(1 - q(y_t)) on tokens that repeat an earlier 4-gram, both over
+    the batch's token count, against float64 logits of full forwards (hand-marked repeats)."""
+    looped = [5, 6, 7, 8, 9, 5, 6, 7, 8, 5, 6, 7, 8]  # the 4-gram 5 6 7 8 ends again at 8 and 12
+    plain = [11, 12, 13, 14, 15]
+    repeated = [{8, 12}, set()]
+    objective, _ = _tiny("self_distill", "method.unlikelihood=0.5")
+    perturb(objective.policy)
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(objective.sampler, "generate", lambda *a, **k: [list(looped), list(plain)])
+    prompts = ["How do I tie a knot?", "What is rain?"]
+    loss, metrics, n_tokens = objective.compute_loss(prompts)
+    monkeypatch.undo()
+    divergence = unlikelihood = 0.0
+    with objective.reference.model() as base:
+        for prompt, context, y, marks in zip(prompts, objective.student_contexts(prompts), (looped, plain), repeated):
+            s = response_logits(objective.policy, context, y)
+            t = response_logits(base, objective.teacher.context_ids(prompt), y)
+            per_token = kl(s, t)
+            q = s.softmax(-1)[range(len(y)), y]
+            divergence += sum(per_token[i] for i in range(len(y)) if i not in marks)
+            unlikelihood += sum(-torch.log1p(-q[i]) for i in marks)
+    assert n_tokens == len(looped) + len(plain)
+    torch.testing.assert_close(loss.double(), (divergence + 0.5 * unlikelihood) / n_tokens, rtol=2e-5, atol=2e-6)
+    assert metrics["repeat_frac"] == pytest.approx(2 / n_tokens)
+    assert metrics["unlikelihood"] == pytest.approx(float(unlikelihood / n_tokens), rel=1e-4)
+
+
+def test_greedy_rollouts_decode_that_share_of_the_batch_greedily(monkeypatch):
+    objective, _ = _tiny("self_distill", "method.greedy_rollouts=0.5", "data.batch_size=4")
+    calls = []
+
+    def spy(model, contexts, params, **kw):
+        calls.append((len(contexts), params.temperature))
+        return [[11, 12, 13] for _ in contexts]
+
+    monkeypatch.setattr(objective.sampler, "generate", spy)
+    prompts = ["How do I tie a knot?", "What is rain?", "Why is the sky blue?", "Name a fish."]
+    responses, _ = objective.sample(objective.student_contexts(prompts))
+    assert calls == [(2, 0.0), (2, objective.ctx.sampling.temperature)] and len(responses) == 4
