@@ -74,14 +74,14 @@ def card_markdown(card: dict) -> str:
         "",
         "## Counts per stage",
         "",
-        "| stage | generated | kept | of which trimmed | dropped (reason: count) |",
-        "|---|---|---|---|---|",
+        "| stage | generated | kept | of which trimmed | of which cut at a loop | dropped (reason: count) |",
+        "|---|---|---|---|---|---|",
     ]
     for stage, counts in card["stages"].items():
         dropped = ", ".join(f"{r}: {n}" for r, n in counts.get("dropped", {}).items()) or "none"
         lines.append(
             f"| {stage} | {counts.get('generated', 0)} | {counts.get('kept', 0)} | {counts.get('trimmed', 0)} "
-            f"| {dropped} |"
+            f"| {counts.get('cut_at_loop', 0)} | {dropped} |"
         )
     hist = card["reply_tokens"]["histogram"]
     lines += [
@@ -119,6 +119,7 @@ def log_card_to_wandb(card: dict, run) -> None:
         run.summary[f"data/{stage}/generated"] = counts.get("generated", 0)
         run.summary[f"data/{stage}/kept"] = counts.get("kept", 0)
         run.summary[f"data/{stage}/trimmed"] = counts.get("trimmed", 0)
+        run.summary[f"data/{stage}/cut_at_loop"] = counts.get("cut_at_loop", 0)
         for reason, n in counts.get("dropped", {}).items():
             run.summary[f"data/{stage}/dropped/{reason}"] = n
     samples = wandb.Table(columns=["row"], data=[[json.dumps(r, ensure_ascii=False)] for r in card["samples"]])

@@ -15,6 +15,7 @@ import torch
 
 from charlit.data.chat import render_prompt_ids
 from charlit.models import load_model
+from charlit.quality import loop_span
 from charlit.sampling import SamplingParams, build_sampler
 from charlit.sampling.hf import end_token_ids
 
@@ -36,6 +37,10 @@ class Reply:
     trimmed_text: str = ""  # unfinished replies: the text up to its last complete sentence ("" if none)
     trimmed_tokens: int = 0  # tokens of trimmed_text plus the end-of-turn token it gets when trained on
     was_trimmed: bool = False  # set by the filters when they kept trimmed_text in place of text
+    loops: bool = False  # its token ids loop under charlit.quality's rule (the evaluation's gate)
+    unlooped_text: str = ""  # looping replies: the text before the loop completes, to its last complete sentence
+    unlooped_tokens: int = 0  # tokens of unlooped_text plus the end-of-turn token it gets when trained on
+    was_cut: bool = False  # set by the filters when they kept unlooped_text in place of text
 
     def as_dict(self) -> dict:
         return {
@@ -45,6 +50,9 @@ class Reply:
             "format_break": self.format_break,
             "trimmed_text": self.trimmed_text,
             "trimmed_tokens": self.trimmed_tokens,
+            "loops": self.loops,
+            "unlooped_text": self.unlooped_text,
+            "unlooped_tokens": self.unlooped_tokens,
         }
 
     @staticmethod
@@ -56,6 +64,9 @@ class Reply:
             format_break=bool(raw["format_break"]),
             trimmed_text=raw.get("trimmed_text", ""),
             trimmed_tokens=int(raw.get("trimmed_tokens", 0)),
+            loops=bool(raw.get("loops", False)),
+            unlooped_text=raw.get("unlooped_text", ""),
+            unlooped_tokens=int(raw.get("unlooped_tokens", 0)),
         )
 
 
@@ -114,15 +125,23 @@ class Generator:
         raw = self.tokenizer.decode(body, skip_special_tokens=False)
         broken = any(m in raw for m in self.markers) or bool(SPEAKER_LABEL.search(raw))
         trimmed = "" if finished else last_complete_sentences(raw)
-        trimmed_tokens = len(self.tokenizer(trimmed, add_special_tokens=False)["input_ids"]) + 1 if trimmed else 0
+        loop_at = loop_span(body)
+        unlooped = "" if loop_at is None else last_complete_sentences(self.tokenizer.decode(body[:loop_at]))
         return Reply(
             text=raw.strip(),
             n_tokens=len(ids),
             finished=finished,
             format_break=broken,
             trimmed_text=trimmed,
-            trimmed_tokens=trimmed_tokens,
+            trimmed_tokens=self.trained_length(trimmed),
+            loops=loop_at is not None,
+            unlooped_text=unlooped,
+            unlooped_tokens=self.trained_length(unlooped),
         )
+
+    def trained_length(self, text: str) -> int:
+        """Tokens of ``text`` plus the end-of-turn token it gets when trained on (0 for no text)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 if text else 0
 
     def reply(self, conversations: list[list[dict]], seed: int, desc: str | None = None) -> list[Reply]:
         """One sampled reply per conversation (each a message list ending with a user turn)."""

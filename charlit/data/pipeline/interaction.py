@@ -5,14 +5,16 @@ Instance A speaks first, answering an opening message; then B answers A, A answe
 opening lets them talk about anything; a ``leading`` opening names a topic, and that guidance reaches both
 models: it is in both system prompts and in the opening message A answers. A reply that breaks format
 (writes the other side's turn, leaks a chat-template marker, is cut off or empty) ends the conversation there
-and is counted. Each conversation is saved from both sides, WITHOUT any system prompt, as
-``{"messages": [...]}`` rows ending on an assistant turn (so SFT trains on every one of that side's turns).
+and is counted; so does a looping reply (``generation.filters.loops``: kept up to its loop with ``cut``, left out
+with ``drop``), counted as ``conversations_ended_at_loop``. Each conversation is saved from both sides, WITHOUT
+any system prompt, as ``{"messages": [...]}`` rows ending on an assistant turn (so SFT trains on every one of
+that side's turns).
 """
 
 from __future__ import annotations
 
 from charlit.data.chat import with_system
-from charlit.data.pipeline.filters import DropCounter, screen
+from charlit.data.pipeline.filters import DropCounter, best_replies, screen
 from charlit.data.pipeline.generator import Reply
 from charlit.data.pipeline.stage import STAGES, Assembled, Stage
 
@@ -133,7 +135,9 @@ class InteractionStage(Stage):
             if not live:
                 break
             views = [speaker_view(s["transcript"], s["opener"], speaker, s["system"]) for s in live]
-            replies = self.generators[0].reply(views, seed=seed + turn, desc=f"interaction: turn {turn + 1}")
+            replies = best_replies(
+                self.generators[0], views, seed + turn, f"interaction: turn {turn + 1}", self.ctx.filters
+            )
             for state, reply in zip(live, replies):
                 state["replies"].append(reply.as_dict())
                 kept, problem = screen(reply, self.ctx.filters)
@@ -141,6 +145,8 @@ class InteractionStage(Stage):
                     state["stop"] = problem
                 else:
                     state["transcript"].append(kept.text)
+                    if kept.was_cut:  # the reply is kept up to its loop, and the conversation ends with it
+                        state["stop"] = "looping"
         return [
             {k: s[k] for k in ("index", "opening", "opener", "topic", "transcript", "replies", "stop")} for s in states
         ]
@@ -154,7 +160,7 @@ class InteractionStage(Stage):
                 if problem:
                     replies.drop(problem)
                 else:
-                    replies.keep(trimmed=kept.was_trimmed)
+                    replies.keep(trimmed=kept.was_trimmed, cut=kept.was_cut)
                     lengths.append(kept.n_tokens)
             finished += entry["stop"] is None
             for side, view in saved_views(entry["transcript"], entry["opener"]):
@@ -162,6 +168,7 @@ class InteractionStage(Stage):
         counts = replies.as_dict() | {
             "conversations": len(raw),
             "conversations_full_length": finished,
+            "conversations_ended_at_loop": sum(entry["stop"] == "looping" for entry in raw),
             "rows": len(rows),
             "turns": self.turns,
         }

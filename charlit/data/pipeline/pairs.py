@@ -7,7 +7,7 @@ Rows are TRL's conversational preference format: ``{"prompt": [user], "chosen": 
 from __future__ import annotations
 
 from charlit.data.chat import student_messages, teacher_messages
-from charlit.data.pipeline.filters import DropCounter, normalise, screen
+from charlit.data.pipeline.filters import DropCounter, best_replies, normalise, screen
 from charlit.data.pipeline.generator import Generator, Reply
 from charlit.data.pipeline.prompts import GeneratedPromptsStage, select_prompts
 from charlit.data.pipeline.stage import STAGES, Assembled, Stage, StageContext, run_stage
@@ -33,10 +33,13 @@ class PairsStage(Stage):
 
     def work(self, chunk: list, seed: int) -> list[dict]:
         prompts = [prompt for prompt, _ in chunk]
-        chosen = self.teacher.reply(
-            [teacher_messages(p, self.ctx.constitution) for p in prompts], seed=seed, desc="pairs: teacher"
+        filters = self.ctx.filters
+        chosen = best_replies(
+            self.teacher, [teacher_messages(p, self.ctx.constitution) for p in prompts], seed, "pairs: teacher", filters
         )
-        rejected = self.student.reply([student_messages(p) for p in prompts], seed=seed + 1, desc="pairs: student")
+        rejected = best_replies(
+            self.student, [student_messages(p) for p in prompts], seed + 1, "pairs: student", filters
+        )
         return [
             {"prompt": p, "sample": j, "chosen": c.as_dict(), "rejected": r.as_dict()}
             for (p, j), c, r in zip(chunk, chosen, rejected)
@@ -60,7 +63,7 @@ class PairsStage(Stage):
             if problem:
                 counter.drop(problem)
                 continue
-            counter.keep(trimmed=chosen.was_trimmed or rejected.was_trimmed)
+            counter.keep(trimmed=chosen.was_trimmed or rejected.was_trimmed, cut=chosen.was_cut or rejected.was_cut)
             seen.add(key)
             lengths.append(chosen.n_tokens)
             rows.append(

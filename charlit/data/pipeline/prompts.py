@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 
-from charlit.data.pipeline.filters import DropCounter, char_ngrams, near_duplicate_of, screen
+from charlit.data.pipeline.filters import DropCounter, best_replies, char_ngrams, near_duplicate_of, screen
 from charlit.data.pipeline.generator import Reply
 from charlit.data.pipeline.stage import Assembled, Stage
 from charlit.data.prompts import training_prompts
@@ -72,7 +72,7 @@ class GeneratedPromptsStage(Stage):
             shots = rng.sample(self.seed_prompts, min(FEW_SHOT_EXAMPLES, len(self.seed_prompts)))
             examples = "\n".join(f"- {q}" for q in shots)
             requests.append([{"role": "user", "content": FEW_SHOT_INSTRUCTION.format(examples=examples)}])
-        replies = self.generators[0].reply(requests, seed=seed, desc="prompts")
+        replies = best_replies(self.generators[0], requests, seed, "prompts", self.ctx.filters)
         return [{"item": i, "reply": r.as_dict()} for i, r in zip(chunk, replies)]
 
     def assemble(self, raw: list[dict]) -> Assembled:
@@ -89,7 +89,7 @@ class GeneratedPromptsStage(Stage):
             if problem:
                 counter.drop(problem)
                 continue
-            counter.keep(trimmed=reply.was_trimmed)
+            counter.keep(trimmed=reply.was_trimmed, cut=reply.was_cut)
             known.append(char_ngrams(question))
             rows.append({"prompt": question, "source": "generated"})
             lengths.append(reply.n_tokens)

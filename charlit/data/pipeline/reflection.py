@@ -4,7 +4,7 @@ about itself in many forms; rows are saved WITHOUT the constitution, as ``{"mess
 from __future__ import annotations
 
 from charlit.data.chat import teacher_messages
-from charlit.data.pipeline.filters import DropCounter, normalise, screen
+from charlit.data.pipeline.filters import DropCounter, best_replies, normalise, screen
 from charlit.data.pipeline.generator import Reply
 from charlit.data.pipeline.stage import STAGES, Assembled, Stage
 
@@ -52,8 +52,12 @@ class ReflectionStage(Stage):
 
     def work(self, chunk: list, seed: int) -> list[dict]:
         prompts = [REFLECTION_PROMPTS[kind] for kind, _ in chunk]
-        replies = self.generators[0].reply(
-            [teacher_messages(p, self.ctx.constitution) for p in prompts], seed=seed, desc="reflection"
+        replies = best_replies(
+            self.generators[0],
+            [teacher_messages(p, self.ctx.constitution) for p in prompts],
+            seed,
+            "reflection",
+            self.ctx.filters,
         )
         return [
             {"type": kind, "sample": j, "prompt": p, "reply": r.as_dict()}
@@ -71,7 +75,7 @@ class ReflectionStage(Stage):
             if problem:
                 counter.drop(problem)
                 continue
-            counter.keep(trimmed=reply.was_trimmed)
+            counter.keep(trimmed=reply.was_trimmed, cut=reply.was_cut)
             seen.add(normalise(reply.text))
             lengths.append(reply.n_tokens)
             rows.append(

@@ -13,7 +13,15 @@ def _card():
         "abc",
         "/x/data.jsonl",
         ROWS,
-        {"reflection": {"generated": 6, "kept": 4, "trimmed": 2, "dropped": {"unfinished": 1, "format_break": 1}}},
+        {
+            "reflection": {
+                "generated": 6,
+                "kept": 4,
+                "trimmed": 2,
+                "cut_at_loop": 1,
+                "dropped": {"unfinished": 1, "format_break": 1},
+            }
+        },
         [10, 20, 30, 40],
         new_tokens=200,
         seconds=4.0,
@@ -27,7 +35,7 @@ def test_card_contents_and_markdown():
     assert card["generation"]["tokens_per_s"] == 50.0
     assert card["reply_tokens"]["mean"] == 25.0 and sum(card["reply_tokens"]["histogram"]["counts"]) == 4
     md = card_markdown(card)
-    assert "| reflection | 6 | 4 | 2 | unfinished: 1, format_break: 1 |" in md
+    assert "| reflection | 6 | 4 | 2 | 1 | unfinished: 1, format_break: 1 |" in md
     assert "200 new tokens in 4.0 s (50.0 tokens/s)" in md and md.count("### Sample") == 3
 
 

@@ -108,7 +108,13 @@ def test_drop_counter_adds_up():
     for reason in ["unfinished", None, "duplicate", "unfinished", None]:
         c.drop(reason) if reason else c.keep()
     c.keep(trimmed=True)
-    assert c.as_dict() == {"generated": 6, "kept": 3, "trimmed": 1, "dropped": {"duplicate": 1, "unfinished": 2}}
+    assert c.as_dict() == {
+        "generated": 6,
+        "kept": 3,
+        "trimmed": 1,
+        "cut_at_loop": 0,
+        "dropped": {"duplicate": 1, "unfinished": 2},
+    }
 
 
 def test_most_repeated_sentence_by_hand():
