@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from charlit.cli import bad_input_exits
-from charlit.config import register_configs, rewrite_persona_path
+from charlit.config import cli_argv, register_configs
 
 
 @hydra.main(config_path="conf", config_name="eval_main", version_base="1.3")
@@ -20,9 +20,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    with bad_input_exits():  # before the imports below: a refused secret costs no time
+        sys.argv = [sys.argv[0], *cli_argv(sys.argv[1:])]
     from charlit.eval.cli import register_eval_configs
 
     register_configs()
     register_eval_configs()
-    sys.argv = [sys.argv[0], *rewrite_persona_path(sys.argv[1:])]
     main()

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from charlit.cli import bad_input_exits
-from charlit.config import register_configs, rewrite_persona_path
+from charlit.config import cli_argv, register_configs
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -22,6 +22,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    with bad_input_exits():
+        sys.argv = [sys.argv[0], *cli_argv(sys.argv[1:])]
     register_configs()
-    sys.argv = [sys.argv[0], *rewrite_persona_path(sys.argv[1:])]
     main()

@@ -1,7 +1,7 @@
 """Experiment loggers from the ``logger`` config group: W&B (offline when no API key), CSV, or none.
 
-Secrets never reach a logger: config values under keys that look like credentials are redacted before
-anything is logged or written (see :func:`redact`).
+Secrets never reach a logger: config values under credential keys, and secret-shaped values (API keys, bearer
+tokens, a URL's ``user:password@``), are redacted before anything is logged or written (see :func:`redact`).
 """
 
 from __future__ import annotations
@@ -14,19 +14,56 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
 LOGGERS = ("wandb", "csv", "none")
+REDACTED = "<redacted>"
+# a key is a credential when its last word is one of these (hf_token, client_secret, apiKey); key names are
+# matched word by word so that max_new_tokens, tokenizer or api_key_env (an env var's name) stay visible
+_SECRET_WORDS = {"token", "password", "passwd", "secret", "apikey", "authorization", "credential", "credentials"}
+_SECRET_PAIRS = {("api", "key"), ("secret", "key"), ("access", "key"), ("private", "key")}
+_SPECIAL_TOKENS = {"pad", "eos", "bos", "unk", "sep", "cls", "mask"}  # pad_token etc. are tokenizer strings
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+# credential shapes: OpenAI-style sk-... and Hugging Face hf_... keys, GitHub and AWS tokens, a bearer header;
+# each needs a long run with a digit, so that names like sk-learn-experiments or hf_tiny_model do not match
+_SECRET_VALUE = re.compile(
+    r"\b(?=[\w-]*\d)(sk-[\w-]{32,}|hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_\w{30,}|AKIA[0-9A-Z]{16})"
+    r"|\b(?i:bearer)\s+[\w.~+/=-]{16,}"
+)
+
+
+def _key_words(key: str) -> list[str]:
+    """``hfToken`` / ``hf-token`` / ``HF_TOKEN`` → ``["hf", "token"]``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower().replace("-", "_").split("_")
+
+
+def is_secret_key(key) -> bool:
+    """Does a config key name a credential (``api_key``, ``hf_token``, ``password``), not e.g. ``max_tokens``?"""
+    words = [w for w in _key_words(str(key)) if w]
+    if not words:
+        return False
+    if words[-1] in _SECRET_WORDS:
+        return not (len(words) == 2 and words[0] in _SPECIAL_TOKENS)
+    return tuple(words[-2:]) in _SECRET_PAIRS
+
+
+def has_secret_value(text: str) -> bool:
+    """Does a string hold something credential-shaped: an sk-/hf_/ghp_ key, a bearer token, a URL's user-info?"""
+    return bool(_URL_USERINFO.search(text) or _SECRET_VALUE.search(text))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL user-info and credential-shaped substrings replaced by '<redacted>'."""
+    return _SECRET_VALUE.sub(REDACTED, _URL_USERINFO.sub(rf"\1{REDACTED}@", text))
 
 
 def redact(value):
-    """A copy of a plain (nested dict/list) config with credential-like keys replaced by '<redacted>'."""
+    """A copy of a plain (nested dict/list) config with credential keys' values and credential-shaped strings
+    replaced by '<redacted>'."""
     if isinstance(value, dict):
-        return {
-            k: ("<redacted>" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v))
-            for k, v in value.items()
-        }
+        return {k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
+    if isinstance(value, str):
+        return redact_text(value)
     return value
 
 

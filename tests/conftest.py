@@ -18,11 +18,11 @@ def compose(overrides=()):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from charlit.config import register_configs, rewrite_persona_path
+    from charlit.config import cli_argv, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=rewrite_persona_path(list(overrides)))
+        return hydra_compose(config_name="train", overrides=cli_argv(list(overrides)))
 
 
 @pytest.fixture(scope="session")

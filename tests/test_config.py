@@ -1,7 +1,7 @@
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from charlit.config import rewrite_persona_path
+from charlit.config import cli_argv, rewrite_persona_path
 from tests.conftest import REPO, compose
 
 
@@ -80,3 +80,33 @@ def test_tiny_model_sets_generation_defaults_that_overrides_still_beat():
     tiny = compose(["model=tiny"])
     assert (tiny.generation.max_new_tokens, tiny.generation.filters.unfinished) == (16, "keep")
     assert compose(["model=tiny", "generation.max_new_tokens=4"]).generation.max_new_tokens == 4
+
+
+SK = "sk-" + "a1B2" * 10  # shaped like an OpenAI key
+
+
+@pytest.mark.parametrize(
+    "arg,named,env",
+    [
+        (f"+eval.llm_judge.api_key={SK}", "eval.llm_judge.api_key=...", "eval.llm_judge.api_key_env"),
+        ("llm_judge.api_key=short", "llm_judge.api_key=...", "llm_judge.api_key_env (default OPENAI_API_KEY)"),
+        ("+eval.llm_judge={model: m, api_key: k}", "eval.llm_judge=...", "OPENAI_API_KEY"),
+        ("+logger.wandb_token=abc", "logger.wandb_token=...", "WANDB_API_KEY"),
+        ("hydra.job.env_set.HF_TOKEN=abc", "hydra.job.env_set.HF_TOKEN=...", "HF_TOKEN"),
+        ("eval.llm_judge.base_url=https://me:pw@judge.example.com/v1", "eval.llm_judge.base_url=...", "api_key_env"),
+        (f"model.name_or_path={SK}", "model.name_or_path=...", "HF_TOKEN"),
+        (SK, "an argument", "OPENAI_API_KEY"),
+    ],
+)
+def test_credentials_on_the_command_line_are_refused_by_key_and_by_shape(arg, named, env):
+    with pytest.raises(ValueError) as err:
+        cli_argv(["model=tiny", arg])
+    message = str(err.value)
+    assert message.startswith(named) and env in message and "environment variable" in message
+    assert SK not in message and "pw@" not in message and "short" not in message
+
+
+def test_ordinary_overrides_that_mention_tokens_or_keys_pass():
+    argv = ["-m", "generation.max_new_tokens=4", "model.tokenizer=/tmp/tok", "eval.llm_judge.api_key_env=MY_KEY"]
+    argv += ["eval.llm_judge.base_url=https://api.openai.com/v1", "~eval.llm_judge.api_key", "--config-name=train"]
+    assert cli_argv(argv) == argv

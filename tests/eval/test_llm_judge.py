@@ -59,3 +59,27 @@ def test_missing_key_env_var_is_named(monkeypatch):
     complete = openai_completion("http://127.0.0.1:9/v1", "m", "CHARLIT_NO_SUCH_KEY")
     with pytest.raises(ValueError, match="CHARLIT_NO_SUCH_KEY"):
         complete("hi")
+
+
+def _judge(base_url, **extra):
+    return build_llm_judge(OmegaConf.create({"kind": "openai", "base_url": base_url, "model": "m", **extra}))
+
+
+def test_the_key_is_not_sent_over_plain_http_to_another_machine_unless_allowed():
+    with pytest.raises(ValueError) as err:
+        _judge("http://judge.example.com/v1", api_key_env="OPENAI_API_KEY")
+    assert "to judge.example.com" in str(err.value) and "eval.llm_judge.allow_insecure_http=true" in str(err.value)
+    assert _judge("http://judge.example.com/v1", api_key_env="OPENAI_API_KEY", allow_insecure_http=True)
+    assert _judge("http://judge.example.com/v1", api_key_env=None)  # no key, nothing to leak
+
+
+@pytest.mark.parametrize(
+    "url", ["https://judge.example.com/v1", "http://localhost:8000/v1", "http://127.0.0.2:8000/v1", "http://[::1]/v1"]
+)
+def test_https_and_this_machine_are_fine_for_the_key(url):
+    assert _judge(url, api_key_env="OPENAI_API_KEY")
+
+
+def test_the_judge_description_in_eval_json_hides_url_credentials():
+    judge = _judge("https://me:pw@judge.example.com/v1", api_key_env=None)
+    assert "pw" not in judge.description and "judge.example.com/v1" in judge.description

@@ -2,17 +2,22 @@
 
 It names which of two traits a reply shows (revealed preferences) and rates coherence 1–10. The API key
 is read from the environment variable named by ``eval.llm_judge.api_key_env`` at call time; it is never
-stored in the config, logged or written anywhere. With ``eval.llm_judge.kind=none`` (the default) there
-is no LLM judge and the suites that need one report themselves as skipped.
+stored in the config, logged or written anywhere, and sent over plain http only to this machine unless
+``eval.llm_judge.allow_insecure_http=true``. With ``eval.llm_judge.kind=none`` (the default) there is no LLM
+judge and the suites that need one report themselves as skipped.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
+
+from charlit.loggers import redact_text
 
 SKIPPED = "skipped: no LLM judge configured"
 KINDS = ("none", "openai", "hf")
@@ -45,10 +50,32 @@ class LLMJudge:
         return int(match.group()) / 10
 
 
+def is_local_host(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def check_key_transport(base_url: str, api_key_env: str | None, allow_insecure_http: bool) -> None:
+    """The key travels as a bearer token: over plain http it is readable on the way, so only to this machine."""
+    parsed = urllib.parse.urlsplit(base_url)
+    if api_key_env and parsed.scheme == "http" and not allow_insecure_http and not is_local_host(parsed.hostname):
+        raise ValueError(
+            f"eval.llm_judge.base_url={redact_text(base_url)!r} would send the key from ${api_key_env} unencrypted "
+            f"to {parsed.hostname}; use https://, or set eval.llm_judge.allow_insecure_http=true if that network "
+            f"path is trusted (or eval.llm_judge.api_key_env=null for an endpoint without a key)."
+        )
+
+
 def openai_completion(
-    base_url: str, model: str, api_key_env: str | None, timeout_s: float = 60
+    base_url: str, model: str, api_key_env: str | None, timeout_s: float = 60, allow_insecure_http: bool = False
 ) -> Callable[[str], str]:
     """``prompt -> text`` through ``POST {base_url}/chat/completions`` (temperature 0)."""
+    check_key_transport(base_url, api_key_env, allow_insecure_http)
     url = base_url.rstrip("/") + "/chat/completions"
 
     def complete(prompt: str) -> str:
@@ -109,10 +136,13 @@ def build_llm_judge(cfg) -> LLMJudge | None:
                 "eval.llm_judge.kind=openai needs eval.llm_judge.base_url (e.g. https://api.openai.com/v1) "
                 "and eval.llm_judge.model."
             )
-        return LLMJudge(
-            openai_completion(str(cfg.base_url), str(cfg.model), cfg.get("api_key_env")),
-            f"openai-compatible {cfg.model} at {cfg.base_url}",
+        complete = openai_completion(
+            str(cfg.base_url),
+            str(cfg.model),
+            cfg.get("api_key_env"),
+            allow_insecure_http=bool(cfg.get("allow_insecure_http", False)),
         )
+        return LLMJudge(complete, f"openai-compatible {cfg.model} at {redact_text(str(cfg.base_url))}")
     if kind == "hf":
         if not cfg.get("model"):
             raise ValueError("eval.llm_judge.kind=hf needs eval.llm_judge.model (a local Hugging Face directory).")
