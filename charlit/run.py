@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -13,19 +14,34 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from charlit import progress
-from charlit.checkpointing import AtomicCheckpointIO, config_fingerprint, find_resume, mark_run
+from charlit.checkpointing import (
+    AtomicCheckpointIO,
+    ValHistoryFile,
+    checkpoint_step,
+    claim,
+    find_resume,
+    log_rows_again,
+    logged_rows,
+    mark_run,
+    read_summary,
+    run_fingerprint,
+    write_json,
+)
 from charlit.data.constitution import Constitution, resolve_persona
-from charlit.data.modules import build_datamodule
-from charlit.data.pipeline import prepare_data
+from charlit.data.modules import DATA_MODULES, build_datamodule
+from charlit.data.modules.base import IGNORED_KEYS
+from charlit.data.pipeline import needs_generation, prepare_data
 from charlit.data.pipeline.card import log_card_to_wandb
 from charlit.eval import train_hook
+from charlit.eval.judges.llm import check_key_transport
 from charlit.kernels import set_default_backend
 from charlit.loggers import build_logger, plain_config
-from charlit.models import load_model
+from charlit.models import bundled, load_model, load_tokenizer
+from charlit.models.tiny import TINY_ID, tiny_config
 from charlit.objectives import OBJECTIVES
 from charlit.objectives.base import ObjectiveContext, OptimSettings
 from charlit.objectives.validation import ValidationSettings
-from charlit.sampling import build_sampler, sampler_settings
+from charlit.sampling import SamplingParams, build_sampler, sampler_settings
 from charlit.settings import parse
 from charlit.strategies import build_strategy
 from charlit.sweeps.publish import sweep_group
@@ -79,20 +95,51 @@ def save_final(objective, out_dir: Path) -> Path:
     return out_dir
 
 
-def check_context_window(cfg: DictConfig, model) -> None:
+def context_window(model_cfg: DictConfig) -> int | None:
+    """The model's ``max_position_embeddings``, read from its config alone (no weights); None when unknown (a model
+    that does not load fails with its own error in ``load_model``)."""
+    name = str(model_cfg.name_or_path)
+    if name == TINY_ID:
+        return tiny_config(1, bos_token_id=None, eos_token_id=None).max_position_embeddings
+    from transformers import AutoConfig
+
+    source = bundled.converted_dir(with_weights=True) if name == bundled.BUNDLED_ID else name
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    except (OSError, ValueError):
+        return None
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_context_window(cfg: DictConfig, limit: int | None) -> None:
     """Refuse lengths the model cannot attend over, before any data is read or generated."""
-    limit = getattr(model.config, "max_position_embeddings", None)
     if not limit:
         return
-    for key, value in (
-        ("data.max_length", cfg.data.get("max_length")),
-        ("sampler.max_new_tokens", cfg.sampler.get("max_new_tokens")),
-    ):
+    for key in ("data.max_length", "sampler.max_new_tokens", "generation.max_new_tokens"):
+        value = OmegaConf.select(cfg, key)
         if value is not None and int(value) > int(limit):
             raise ValueError(
                 f"{key}={value} is longer than the model's context window ({cfg.model.name_or_path}: "
                 f"max_position_embeddings={limit}); set {key}<={limit}."
             )
+
+
+def check_constitution_fits(cfg: DictConfig, constitution: Constitution, tokenizer, limit: int | None) -> None:
+    """The constitution is the teacher's (and validation's) system prompt: it must leave room for a prompt and a
+    reply in the context window."""
+    if not limit:
+        return
+    used = len(tokenizer(constitution.system_prompt(), add_special_tokens=False, verbose=False)["input_ids"])
+    keys = ["sampler.max_new_tokens"] + (["generation.max_new_tokens"] if needs_generation(cfg.data) else [])
+    key = max(keys, key=lambda k: int(OmegaConf.select(cfg, k)))
+    reply = int(OmegaConf.select(cfg, key))
+    if used + reply >= limit:
+        raise ValueError(
+            f"The constitution of persona {constitution.name} ({constitution.source}) is {used} tokens as a system "
+            f"prompt; with {key}={reply} for the reply that leaves no room for a prompt in the context window of "
+            f"{cfg.model.name_or_path} ({limit} tokens). Shorten the constitution, lower {key}, or use a model "
+            f"with a longer context."
+        )
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -102,23 +149,65 @@ def check_trainer(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.max_steps={steps!r} must be a positive integer (optimizer steps to run).")
 
 
-def build_objective(cfg: DictConfig, dataset_path: Path | None = None):
-    """The objective (LightningModule) and data module a config describes; every setting is checked before the
-    model loads."""
-    constitution = constitution_from_cfg(cfg)
+def check_data(cfg: DictConfig) -> None:
+    """The ``data`` settings, parsed the way the data module will parse them (kinds without ``Settings``: later)."""
+    settings_cls = getattr(DATA_MODULES.get(cfg.data.kind), "Settings", None)
+    if settings_cls is not None:
+        parse(settings_cls, cfg.data, "data", ignore=IGNORED_KEYS)
+
+
+@dataclass
+class RunSettings:
+    """Every setting of a run, parsed and checked."""
+
+    objective_cls: type
+    config: object
+    constitution: Constitution
+    sampling: SamplingParams
+    make_teacher: Callable
+    optim: OptimSettings
+    validation: ValidationSettings
+
+
+def check_llm_judge(cfg: DictConfig) -> None:
+    """The end-of-training evaluation's LLM judge may not send its key over plain http (checked before training)."""
+    judge = cfg.get("eval", {}).get("llm_judge") or {}
+    if judge.get("kind") == "openai" and judge.get("base_url"):
+        check_key_transport(judge.base_url, judge.get("api_key_env"), bool(judge.get("allow_insecure_http", False)))
+
+
+def check_settings(cfg: DictConfig) -> RunSettings:
+    """Parse and check every setting, lengths included; nothing is written, generated or loaded (only the
+    tokenizer and the model's config are read) before this passes."""
     objective_cls = OBJECTIVES.get(cfg.method.name)
-    config = parse(objective_cls.Config, cfg.method, "method")
+    settings = RunSettings(
+        objective_cls=objective_cls,
+        config=parse(objective_cls.Config, cfg.method, "method"),
+        constitution=constitution_from_cfg(cfg),
+        sampling=sampler_settings(cfg.sampler).params(),
+        make_teacher=teacher_factory(cfg.teacher),
+        optim=parse(OptimSettings, cfg.optim, "optim"),
+        validation=ValidationSettings.from_config(cfg.val),
+    )
     check_trainer(cfg)
-    sampling = sampler_settings(cfg.sampler).params()
-    make_teacher = teacher_factory(cfg.teacher)
-    optim = parse(OptimSettings, cfg.optim, "optim")
-    validation = ValidationSettings.from_config(cfg.val)
+    check_data(cfg)
+    check_llm_judge(cfg)
+    limit = context_window(cfg.model)
+    check_context_window(cfg, limit)
+    check_constitution_fits(cfg, settings.constitution, load_tokenizer(cfg.model), limit)
+    return settings
+
+
+def build_objective(cfg: DictConfig, dataset_path: Path | None = None, settings: RunSettings | None = None):
+    """The objective (LightningModule) and data module a config describes; every setting is checked before the
+    model loads (``settings``: already checked by :func:`check_settings`)."""
+    settings = settings or check_settings(cfg)
+    objective_cls = settings.objective_cls
     set_default_backend(str(cfg.kernels.backend))
     loaded = load_model(cfg.model)
-    check_context_window(cfg, loaded.model)
     datamodule = build_datamodule(
         cfg.data,
-        constitution,
+        settings.constitution,
         loaded.tokenizer,
         objective_cls.accepted_data_kinds(),
         seed=int(cfg.seed),
@@ -128,26 +217,25 @@ def build_objective(cfg: DictConfig, dataset_path: Path | None = None):
     )
     ctx = ObjectiveContext(
         loaded=loaded,
-        constitution=constitution,
+        constitution=settings.constitution,
         sampler=build_sampler(cfg.sampler, loaded.tokenizer),
-        sampling=sampling,
-        teacher=make_teacher,
+        sampling=settings.sampling,
+        teacher=settings.make_teacher,
         data_kind=str(cfg.data.kind),
-        optim=optim,
-        validation=validation,
+        optim=settings.optim,
+        validation=settings.validation,
         max_steps=int(cfg.trainer.max_steps),
         seed=int(cfg.seed),
     )
-    return objective_cls(config, ctx), datamodule
+    return objective_cls(settings.config, ctx), datamodule
 
 
 def reused_summary(resume, run_dir: Path) -> dict:
     """The summary of an identical job that already finished, copied into this job's dir (for sweep reports)."""
-    summary = json.loads((resume.run_dir / "summary.json").read_text())
+    summary = read_summary(resume.run_dir)
     if resume.run_dir.resolve() != run_dir.resolve():
         summary["reused_from"] = str(resume.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_json(run_dir / "summary.json", summary)
     print(
         f"[charlit] this job already finished in {resume.run_dir}: reusing its results (resume=never retrains)",
         flush=True,
@@ -155,20 +243,23 @@ def reused_summary(resume, run_dir: Path) -> dict:
     return summary
 
 
-def resolve_run_dir(cfg: DictConfig, run_dir: Path, config: dict, reuse_finished: bool):
-    """The run dir to write to and what to resume (None: a fresh run); see charlit.checkpointing."""
-    fingerprint = config_fingerprint(config)
+def resolve_run_dir(cfg: DictConfig, run_dir: Path, reuse_finished: bool):
+    """The run dir to write to and what to resume (None: a fresh run), the dir's lock held unless a finished run
+    is reused; see charlit.checkpointing."""
+    fingerprint = run_fingerprint(cfg)
     resume = find_resume(cfg.get("resume", "auto"), run_dir, fingerprint, reuse_finished=reuse_finished)
     if resume is not None and resume.checkpoint is None:
-        return run_dir, resume
-    if resume is not None and resume.run_dir != run_dir:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "resumed.json").write_text(json.dumps({"continued_in": str(resume.run_dir)}))
-        run_dir = resume.run_dir
-    if resume is not None:
+        return run_dir, resume, None
+    if resume is None:
+        lock = claim(run_dir)
+    else:
+        lock = resume.lock
+        if resume.run_dir != run_dir:
+            write_json(run_dir / "resumed.json", {"continued_in": str(resume.run_dir)})
+            run_dir = resume.run_dir
         print(f"[charlit] resuming {run_dir} from {resume.checkpoint} (resume=never starts fresh)", flush=True)
     mark_run(run_dir, fingerprint)
-    return run_dir, resume
+    return run_dir, resume, lock
 
 
 def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) -> dict:
@@ -176,15 +267,22 @@ def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) ->
     that already finished in an earlier sweep instead of retraining (see charlit.checkpointing)."""
     start = time.perf_counter()
     progress.setup()
+    settings = check_settings(cfg)
     if reuse_finished is None:
         reuse_finished = hydra_sweep_group() is not None
-    run_dir, resume = resolve_run_dir(cfg, run_dir, plain_config(cfg), reuse_finished)
-    if resume is not None and resume.checkpoint is None:
+    run_dir, resume, lock = resolve_run_dir(cfg, run_dir, reuse_finished)
+    if lock is None:
         return reused_summary(resume, run_dir)
-    checkpoint_path = resume.checkpoint if resume else None
+    with lock:
+        return _train_in(cfg, run_dir, resume.checkpoint if resume else None, settings, start)
+
+
+def _train_in(cfg: DictConfig, run_dir: Path, checkpoint_path: Path | None, settings: RunSettings, start: float):
+    """Train in ``run_dir`` (its lock held), from ``checkpoint_path`` when resuming."""
+    resumed_step = checkpoint_step(checkpoint_path) if checkpoint_path else None
     dataset = prepare_data(cfg)  # generates the data variant's dataset first unless it is cached
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    objective, datamodule = build_objective(cfg, dataset.path if dataset is not None else None)
+    objective, datamodule = build_objective(cfg, dataset.path if dataset is not None else None, settings)
     constitution = objective.constitution
 
     config = plain_config(cfg)
@@ -195,7 +293,9 @@ def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) ->
         f"data:{cfg.data.name}",
         f"persona:{constitution.name}",
     ]
+    earlier_rows = logged_rows(run_dir, resumed_step) if resumed_step is not None else []
     logger = build_logger(cfg.logger, run_dir, config, run_name, group=hydra_sweep_group(), tags=tags)
+    log_rows_again(logger, earlier_rows)  # the CSV logger starts its file afresh
     if dataset is not None and logger and type(logger).__name__ == "WandbLogger":
         log_card_to_wandb(dataset.card, logger.experiment)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
@@ -208,7 +308,7 @@ def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) ->
         logger=logger,
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],
-        **_trainer_kwargs(cfg, objective.policy, callbacks=[checkpoint]),
+        **_trainer_kwargs(cfg, objective.policy, callbacks=[checkpoint, ValHistoryFile(run_dir, resumed_step)]),
     )
 
     has_val = int(cfg.val.every_n_steps) > 0
@@ -228,7 +328,7 @@ def train(cfg: DictConfig, run_dir: Path, reuse_finished: bool | None = None) ->
             train_hook.evaluate_final(cfg, objective.policy, objective.tokenizer, constitution, run_dir)
         )
     if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_json(run_dir / "summary.json", summary)
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger":
                 lg.experiment.summary.update(

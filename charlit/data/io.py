@@ -16,13 +16,17 @@ ROLES = ("system", "user", "assistant")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read JSON Lines; errors name the file and line."""
+    """Read JSON Lines (UTF-8); errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Data file {path} does not exist.")
     rows = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({err.reason}); save the file as UTF-8.") from err
             if not line.strip():
                 continue
             try:

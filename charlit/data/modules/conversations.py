@@ -57,13 +57,14 @@ def turn_examples(tokenizer, conversations: list[list[dict]], which: str, max_le
 
 @DATA_MODULES.register("conversations")
 class ConversationData(DataModule):
+    Settings = ConversationSettings  # parsed by from_config, and by charlit.run.check_settings before any model loads
     empty_message = "No training assistant turns left after tokenisation; check data.path and data.max_length."
 
     @classmethod
     def from_config(cls, data_cfg, *, constitution, tokenizer, conversation_format, seed, dataset_path=None):
         if conversation_format not in CONVERSATION_FORMATS:
             raise ValueError(f"conversation_format={conversation_format!r}; valid: {', '.join(CONVERSATION_FORMATS)}.")
-        settings = parse(ConversationSettings, data_cfg, "data", ignore=IGNORED_KEYS)
+        settings = parse(cls.Settings, data_cfg, "data", ignore=IGNORED_KEYS)
         what = "conversations ({'messages': [...]} rows)"
         conversations = load_conversations(
             resolve_data_path(settings.path, CONVERSATION_DIR, constitution.name, what, generated=dataset_path)

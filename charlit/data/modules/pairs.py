@@ -46,11 +46,12 @@ def pair_examples(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
 
 @DATA_MODULES.register("pairs")
 class PairData(DataModule):
+    Settings = PairSettings  # parsed by from_config, and by charlit.run.check_settings before any model loads
     empty_message = "No training pairs left after tokenisation; check data.path and data.max_length."
 
     @classmethod
     def from_config(cls, data_cfg, *, constitution, tokenizer, conversation_format, seed, dataset_path=None):
-        settings = parse(PairSettings, data_cfg, "data", ignore=IGNORED_KEYS)
+        settings = parse(cls.Settings, data_cfg, "data", ignore=IGNORED_KEYS)
         pairs = load_pairs(
             resolve_data_path(settings.path, PAIR_DIR, constitution.name, "preference pairs", generated=dataset_path)
         )

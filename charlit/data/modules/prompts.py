@@ -18,6 +18,7 @@ class PromptSettings(DataSettings):
 
 @DATA_MODULES.register("prompts")
 class PromptData(DataModule):
+    Settings = PromptSettings  # parsed by from_config, and by charlit.run.check_settings before any model loads
     empty_message = "The training prompt set is empty; check data.train_sets."
 
     @classmethod
@@ -27,6 +28,6 @@ class PromptData(DataModule):
                 f"data={data_cfg.get('name', 'prompts')} is of kind prompts, which reads data.train_sets, "
                 f"not a generated dataset ({dataset_path}); remove its data.generate block."
             )
-        settings = parse(PromptSettings, data_cfg, "data", ignore=IGNORED_KEYS)
+        settings = parse(cls.Settings, data_cfg, "data", ignore=IGNORED_KEYS)
         train = training_prompts(settings.train_sets, constitution)
         return cls(train, heldout_prompts(settings.heldout_set, settings.val_size, train), settings, seed)
