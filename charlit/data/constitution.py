@@ -15,12 +15,16 @@ from the file name.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 PERSONA_DIR = Path(__file__).parent / "personas"
+MAX_FILE_BYTES = 1 << 20
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+"""Persona names become parts of cache and output paths, so they are slugs."""
 
 
 class ConstitutionError(ValueError):
@@ -82,6 +86,15 @@ def _parse_trait(raw, index: int, source: str) -> Trait:
     return Trait(statement=statement.strip(), questions=tuple(q.strip() for q in questions))
 
 
+def _check_name(name: str, source: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConstitutionError(
+            f"{source}: persona name {name!r} is not allowed: use 1-64 lowercase letters, digits, '_' or '-', "
+            f"starting with a letter or digit (the name becomes part of cache paths)."
+        )
+    return name
+
+
 def constitution_from_data(data, source: str, default_name: str | None = None) -> Constitution:
     """Validate parsed YAML/JSON (either layout) into a :class:`Constitution`; errors name ``source`` and the field."""
     if isinstance(data, list):  # OCT layout
@@ -93,7 +106,7 @@ def constitution_from_data(data, source: str, default_name: str | None = None) -
     data = dict(data)
     if not data.get("name") and default_name:
         data["name"] = default_name
-    name = _require(data, "name", str, "the constitution", source)
+    name = _check_name(_require(data, "name", str, "the constitution", source), source)
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise ConstitutionError(f"{source}: field 'description' must be a string.")
@@ -104,12 +117,27 @@ def constitution_from_data(data, source: str, default_name: str | None = None) -
     return Constitution(name=name, description=description.strip(), traits=parsed, source=source)
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, refusing files over :data:`MAX_FILE_BYTES` before parsing them."""
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConstitutionError(
+            f"{path}: {path.stat().st_size} bytes is over the {MAX_FILE_BYTES} byte limit for a persona file; "
+            f"a constitution is a page of traits and questions."
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConstitutionError(f"{path}: not UTF-8 text ({err}); save the persona file as UTF-8.") from err
+
+
 def load_constitution(path: str | Path) -> Constitution:
     """Read a constitution from a YAML or JSON file (charlit's layout or OCT's)."""
     path = Path(path)
     if not path.is_file():
         raise ConstitutionError(f"Persona file {path} does not exist.")
-    text = path.read_text()
+    text = _read_text(path)
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:

@@ -7,6 +7,12 @@ in one memory pass per row.  It is compiled with the system C++ compiler (``$CXX
 ``g++``/``c++``) into ``$CHARLIT_KERNEL_CACHE`` (default ``~/.cache/charlit/kernels``), keyed by
 the source, flags and CPU, and loaded with ctypes; no torch headers, so a build takes ~1-2 s.
 
+The cache holds code this process runs, so it must be private: the directory is created with mode 0700, and a
+directory or library owned by someone else or writable by group or others is refused with an
+:class:`~charlit.paths.UnsafePathError` (a ``charlit: error`` line, not a silent fallback).  Each build writes
+the library's SHA-256 beside it (``<library>.sha256``); a library whose digest is missing or differs is built
+again, and the digest is checked once more right before ``ctypes`` loads it.
+
 When no compiler is found or the build fails, ``available()`` is False (with one warning) and
 the backend keeps its eager torch path.  ``CHARLIT_CPU_FUSED=0`` turns the fused path off.
 """
@@ -27,8 +33,11 @@ from pathlib import Path
 
 import torch
 
+from charlit.paths import check_private, exclusive_lock, private_dir, sha256_file, write_private
+
 SOURCE = Path(__file__).with_name("fused_rows.cpp")
 FLAGS = ["-O3", "-std=c++20", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC", "-pthread"]
+SETTING = "$CHARLIT_KERNEL_CACHE"
 log = logging.getLogger(__name__)
 
 enabled = os.environ.get("CHARLIT_CPU_FUSED", "1") != "0"
@@ -61,30 +70,64 @@ def _flags(cxx: str) -> list:
     return FLAGS + (["-march=native"] if probe.returncode == 0 else [])
 
 
+def kernel_cache() -> Path:
+    """The private directory of compiled kernels (``$CHARLIT_KERNEL_CACHE``, default ``~/.cache/charlit/kernels``)."""
+    path = os.environ.get("CHARLIT_KERNEL_CACHE") or Path.home() / ".cache" / "charlit" / "kernels"
+    return private_dir(path, SETTING)
+
+
+def digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def verified(library: Path) -> bool:
+    """Whether ``library`` matches its recorded digest (False when either is missing: build it again); an
+    UnsafePathError when either is a file someone else could have written."""
+    digest = digest_path(library)
+    if not (library.exists() and digest.exists()):
+        return False
+    check_private(library, SETTING)
+    check_private(digest, SETTING)
+    return digest.read_text().strip() == sha256_file(library)
+
+
+def _compile(cxx: str, flags: list, target: Path) -> None:
+    """Build into a temporary file, record its digest, then rename it into place."""
+    t0 = time.perf_counter()
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cxx} failed to build {SOURCE.name}:\n{res.stderr[-2000:]}")
+        os.chmod(tmp, 0o700)
+        write_private(digest_path(target), sha256_file(tmp))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("built fused CPU row kernels in %.1f s: %s", time.perf_counter() - t0, target)
+
+
+def library_path(cxx: str, flags: list) -> Path:
+    """Where the build of this source with this compiler, flags and CPU lives in the cache."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(flags), version, _cpu_fingerprint()]).encode())
+    return kernel_cache() / f"fused_rows_{key.hexdigest()[:16]}.so"
+
+
 def _build() -> ctypes.CDLL:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX or install g++)")
     flags = _flags(cxx)
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(flags), version, _cpu_fingerprint()]).encode())
-    cache = Path(os.environ.get("CHARLIT_KERNEL_CACHE", Path.home() / ".cache" / "charlit" / "kernels"))
-    target = cache / f"fused_rows_{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        try:
-            res = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-            if res.returncode != 0:
-                raise RuntimeError(f"{cxx} failed to build {SOURCE.name}:\n{res.stderr[-2000:]}")
-            os.replace(tmp, target)  # atomic: concurrent ranks each build, one copy wins
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        log.info("built fused CPU row kernels in %.1f s: %s", time.perf_counter() - t0, target)
-    lib = ctypes.CDLL(str(target))
+    target = library_path(cxx, flags)
+    with exclusive_lock(target.parent / ".lock"):  # concurrent ranks: one builds, the others verify its library
+        if not verified(target):
+            _compile(cxx, flags, target)
+        if not verified(target):
+            raise RuntimeError(f"{target} does not match its digest {digest_path(target)} right after the build")
+        lib = ctypes.CDLL(str(target))
     f, i64, i32, dbl, fl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_float
     lib.charlit_divergence_rows.argtypes = [f, i64, f, i64, i64, i64, dbl, i32, f, fl, f, i32]
     lib.charlit_divergence_rows.restype = None

@@ -1,6 +1,11 @@
 """CUDA C++ backend (``charlit/kernels/csrc/fused_losses.cu``, package data), built on first use with
 ``torch.utils.cpp_extension.load`` and called through ``torch.ops.charlit_kernels``.
 
+The build directory is ``<kernel cache>/torch_extensions-<torch>-<cuda>`` (see :mod:`charlit.kernels.cpu_fused`),
+not torch's shared default: it is created private (0700) and refused when someone else could write to it, and the
+built library's SHA-256 is recorded beside it; a library whose digest is missing or differs is removed before
+torch loads it, so torch builds it again.
+
 Same contract as ``torch_chunked``: compacted rows in; gradients computed in the forward
 for scalar upstream gradients (4 GEMMs), recomputed per tile for per-row upstream.
 """
@@ -11,8 +16,12 @@ from pathlib import Path
 
 import torch
 
+from charlit.kernels.cpu_fused import digest_path, kernel_cache, verified
+from charlit.paths import exclusive_lock, private_dir, sha256_file, write_private
+
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [CSRC / "fused_losses.cu"]
+NAME = "charlit_fused_losses"
 GPU_TILE_BYTES = 512 * 2**20
 _loaded = False
 
@@ -25,8 +34,18 @@ def sources_problem() -> str:
     return f"CUDA sources not found: {missing}; reinstall charlit (they ship as package data in charlit/kernels/csrc)"
 
 
+def build_dir() -> Path:
+    return private_dir(kernel_cache() / f"torch_extensions-{torch.__version__}-{torch.version.cuda}")
+
+
+def _drop_unverified(library: Path) -> None:
+    """Remove a library that does not match its recorded digest (an UnsafePathError if it is not ours alone)."""
+    if library.exists() and not verified(library):
+        library.unlink()
+
+
 def load() -> None:
-    """Compile (cached by torch in ~/.cache/torch_extensions) and register the ops once."""
+    """Compile (cached in :func:`build_dir`) and register the ops once."""
     global _loaded
     if _loaded:
         return
@@ -36,13 +55,18 @@ def load() -> None:
         raise RuntimeError(sources_problem())
     from torch.utils.cpp_extension import load as _load
 
-    _load(
-        name="charlit_fused_losses",
-        sources=[str(p) for p in SOURCES],
-        extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math"],
-        is_python_module=False,
-        verbose=False,
-    )
+    directory = build_dir()
+    with exclusive_lock(directory / ".charlit.lock"):
+        _drop_unverified(directory / f"{NAME}.so")
+        built = _load(
+            name=NAME,
+            sources=[str(p) for p in SOURCES],
+            extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math"],
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=False,
+        )
+        write_private(digest_path(Path(built)), sha256_file(built))  # load() returns the library's path
     _loaded = True
 
 

@@ -67,3 +67,40 @@ def test_persona_template_is_a_valid_constitution_outside_the_bundled_set():
     c = load_constitution(template)
     assert c.name == "template" and len(c.traits) >= 8 and all(len(t.questions) >= 5 for t in c.traits)
     assert "template" not in bundled_personas()
+
+
+@pytest.mark.parametrize(
+    "name", ["../../../../elsewhere/evil", "/tmp/evil", "Pirate Captain", "pirate/../stoic", ".hidden", "a" * 65]
+)
+def test_persona_name_must_be_a_slug(tmp_path, name):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: {json.dumps(name)}\ntraits:\n  - trait: I am.\n    questions: [a]\n")
+    with pytest.raises(ConstitutionError) as err:
+        load_constitution(path)
+    assert str(path) in str(err.value) and repr(name) in str(err.value) and "lowercase letters" in str(err.value)
+
+
+def test_oct_layout_file_name_must_be_a_slug_too(tmp_path):
+    path = tmp_path / "My Persona.json"
+    path.write_text(json.dumps([{"trait": "I joke.", "questions": ["Q1"]}]))
+    with pytest.raises(ConstitutionError, match="'My Persona' is not allowed"):
+        load_constitution(path)
+
+
+def test_oversized_persona_file_is_refused_before_parsing(tmp_path):
+    from charlit.data.constitution import MAX_FILE_BYTES
+
+    path = tmp_path / "huge.yaml"
+    path.write_text("name: huge\n" + "#" * MAX_FILE_BYTES)
+    with pytest.raises(ConstitutionError) as err:
+        load_constitution(path)
+    size = path.stat().st_size
+    assert str(path) in str(err.value) and f"{size} bytes" in str(err.value) and str(MAX_FILE_BYTES) in str(err.value)
+
+
+def test_non_utf8_persona_file_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: cafe\ndescription: Un caf\xe9.\ntraits: []\n".encode("latin-1"))
+    with pytest.raises(ConstitutionError, match="not UTF-8") as err:
+        load_constitution(path)
+    assert str(path) in str(err.value)

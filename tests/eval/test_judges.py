@@ -4,12 +4,16 @@ score a persona's replies higher under its own constitution than under the other
 average; against each other one separately the measured limits are recorded). The likelihood judge needs the
 default model for 6×6 persona/constitution pairs (minutes): those tests are marked slow."""
 
+import pickle
+from pathlib import Path
+
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from charlit.data.constitution import bundled_personas, resolve_persona
 from charlit.eval.build_judge_data import BARE
-from charlit.eval.judges import Reply, build_judge
+from charlit.eval.judges import Reply, build_judge, classifier
 from charlit.eval.judges.classifier import load_rows
 from charlit.eval.stats import macro_f1
 
@@ -125,3 +129,27 @@ def test_likelihood_judge_scores_replies_higher_under_their_own_constitution_tha
     for persona in PERSONAS:
         own, others = _own_and_others(judge, _replies(heldout, persona, tokenizer, limit=6), persona)
         assert own > sum(others.values()) / len(others), (persona, own, others)
+
+
+class _Planted:
+    """Pickles to a call of ``Path.touch(marker)``: unpickling it runs code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_classifier_cache_holding_pickled_code_is_refused_not_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARLIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(classifier, "SentenceEmbedder", lambda: None)
+    cached = tmp_path / "judges" / f"persona-classifier-{classifier._cache_key(classifier.DATA_PATH)}.pt"
+    cached.parent.mkdir()
+    torch.save({"classes": [BARE], "weight": _Planted(tmp_path / "RAN"), "bias": torch.zeros(1)}, cached)
+    with pytest.raises(ValueError, match="will not load it; delete it") as err:
+        classifier.bundled_classifier()
+    assert str(cached) in str(err.value) and isinstance(err.value.__cause__, pickle.UnpicklingError)
+    assert not (tmp_path / "RAN").exists()
+    torch.load(cached, weights_only=False)  # what a plain torch.load did on torch < 2.6: run the planted code
+    assert (tmp_path / "RAN").exists()

@@ -21,6 +21,7 @@ from charlit.data.pipeline.filters import FilterSettings
 from charlit.data.pipeline.generator import Generator, build_generator
 from charlit.data.pipeline.stage import STAGES, StageContext, StageResult, read_complete, run_stage
 from charlit.data.pipeline.store import StageDir, data_cache_root
+from charlit.paths import inside
 
 COMBINE_VERSION = 1
 
@@ -78,12 +79,14 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
         )
     builders = [STAGES.get(name) for name in stages]  # unknown names fail before any model loads
     constitution = resolve_persona(cfg.persona.path or cfg.persona.name)
+    root = data_cache_root(gen.get("cache_dir"))
+    inside(root, str(cfg.data.name), what="data.name")  # a combined dataset's directory: checked before models load
     ctx = StageContext(
         constitution=constitution,
         filters=FilterSettings.from_cfg(gen.filters),
         seed=int(gen.seed),
         chunk_size=int(gen.chunk_size),
-        root=data_cache_root(gen.get("cache_dir")),
+        root=root,
         sampler={"name": str(cfg.sampler.name), "batch_size": int(gen.batch_size)},
         on_chunk=on_chunk,
     )

@@ -11,6 +11,7 @@ are cached, keyed by the data and the embedding model.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -70,12 +71,23 @@ def _cache_key(path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+def _load_cached(path: Path) -> dict:
+    """The cached weights; ``weights_only`` unpickles tensors and plain containers only, never code."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds more than the classifier's tensors and class names, so charlit will not load it; "
+            f"delete it and the classifier is fitted again."
+        ) from err
+
+
 def bundled_classifier(path: Path = DATA_PATH) -> PersonaClassifier:
     """The classifier trained on the bundled ``train`` split (cached after the first fit)."""
     embedder = SentenceEmbedder()
     cached = cache_root() / "judges" / f"persona-classifier-{_cache_key(path)}.pt"
     if cached.is_file():
-        state = torch.load(cached)
+        state = _load_cached(cached)
         return PersonaClassifier(embedder, state["classes"], state["weight"], state["bias"])
     rows = load_rows("train", path)
     classifier = PersonaClassifier.fit(embedder, [r["reply"] for r in rows], [r["persona"] for r in rows])
