@@ -87,7 +87,23 @@ def refuse_secrets(argv: list[str]) -> None:
             )
 
 
+def refuse_path_names(argv: list[str]) -> None:
+    """``data.name`` becomes part of run-dir and cache paths (Hydra creates ``outputs/generate/<data.name>/...``
+    before any charlit code runs), so on the command line it must be a slug like a persona's name."""
+    from charlit.data.constitution import NAME_PATTERN
+
+    for arg in argv:
+        if _override_key(arg) == "data.name":
+            for value in arg.partition("=")[2].split(","):
+                if not NAME_PATTERN.fullmatch(value):
+                    raise ValueError(
+                        f"data.name={value!r} is not allowed: it becomes part of output and cache paths; use 1-64 "
+                        f"lowercase letters, digits, '_' or '-', starting with a letter or digit."
+                    )
+
+
 def cli_argv(argv: list[str]) -> list[str]:
     """What every entry point does to its arguments before Hydra sees (and records) them."""
     refuse_secrets(argv)
+    refuse_path_names(argv)
     return rewrite_persona_path(argv)

@@ -110,3 +110,10 @@ def test_ordinary_overrides_that_mention_tokens_or_keys_pass():
     argv = ["-m", "generation.max_new_tokens=4", "model.tokenizer=/tmp/tok", "eval.llm_judge.api_key_env=MY_KEY"]
     argv += ["eval.llm_judge.base_url=https://api.openai.com/v1", "~eval.llm_judge.api_key", "--config-name=train"]
     assert cli_argv(argv) == argv
+
+
+@pytest.mark.parametrize("arg", ["data.name=../../outside", "data.name=/abs/dir", "+data.name=ok,../x"])
+def test_a_data_name_that_would_lead_hydra_out_of_outputs_is_refused(arg):
+    with pytest.raises(ValueError, match=r"data.name='(\.\./\.\./outside|/abs/dir|\.\./x)' is not allowed"):
+        cli_argv([arg])
+    assert cli_argv(["data.name=my_prompts-2"]) == ["data.name=my_prompts-2"]
