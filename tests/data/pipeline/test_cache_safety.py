@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+from omegaconf import OmegaConf
 
 from charlit.data.constitution import ConstitutionError
 from charlit.data.pipeline import generate_dataset
@@ -48,7 +49,8 @@ def test_data_name_leading_out_of_the_cache_is_refused_before_any_model_loads(tm
     from charlit.data.pipeline import dataset
 
     monkeypatch.setattr(dataset, "build_generator", lambda *a, **k: pytest.fail("a model was loaded"))
-    cfg = tiny_cfg(tmp_path / "a" / "b", "introspection", "data.name=../../evil")
+    cfg = tiny_cfg(tmp_path / "a" / "b", "introspection")
+    OmegaConf.update(cfg, "data.name", "../../evil")  # as a data YAML could set it (the command line refuses it)
     with pytest.raises(UnsafePathError, match="data.name '../../evil' leads outside"):
         generate_dataset(cfg)
 
