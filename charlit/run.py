@@ -150,8 +150,9 @@ def check_trainer(cfg: DictConfig) -> None:
 
 
 def check_data(cfg: DictConfig) -> None:
-    """The ``data`` settings, parsed the way the data module will parse them (kinds without ``Settings``: later)."""
-    settings_cls = getattr(DATA_MODULES.get(cfg.data.kind), "Settings", None)
+    """The ``data`` settings, parsed the way the data module will parse them. Only a ``Settings`` the kind declares
+    itself counts: a subclass that inherits one may parse other keys in its own ``from_config`` (checked then)."""
+    settings_cls = vars(DATA_MODULES.get(cfg.data.kind)).get("Settings")
     if settings_cls is not None:
         parse(settings_cls, cfg.data, "data", ignore=IGNORED_KEYS)
 
