@@ -154,12 +154,12 @@ class TeacherObjective(CharacterObjective):
             loss = self.divergence(scored, num_items=num_items)
             return loss, {"divergence": loss.detach().item()}
         device = scored.student.device
-        repeats = torch.zeros(scored.n_tokens, dtype=torch.bool, device=device)
-        offset = 0
+        marked, offset = [], 0
         for response in responses:
-            for t in repeat_positions(response, self.config.unlikelihood_n):
-                repeats[offset + t] = True
+            marked += [offset + t for t in repeat_positions(response, self.config.unlikelihood_n)]
             offset += len(response)
+        repeats = torch.zeros(scored.n_tokens, dtype=torch.bool, device=device)
+        repeats[torch.tensor(marked, dtype=torch.long, device=device)] = True
         divergence = self.divergence(scored, rows=~repeats, num_items=num_items)
         head = scored.head
         log_q = fused_linear_logprobs(
