@@ -107,6 +107,7 @@ def test_resume_from_a_missing_checkpoint_is_one_line(tmp_path):
     assert bad.returncode == 2 and f"resume={tmp_path}/nowhere: no checkpoint at" in bad.stderr
 
 
+@pytest.mark.slow  # ~30 s: two tiny two-job sweeps (make test-slow)
 def test_rerunning_a_sweep_reuses_its_finished_jobs(tmp_path):
     sweep = [
         *COMMAND[:2],
