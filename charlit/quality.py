@@ -69,6 +69,23 @@ def repeat_positions(tokens: Sequence, n: int = 4) -> list[int]:
     return repeats
 
 
+def copy_candidates(tokens: Sequence, n: int = 3) -> list[tuple[int, object]]:
+    """Pairs ``(t, v)``: at position ``t`` the token ``v`` would complete an ``n``-gram that already occurs in
+    ``tokens[:t]`` (its ``n - 1`` tokens before ``t`` occurred earlier, followed by ``v``). These are the next
+    tokens that continue a copy of the text so far, whether or not the sequence took them; ``n = 1`` gives every
+    token seen before ``t`` (a presence penalty's set). Sorted by ``t``, then by first occurrence."""
+    if n < 1:
+        raise ValueError(f"copy_candidates needs n >= 1, got n={n}.")
+    followers: dict[tuple, dict] = {}  # (n-1)-gram -> the tokens seen after it, in order (a dict keeps order)
+    pairs = []
+    for t in range(len(tokens)):
+        if t >= n - 1:
+            context = tuple(tokens[t - n + 1 : t])
+            pairs += [(t, v) for v in followers.get(context, ())]
+            followers.setdefault(context, {})[tokens[t]] = None
+    return pairs
+
+
 def loops(tokens: Sequence, rule: LoopRule = DEFAULT_RULE) -> bool:
     return loop_span(tokens, rule) is not None
 

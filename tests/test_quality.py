@@ -9,6 +9,7 @@ from charlit.quality import (
     LoopRule,
     QualityGate,
     compression_ratio,
+    copy_candidates,
     distinct_n,
     gated_scores,
     loop_span,
@@ -90,3 +91,18 @@ def test_repeat_positions_marks_tokens_that_complete_an_earlier_ngram():
     assert repeat_positions(list("abcabcabc"), n=3) == [5, 6, 7, 8]
     assert repeat_positions(list("abcd"), n=2) == [] and repeat_positions([], n=4) == []
     assert repeat_positions([1, 1, 1, 1], n=1) == [1, 2, 3]
+
+
+def test_copy_candidates_are_the_tokens_that_would_continue_an_earlier_ngram():
+    # "a b c a b d a b": after the second "a b" (t=5) taking "c" would repeat "a b c"; after the third "a b" there
+    # is no position left. After "b" at t=2 nothing followed "b" yet.
+    assert copy_candidates(list("abcabdab"), n=3) == [(5, "c")]
+    # one more token: at t=8 both "c" and "d" (in order of first occurrence) would repeat an earlier 3-gram
+    assert copy_candidates(list("abcabdabe"), n=3) == [(5, "c"), (8, "c"), (8, "d")]
+    # n=2: the tokens that followed earlier occurrences of the previous token; at t=2 "b" had not been followed yet
+    assert copy_candidates(list("abab"), n=2) == [(3, "b")]
+    # n=1: every token seen before t (a presence penalty's set), each once
+    assert copy_candidates([7, 8, 7], n=1) == [(1, 7), (2, 7), (2, 8)]
+    assert copy_candidates([], n=3) == [] and copy_candidates(list("abcd"), n=3) == []
+    with pytest.raises(ValueError, match="n >= 1"):
+        copy_candidates([1, 2], n=0)

@@ -10,6 +10,7 @@ Their shared settings are :class:`DivergenceSettings`: ``beta`` (0 forward KL ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -19,7 +20,7 @@ from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
 from charlit.models.heads import LMHead, lm_head
 from charlit.models.sequences import response_hidden, response_targets
 from charlit.objectives.base import CharacterObjective
-from charlit.quality import loop_span, repeat_positions
+from charlit.quality import copy_candidates, loop_span, repeat_positions
 from charlit.settings import setting
 from charlit.teachers import TeacherOutput
 from charlit.teachers.base import TEACHER_WEIGHTS
@@ -46,6 +47,24 @@ class OnPolicySettings(DivergenceSettings):
     greedy_rollouts: float = setting(
         0.0, ge=0, le=1, help="share of each batch's prompts decoded greedily instead of sampled (loops show there)"
     )
+    repeat_penalty: float = setting(
+        0.0, ge=0, help="nats off the teacher's logit of each token that would repeat an earlier n-gram of the sample"
+    )
+    repeat_penalty_n: int = setting(3, ge=1, help="the n of that n-gram (1: every token seen before)")
+
+    def check(self, prefix: str) -> None:
+        if self.repeat_penalty and (self.beta != 1 or self.temperature != 1):
+            raise ValueError(
+                f"{prefix}.repeat_penalty={self.repeat_penalty} reshapes a reverse-KL target at loss temperature 1, "
+                f"but {prefix}.beta={self.beta} and {prefix}.temperature={self.temperature}; set {prefix}.beta=1 "
+                f"{prefix}.temperature=1, or {prefix}.repeat_penalty=0."
+            )
+        estimator = getattr(self, "estimator", "full")
+        if estimator != "full" and (self.repeat_penalty or self.unlikelihood):
+            raise ValueError(
+                f"{prefix}.repeat_penalty and {prefix}.unlikelihood act on the full-vocabulary divergence, but "
+                f"{prefix}.estimator={estimator}; set {prefix}.estimator=full or turn them off."
+            )
 
 
 @dataclass
@@ -141,41 +160,91 @@ class TeacherObjective(CharacterObjective):
         )
 
     def distill_loss(self, scored: Scored, responses: list[list[int]]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The divergence on every response token, or with ``unlikelihood > 0`` the repetition-aware loss.
+        """The divergence on every response token, with the repetition-aware terms the settings turn on.
 
-        A token that repeats an earlier ``unlikelihood_n``-gram of its own response leaves the divergence (once
-        a loop has started the teacher endorses it: in-context copying) and is pushed down instead by the
-        unlikelihood ``-log(1 - q(y_t))`` of Welleck et al. 2019, weighted by ``unlikelihood`` and normalised by
-        the same token count. The student learns the teacher's persona but not its loops.
+        ``unlikelihood > 0``: a token that repeats an earlier ``unlikelihood_n``-gram of its own response leaves
+        the divergence (once a loop has started the teacher endorses it: in-context copying) and is pushed down
+        instead by the unlikelihood ``-log(1 - q(y_t))`` of Welleck et al. 2019, weighted by ``unlikelihood`` and
+        normalised by the same token count.
+
+        ``repeat_penalty = λ > 0``: the target at every position is the teacher with ``λ`` taken off the logit of
+        each token that would repeat an earlier ``repeat_penalty_n``-gram of the response (see
+        :meth:`repeat_penalty_correction`), so the student learns the persona but not the teacher's copying.
         """
-        weight = getattr(self.config, "unlikelihood", 0.0)
+        config = self.config
+        weight = getattr(config, "unlikelihood", 0.0)
         num_items = self.global_num_items(scored.n_tokens)  # one collective per step on every rank
-        if not weight:
-            loss = self.divergence(scored, num_items=num_items)
-            return loss, {"divergence": loss.detach().item()}
         device = scored.student.device
-        marked, offset = [], 0
+        repeats = None
+        if weight:
+            marked, offset = [], 0
+            for response in responses:
+                marked += [offset + t for t in repeat_positions(response, config.unlikelihood_n)]
+                offset += len(response)
+            repeats = torch.zeros(scored.n_tokens, dtype=torch.bool, device=device)
+            repeats[torch.tensor(marked, dtype=torch.long, device=device)] = True
+        loss = self.divergence(scored, rows=None if repeats is None else ~repeats, num_items=num_items)
+        metrics = {"divergence": loss.detach().item()}
+        if weight:
+            head = scored.head
+            log_q = fused_linear_logprobs(
+                scored.student[repeats],
+                head.weight,
+                response_targets(responses, device)[repeats],
+                bias=head.bias,
+                softcap=head.softcap,
+            )
+            unlikelihood = -torch.log1p(-log_q.exp().clamp(max=1 - 1e-6)).sum() / max(num_items, 1.0)
+            loss = loss + weight * unlikelihood
+            metrics["unlikelihood"] = unlikelihood.detach().item()
+            metrics["repeat_frac"] = repeats.float().mean().item() if scored.n_tokens else 0.0
+        if getattr(config, "repeat_penalty", 0.0):
+            correction, penalty_metrics = self.repeat_penalty_correction(scored, responses, repeats, num_items)
+            loss = loss + correction
+            metrics |= penalty_metrics
+        return loss, metrics
+
+    def repeat_penalty_correction(
+        self, scored: Scored, responses: list[list[int]], skip: torch.Tensor | None, num_items: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """What turns the fused ``KL(q‖p)`` into ``KL(q‖p')``, ``p'`` the teacher with ``λ`` off the logits of the
+        copy candidates ``S_t`` (:func:`charlit.quality.copy_candidates`) at each row ``t``, without a second pass
+        over the vocabulary: ``log p' = log p − λ·[v ∈ S_t] − log Z_t`` with ``Z_t = 1 − (1 − e^−λ)·p_t(S_t)``, so
+
+            KL(q‖p') = KL(q‖p) + λ·q_t(S_t) + log Z_t,
+
+        which needs only the gathered probabilities of the candidates (``Z_t`` is the teacher's, no gradient).
+        Rows in ``skip`` (unlikelihood's repeats, outside the divergence) get no correction."""
+        penalty, device = self.config.repeat_penalty, scored.student.device
+        rows, tokens, offset = [], [], 0
         for response in responses:
-            marked += [offset + t for t in repeat_positions(response, self.config.unlikelihood_n)]
+            for t, v in copy_candidates(response, self.config.repeat_penalty_n):
+                rows.append(offset + t)
+                tokens.append(v)
             offset += len(response)
-        repeats = torch.zeros(scored.n_tokens, dtype=torch.bool, device=device)
-        repeats[torch.tensor(marked, dtype=torch.long, device=device)] = True
-        divergence = self.divergence(scored, rows=~repeats, num_items=num_items)
-        head = scored.head
-        log_q = fused_linear_logprobs(
-            scored.student[repeats],
-            head.weight,
-            response_targets(responses, device)[repeats],
-            bias=head.bias,
-            softcap=head.softcap,
-        )
-        unlikelihood = -torch.log1p(-log_q.exp().clamp(max=1 - 1e-6)).sum() / max(num_items, 1.0)
+        rows = torch.tensor(rows, dtype=torch.long, device=device)
+        tokens = torch.tensor(tokens, dtype=torch.long, device=device)
+        if skip is not None:
+            keep = ~skip[rows]
+            rows, tokens = rows[keep], tokens[keep]
+        if not len(rows):
+            return scored.student.sum() * 0.0, {"copy_rows": 0.0, "copy_mass": 0.0}
+        head, teacher = scored.head, scored.teacher
+        q = fused_linear_logprobs(scored.student[rows], head.weight, tokens, bias=head.bias, softcap=head.softcap).exp()
+        with torch.no_grad():
+            p = fused_linear_logprobs(
+                teacher.hidden[rows], teacher.weight, tokens, bias=teacher.bias, softcap=teacher.softcap
+            ).exp()
+        unique, row_of = torch.unique(rows, return_inverse=True)
+        q_mass = torch.zeros(len(unique), dtype=q.dtype, device=device).index_add(0, row_of, q)
+        p_mass = torch.zeros(len(unique), dtype=p.dtype, device=device).index_add(0, row_of, p)
+        log_z = torch.log1p(-(1 - math.exp(-penalty)) * p_mass.clamp(max=1.0))
+        correction = (penalty * q_mass.sum() + log_z.sum()) / max(num_items, 1.0)
         metrics = {
-            "divergence": divergence.detach().item(),
-            "unlikelihood": unlikelihood.detach().item(),
-            "repeat_frac": repeats.float().mean().item() if scored.n_tokens else 0.0,
+            "copy_rows": len(unique) / max(scored.n_tokens, 1),
+            "copy_mass": q_mass.detach().mean().item(),
         }
-        return divergence + weight * unlikelihood, metrics
+        return correction, metrics
 
     # ---- EMA teacher -----------------------------------------------------------------------
     def on_train_batch_end(self, outputs, batch, batch_idx):

@@ -1,7 +1,10 @@
 import pytest
 import torch
 
+from charlit.models.heads import LMHead
+from charlit.objectives.teacher_objective import Scored
 from charlit.run import build_objective
+from charlit.teachers import TeacherOutput
 from tests.conftest import compose
 from tests.objectives.helpers import kl, lowers_own_loss, perturb, response_logits
 
@@ -157,6 +160,45 @@ def test_unlikelihood_replaces_the_divergence_on_repeated_ngrams_float64():
     torch.testing.assert_close(loss.double(), (divergence + 0.5 * unlikelihood) / n_tokens, rtol=2e-5, atol=2e-6)
     assert metrics["repeat_frac"] == pytest.approx(2 / n_tokens)
     assert metrics["unlikelihood"] == pytest.approx(float(unlikelihood / n_tokens), rel=1e-4)
+
+
+def test_repeat_penalty_is_reverse_kl_to_the_penalised_teacher_float64():
+    """Value and gradients against float64 full logits: the teacher with lambda taken off the logit of each
+    hand-listed copy candidate, reverse KL from the student, over the token count. A vocabulary of 6 keeps the
+    candidates' probabilities large, so a missing or wrong correction shows."""
+    looped = [1, 2, 3, 1, 2, 4, 1, 2]  # n=3: at t=5 token 3 would repeat "1 2 3"; the last "1 2" is at the end
+    plain = [5, 0, 5, 0, 5]  # n=3: at t=4 token 5 would repeat "5 0 5" (at t=3, "0 5" had not occurred)
+    candidates = {5: [3], 8 + 4: [5]}  # rows of the concatenated batch
+    penalty, n_tokens, vocab, width = 1.5, 13, 6, 8
+    objective, _ = _tiny("self_distill", f"method.repeat_penalty={penalty}", "method.repeat_penalty_n=3")
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(n_tokens, width, generator=gen, requires_grad=True)
+    weight = torch.randn(vocab, width, generator=gen, requires_grad=True)
+    teacher, teacher_weight = torch.randn(n_tokens, width, generator=gen), torch.randn(vocab, width, generator=gen)
+    scored = Scored(
+        student=student,
+        head=LMHead(weight=weight, bias=None, softcap=None),
+        teacher=TeacherOutput(hidden=teacher, weight=teacher_weight, bias=None, softcap=None),
+        n_tokens=n_tokens,
+    )
+    loss, metrics = objective.distill_loss(scored, [looped, plain])
+    got = torch.autograd.grad(loss, (student, weight))
+    s = student.double() @ weight.double().T
+    t = teacher.double() @ teacher_weight.double().T
+    for row, tokens in candidates.items():
+        t[row, tokens] -= penalty
+    reference = kl(s, t).sum() / n_tokens
+    torch.testing.assert_close(loss.double(), reference, rtol=1e-5, atol=1e-6)
+    for g, want in zip(got, torch.autograd.grad(reference, (student, weight))):
+        torch.testing.assert_close(g.double(), want.double(), rtol=1e-4, atol=1e-6)
+    assert metrics["copy_rows"] == pytest.approx(2 / n_tokens)
+    unpenalised = kl(s, teacher.double() @ teacher_weight.double().T).sum() / n_tokens
+    assert abs(unpenalised - reference) > 1e-3  # the correction is not vanishingly small here
+
+
+def test_repeat_penalty_needs_the_reverse_kl_at_temperature_one():
+    with pytest.raises(ValueError, match=r"method.repeat_penalty=1.0 .*method.beta=0.5"):
+        _tiny("self_distill", "method.repeat_penalty=1", "method.beta=0.5")
 
 
 def test_greedy_rollouts_decode_that_share_of_the_batch_greedily(monkeypatch):
