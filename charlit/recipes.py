@@ -5,7 +5,9 @@ each a full training run.
 the DPO-trained model writes (with the constitution in context), starting from that model. Each stage's
 config is composed like ``train.py <the user's overrides> <the stage's overrides>`` with no recipe; the user's
 ``data``, ``method`` and ``recipe`` overrides are left out (each stage sets its own data and method), and a stage
-with ``from_previous: true`` loads and generates with the previous stage's ``final/`` checkpoint.
+with ``from_previous: true`` loads and generates with the previous stage's ``final/`` checkpoint. ``recipe.json``
+lists the stages' results and their summed compute (``compute``: see :mod:`charlit.compute`), data generation
+included.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from charlit.compute import sum_compute
 from charlit.run import train
 
 _NOT_PASSED_ON = ("data", "method", "recipe")
@@ -48,7 +51,7 @@ def stage_overrides(stage, user: list[str], previous_final: str | None) -> list[
 
 
 def run_recipe(cfg: DictConfig, run_dir: Path) -> list[dict]:
-    """Run every stage in order under ``run_dir/<i>_<stage name>/``; writes ``recipe.json`` with their summaries."""
+    """Run every stage in order under ``run_dir/<i>_<stage name>/``; writes ``recipe.json`` with their results."""
     name = cfg.recipe.name
     stages = list(cfg.recipe.get("stages") or [])
     if not stages:
@@ -66,6 +69,7 @@ def run_recipe(cfg: DictConfig, run_dir: Path) -> list[dict]:
         json.dumps(
             {
                 "recipe": name,
+                "compute": sum_compute({s.name: x.get("compute", {}) for s, x in zip(stages, summaries)}),
                 "stages": [
                     {
                         "name": s.name,
@@ -73,6 +77,7 @@ def run_recipe(cfg: DictConfig, run_dir: Path) -> list[dict]:
                         "data": x["data"],
                         "method": x["method"],
                         "metrics": x["metrics"],
+                        "compute": x.get("compute"),
                     }
                     for s, x in zip(stages, summaries)
                 ],

@@ -284,6 +284,8 @@ def _train_in(cfg: DictConfig, run_dir: Path, checkpoint_path: Path | None, sett
     dataset = prepare_data(cfg)  # generates the data variant's dataset first unless it is cached
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     objective, datamodule = build_objective(cfg, dataset.path if dataset is not None else None, settings)
+    if dataset is not None:
+        objective.compute.add_data(dataset.generation)
     constitution = objective.constitution
 
     config = plain_config(cfg)
@@ -366,6 +368,8 @@ def build_summary(cfg, config, objective, trainer, run_dir, final_dir, wall, con
         metrics.update(objective.baselines)
         if "val/divergence_start" in metrics and metrics["val/divergence_start"] > 0:
             metrics["val/divergence_change"] = metrics["val/divergence_end"] / metrics["val/divergence_start"] - 1
+    compute = objective.reported_compute
+    metrics.update(compute.totals())
     return {
         "method": cfg.method.name,
         "teacher": cfg.teacher.name,
@@ -376,6 +380,7 @@ def build_summary(cfg, config, objective, trainer, run_dir, final_dir, wall, con
         "metrics": metrics,
         "val_history": history,
         "wall_time_s": wall,
+        "compute": compute.summary(),
         "peak_rss_mb": peak_rss_mb(),
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "paths": {

@@ -7,7 +7,7 @@ config group is parsed into it), sets ``data_kind`` (what its batches hold: ``pr
 ``compute_loss(batch) -> (loss, metrics, n_tokens)``. It is built as ``Objective(config, ctx)`` from its own
 settings and an :class:`ObjectiveContext`, never from the whole run config, so it can be unit-tested without
 Hydra. Everything else (grad norm, learning rate, tokens/s, ``val/divergence``, ``val/persona_gain``, sample
-tables) is shared.
+tables, the compute accounting ``compute/*`` of :mod:`charlit.compute`) is shared.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import ClassVar
 import lightning as L
 import torch
 
+from charlit.compute import ComputeMeter, MeteredSampler
 from charlit.data.constitution import Constitution
 from charlit.models import LoadedModel
 from charlit.models.frozen import FrozenReference
@@ -88,8 +89,12 @@ class CharacterObjective(L.LightningModule):
         self.policy = ctx.loaded.model
         self.tokenizer = ctx.loaded.tokenizer
         self.constitution = ctx.constitution
-        self.sampler = ctx.sampler
         self.reference = FrozenReference(self.policy)  # a plain attribute: never saved in checkpoints
+        self.compute = ComputeMeter(self.policy)  # after the reference: a full fine-tuning copy gets its own hooks
+        with self.reference.model() as reference:
+            self.compute.watch(reference)
+        self.reported_compute = self.compute  # the latest figures summed over processes (see report_compute)
+        self.sampler = MeteredSampler(ctx.sampler, self.compute)
         self.validation = HeldOutValidation(
             self.policy,
             self.reference,
@@ -119,6 +124,27 @@ class CharacterObjective(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.reference.to(self.device)
+        teacher = getattr(self, "teacher", None)
+        for network in teacher.networks() if teacher is not None else ():
+            self.compute.watch(network)
+
+    def configure_callbacks(self):
+        """The compute meter's phases, unless an earlier ``trainer.validate`` on the same trainer attached them."""
+        attached = self._trainer is not None and any(isinstance(c, ComputePhases) for c in self.trainer.callbacks)
+        return [] if attached else [ComputePhases()]
+
+    def report_compute(self) -> dict[str, float]:
+        """The run's compute so far, summed over processes (kept for summary.json): the flat ``compute/*``."""
+        meter = self.compute
+        if self._trainer is not None and self.trainer.world_size > 1:
+
+            def all_sum(values: list[float]) -> list[float]:
+                tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+                return self.trainer.strategy.reduce(tensor, reduce_op="sum").tolist()
+
+            meter = meter.reduced(all_sum, self.trainer.world_size)
+        self.reported_compute = meter
+        return meter.totals()
 
     # ---- training ---------------------------------------------------------------------------
     def on_fit_start(self):
@@ -137,12 +163,14 @@ class CharacterObjective(L.LightningModule):
                 f"continues from the last checkpoint."
             )
         elapsed = max(time.perf_counter() - self._step_start, 1e-9)
+        self.compute.trained_tokens += int(n_tokens)
         logged = {
             "train/loss": loss.detach().item(),
             **{f"train/{k}": float(v) for k, v in metrics.items()},
             "train/tokens": float(n_tokens),
             "train/tokens_per_s": n_tokens / elapsed,
             "train/lr": self.optimizers().param_groups[0]["lr"],
+            **self.report_compute(),
         }
         for key, value in logged.items():
             # the loss is averaged over ranks: with global-batch normalisation that is the global batch's loss
@@ -189,12 +217,14 @@ class CharacterObjective(L.LightningModule):
             "val_history": self.val_history,
             "baselines": self.baselines,
             "frozen_weights_omitted": len(frozen),
+            "compute": self.compute.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint.get("charlit", {})
         self.val_history = list(state.get("val_history", []))
         self.baselines = dict(state.get("baselines", {}))
+        self.compute.load_state_dict(state.get("compute", {}))
         saved = checkpoint.setdefault("state_dict", {})
         # put the omitted frozen weights back; strict loading still catches any other mismatch
         for name, param in self.named_parameters(remove_duplicate=False):
@@ -215,7 +245,7 @@ class CharacterObjective(L.LightningModule):
         fresh = {}
         if tally.baseline_scores:
             self.baselines = fresh = tally.baselines()
-        metrics = {**tally.metrics(self.baselines), **fresh}
+        metrics = {**tally.metrics(self.baselines), **fresh, **self.report_compute()}
         for key, value in metrics.items():
             self.log(key, value, batch_size=1, sync_dist=False)
         self.val_history.append({"step": int(self.global_step), **metrics})
@@ -241,3 +271,22 @@ class CharacterObjective(L.LightningModule):
         from charlit.loggers import log_samples
 
         log_samples(self.trainer, samples, step=int(self.global_step))
+
+
+class ComputePhases(L.Callback):
+    """Opens and closes the ``train`` (a whole optimizer step) and ``validation`` phases of the objective's meter."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pl_module.compute.enter("train")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pl_module.compute.exit()
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        pl_module.compute.enter("validation")
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        pl_module.compute.exit()
+
+    def on_train_end(self, trainer, pl_module):
+        pl_module.report_compute()

@@ -1,9 +1,12 @@
 """Aggregate a multirun's ``summary.json`` files into ``report.csv``, ``report.md`` and plots.
 
-One row per job (method, teacher, data, persona, seed and the headline metrics); a metric ``m`` with a 95%
-interval carries it as ``m_ci95`` (half-width), which the plots draw as error bars. Headline metrics are the
+One row per job (method, teacher, data, persona, seed, its compute and the headline metrics); a metric ``m`` with a
+95% interval carries it as ``m_ci95`` (half-width), which the plots draw as error bars. Headline metrics are the
 held-out validation every method logs (``val/*``) and, when the run evaluated itself (``eval=quick``), every
-``eval/*`` number in its summary.
+``eval/*`` number in its summary. Compute is the run's training FLOPs (``compute/flops``, see
+:mod:`charlit.compute`) and wall time; a stage of a multi-stage recipe also gets ``compute/recipe_flops``, its
+recipe's FLOPs up to and including it. One more plot draws ``val/persona_progress`` against those FLOPs from each
+job's validation history.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ VAL_HEADLINES = (
     "val/looping_frac_bare",
 )
 RUN_FIELDS = ("steps", "wall_time_s", "peak_rss_mb")
+CURVE = ("compute/flops", "val/persona_progress")  # x, y of the learning-curve plot
 PLOTTED = ("val/divergence_end", "val/persona_progress_end", "val/persona_progress_gated_end", "val/looping_frac_end")
 
 
@@ -50,6 +54,11 @@ def job_row(summary_path: Path) -> dict:
         "seed": config.get("seed"),
         **{f: summary.get(f) for f in RUN_FIELDS},
     }
+    if "compute/flops" in metrics:
+        row["compute/flops"] = metrics["compute/flops"]
+        before = _recipe_flops_before(summary_path.parent)
+        if before is not None:
+            row["compute/recipe_flops"] = before + metrics["compute/flops"]
     for key in VAL_HEADLINES:
         if key in metrics:
             row[key] = metrics[key]
@@ -60,6 +69,20 @@ def job_row(summary_path: Path) -> dict:
             row[key] = metrics[key]
     row["run_dir"] = str(summary_path.parent)
     return row
+
+
+def _recipe_flops_before(run_dir: Path) -> float | None:
+    """The training FLOPs of the recipe stages before ``run_dir`` (``<i>_<stage>`` beside the recipe's
+    ``recipe.json``); None for a run outside a recipe."""
+    try:
+        stages = json.loads((run_dir.parent / "recipe.json").read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return None
+    names = [f"{i}_{stage['name']}" for i, stage in enumerate(stages)]
+    if run_dir.name not in names:
+        return None
+    earlier = stages[: names.index(run_dir.name)]
+    return float(sum((stage.get("compute") or {}).get("flops", 0.0) for stage in earlier))
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict]:
@@ -151,6 +174,38 @@ def _plot(rows: list[dict], metric: str, path: Path) -> Path | None:
     return path
 
 
+def _plot_curves(rows: list[dict], path: Path) -> Path | None:
+    """``val/persona_progress`` against cumulative training FLOPs, one line per job (its validation history)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    varying = [a for a in AXES if len({str(r.get(a)) for r in rows}) > 1]
+    x_key, y_key = CURVE
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
+    for row in rows:
+        history = json.loads((Path(row["run_dir"]) / "summary.json").read_text()).get("val_history") or []
+        points = [(r[x_key], r[y_key]) for r in history if x_key in r and y_key in r]
+        if not points:
+            continue
+        offset = row["compute/recipe_flops"] - row[x_key] if "compute/recipe_flops" in row else 0.0
+        ax.plot([x + offset for x, _ in points], [y for _, y in points], marker="o", label=_label(row, varying))
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("training FLOPs (cumulative; recipe stages after the earlier stages)")
+    ax.set_ylabel(y_key)
+    ax.set_title(f"{y_key} vs compute per job")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict:
     """Write report.csv, report.md and one PNG per plotted metric; returns their paths, the rows and columns."""
     sweep_dir = Path(sweep_dir)
@@ -166,6 +221,8 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict:
         writer.writerows(rows)
     plotted = [m for m in (*PLOTTED, *[c for c in columns if c.startswith("eval/") and not c.endswith("_ci95")][:4])]
     plots = [p for m in plotted if (p := _plot(rows, m, out_dir / f"report_{m.replace('/', '_')}.png"))]
+    curves = _plot_curves(rows, out_dir / "report_persona_progress_vs_flops.png")
+    plots += [curves] if curves else []
     markdown = f"# Sweep report: {sweep_dir}\n\n{len(rows)} jobs.\n\n" + _markdown(rows, columns)
     markdown += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
     (out_dir / "report.md").write_text(markdown)

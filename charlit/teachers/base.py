@@ -115,6 +115,10 @@ class Teacher(ABC):
         """Move anything the teacher owns (same-network teachers own nothing)."""
         return self
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The models the teacher owns (same-network teachers: none), for the compute accounting."""
+        return []
+
     @abstractmethod
     def score(self, prompts: list, responses: list[list[int]]) -> TeacherOutput: ...
 

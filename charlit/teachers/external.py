@@ -128,6 +128,9 @@ class ExternalTeacher(Teacher):
         self.model.to(device)
         return self
 
+    def networks(self):
+        return [self.model]
+
     def context_ids(self, prompt) -> list[int]:
         messages = teacher_messages(prompt, self.constitution) if self.use_constitution else student_messages(prompt)
         return render_prompt_ids(self.teacher_tokenizer, messages)

@@ -49,6 +49,37 @@ def test_report_has_one_row_per_job_with_intervals_and_plots(tmp_path):
     assert all(p.stat().st_size > 1000 for p in result["plots"])
 
 
+def _run(job_dir, method, flops, history):
+    job_dir.mkdir(parents=True)
+    summary = {
+        "method": method,
+        "teacher": "self",
+        "data": "prompts",
+        "persona": "pirate",
+        "metrics": {"compute/flops": flops, "val/persona_progress_end": history[-1][1]},
+        "val_history": [{"step": i, "compute/flops": x, "val/persona_progress": y} for i, (x, y) in enumerate(history)],
+        "config": {"seed": 0},
+    }
+    (job_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_has_compute_columns_recipe_totals_and_a_curve_per_job(tmp_path):
+    _run(tmp_path / "0_arm=self_distill", "self_distill", 30.0, [(0.0, 0.0), (30.0, 0.5)])
+    recipe = tmp_path / "1_arm=oct"
+    _run(recipe / "0_dpo", "dpo", 100.0, [(40.0, 0.0), (100.0, 0.3)])  # its data cost: the curve starts at 40
+    _run(recipe / "1_sft", "sft", 20.0, [(0.0, 0.3), (20.0, 0.6)])
+    stages = [{"name": "dpo", "compute": {"flops": 100.0}}, {"name": "sft", "compute": {"flops": 20.0}}]
+    (recipe / "recipe.json").write_text(json.dumps({"recipe": "pairs_introspection", "stages": stages}))
+
+    result = write_report(tmp_path)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["self_distill"]["compute/flops"] == 30.0 and "compute/recipe_flops" not in rows["self_distill"]
+    assert (rows["dpo"]["compute/recipe_flops"], rows["sft"]["compute/recipe_flops"]) == (100.0, 120.0)
+    assert "compute/flops" in result["columns"] and "compute/recipe_flops" in result["columns"]
+    curve = tmp_path / "report_persona_progress_vs_flops.png"
+    assert curve in result["plots"] and curve.stat().st_size > 1000 and curve.name in result["markdown"].read_text()
+
+
 def test_report_cli_errors_are_one_line(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 2
     assert "No finished jobs" in capsys.readouterr().err
@@ -79,3 +110,5 @@ def test_multirun_of_four_tiny_jobs_leaves_a_report(tmp_path):
         ("sft", "self"),
     ]
     assert (tmp_path / "sweep" / "report_val_persona_progress_end.png").is_file()
+    assert all(float(r["compute/flops"]) > 0 for r in rows)
+    assert (tmp_path / "sweep" / "report_persona_progress_vs_flops.png").is_file()

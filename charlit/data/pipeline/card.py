@@ -33,8 +33,10 @@ def build_card(
     new_tokens: int,
     seconds: float,
     settings: dict,
+    flops: float = 0.0,
 ) -> dict:
-    """``stages`` maps stage name → its counts (``generated``, ``kept``, ``dropped`` by reason, extra figures)."""
+    """``stages`` maps stage name → its counts (``generated``, ``kept``, ``dropped`` by reason, extra figures);
+    ``flops``: the generation's FLOP estimate (charlit.compute's rule)."""
     return {
         "dataset": name,
         "key": key,
@@ -51,6 +53,7 @@ def build_card(
             "new_tokens": new_tokens,
             "seconds": round(seconds, 3),
             "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 else None,
+            "flops": flops,
         },
         "samples": rows[:3],
         "settings": settings,

@@ -10,7 +10,7 @@ reflection + interaction).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +31,7 @@ class Dataset:
     name: str
     path: Path
     card: dict
+    generation: dict[str, dict] = field(default_factory=dict)  # stage name -> its generation cost (card block)
 
 
 def needs_generation(data_cfg) -> bool:
@@ -64,6 +65,7 @@ def _combine(name: str, results: list[StageResult], ctx: StageContext) -> Datase
         sum(r.card["generation"]["new_tokens"] for r in results),
         sum(r.card["generation"]["seconds"] for r in results),
         {"parts": {r.name: str(r.path) for r in results}},
+        flops=sum(r.card["generation"].get("flops") or 0.0 for r in results),
     )
     store.finish(rows, card, card_markdown(card))
     return Dataset(name, store.data_path, card)
@@ -105,9 +107,11 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
         for g in loaded:
             g.close()
     if len(results) == 1:
-        r = results[0]
-        return Dataset(cfg.data.name, r.path, r.card)
-    return _combine(str(cfg.data.name), results, ctx)
+        dataset = Dataset(cfg.data.name, results[0].path, results[0].card)
+    else:
+        dataset = _combine(str(cfg.data.name), results, ctx)
+    dataset.generation = ctx.generation
+    return dataset
 
 
 def empty_dataset_message(dataset: Dataset) -> str:

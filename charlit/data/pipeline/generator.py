@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from charlit.compute import flops_per_token, param_counts
 from charlit.data.chat import render_prompt_ids
 from charlit.models import load_model
 from charlit.quality import loop_span
@@ -112,6 +113,8 @@ class Generator:
         self.stop_ids = set(end_token_ids(self.tokenizer, self.model))
         self.markers = template_markers(self.tokenizer)
         self.new_tokens = 0
+        self.flops = 0.0  # charlit.compute's rule: 2·N per prompt and generated token
+        self.n_params = param_counts(self.model)[0]
         self.identity = {
             "name": loaded.name_or_path,
             "weights_sha256": weights_fingerprint(self.model),
@@ -149,7 +152,9 @@ class Generator:
             return []
         prompts = [render_prompt_ids(self.tokenizer, messages) for messages in conversations]
         outputs = self.sampler.generate(self.model, prompts, self.params, seed=seed, desc=desc)
-        self.new_tokens += sum(len(o) for o in outputs)
+        new_tokens = sum(len(o) for o in outputs)
+        self.new_tokens += new_tokens
+        self.flops += flops_per_token(self.n_params) * (sum(len(p) for p in prompts) + new_tokens)
         return [self.decode(o) for o in outputs]
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ class StageContext:
     root: Path
     sampler: dict  # backend name and batch size (batching can change sampled tokens)
     on_chunk: Callable[[int], None] | None = None
+    generation: dict[str, dict] = field(default_factory=dict)  # stage name -> its card's generation cost
 
 
 @dataclass
@@ -119,6 +120,7 @@ def run_stage(stage: Stage) -> StageResult:
     if store.is_complete():
         rows, card = read_complete(store)
         print(f"[charlit] {stage.name}: reusing {len(rows)} cached rows from {store.path}", flush=True)
+        ctx.generation[stage.name] = card["generation"]
         return StageResult(stage.name, store.data_path, rows, card)
     distinct = list({id(g): g for g in stage.generators}.values())
 
@@ -126,7 +128,15 @@ def run_stage(stage: Stage) -> StageResult:
         return sum(g.new_tokens for g in distinct)
 
     results = run_chunks(
-        store, stage.items(), ctx.chunk_size, stage.work, counter, ctx.seed, desc=stage.name, on_chunk=ctx.on_chunk
+        store,
+        stage.items(),
+        ctx.chunk_size,
+        stage.work,
+        counter,
+        ctx.seed,
+        desc=stage.name,
+        on_chunk=ctx.on_chunk,
+        flops=lambda: sum(g.flops for g in distinct),
     )
     raw = [row for r in results for row in r.rows]
     assembled = stage.assemble(raw)
@@ -141,6 +151,8 @@ def run_stage(stage: Stage) -> StageResult:
         sum(r.seconds for r in results),
         {k: material[k] for k in ("sampling", "sampler", "seed", "chunk_size", "filters", "settings")}
         | {"generators": material["generators"]},
+        flops=sum(r.flops for r in results),
     )
     store.finish(assembled.rows, card, card_markdown(card))
+    ctx.generation[stage.name] = card["generation"]
     return StageResult(stage.name, store.data_path, assembled.rows, card)

@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from charlit.models.bundled import cache_root
@@ -84,6 +84,7 @@ class ChunkResult:
     rows: list[dict]
     new_tokens: int  # tokens generated for this chunk
     seconds: float  # generation wall time of this chunk
+    flops: float = 0.0  # estimated generation FLOPs (charlit.compute; 0 in chunks written before it counted them)
 
 
 class StageDir:
@@ -123,14 +124,17 @@ class StageDir:
         if not path.is_file():
             return None
         raw = json.loads(path.read_text())
-        return ChunkResult(rows=raw["rows"], new_tokens=int(raw["new_tokens"]), seconds=float(raw["seconds"]))
+        return ChunkResult(
+            rows=raw["rows"],
+            new_tokens=int(raw["new_tokens"]),
+            seconds=float(raw["seconds"]),
+            flops=float(raw.get("flops", 0.0)),
+        )
 
     def write_chunk(self, index: int, result: ChunkResult) -> None:
         atomic_write_text(
             self._chunk_path(index),
-            json.dumps(
-                {"rows": result.rows, "new_tokens": result.new_tokens, "seconds": result.seconds}, ensure_ascii=False
-            ),
+            json.dumps(asdict(result), ensure_ascii=False),
         )
 
     def finish(self, rows: Sequence[dict], card: dict, card_md: str) -> Path:
@@ -152,11 +156,12 @@ def run_chunks(
     seed: int,
     desc: str,
     on_chunk: Callable[[int], None] | None = None,
+    flops: Callable[[], float] = lambda: 0.0,
 ) -> list[ChunkResult]:
     """Run ``work(chunk_items, chunk_seed)`` over ``items`` in fixed-order chunks, reusing chunks already on disk.
 
-    ``counter()`` returns the generator's running count of new tokens (for the throughput in the card);
-    ``on_chunk(index)`` is called after each chunk is safely on disk.
+    ``counter()`` returns the generator's running count of new tokens (for the throughput in the card), ``flops()``
+    its running FLOP estimate; ``on_chunk(index)`` is called after each chunk is safely on disk.
     """
     if chunk_size < 1:
         raise ValueError(f"generation.chunk_size={chunk_size} must be >= 1.")
@@ -168,9 +173,14 @@ def run_chunks(
             for index, chunk in enumerate(chunks):
                 if results[index] is not None:
                     continue
-                tokens, start = counter(), time.perf_counter()
+                tokens, spent, start = counter(), flops(), time.perf_counter()
                 rows = work(chunk, chunk_seed(seed, index, store.stage))
-                result = ChunkResult(rows=rows, new_tokens=counter() - tokens, seconds=time.perf_counter() - start)
+                result = ChunkResult(
+                    rows=rows,
+                    new_tokens=counter() - tokens,
+                    seconds=time.perf_counter() - start,
+                    flops=flops() - spent,
+                )
                 store.write_chunk(index, result)
                 results[index] = result
                 bar.update(len(chunk))
