@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from charlit.eval.judges.llm import SKIPPED
 from tests.conftest import REPO
 
@@ -83,6 +85,7 @@ def test_base_model_eval_reports_every_suite_three_ways(tmp_path):
     ):
         assert metric in suites["persona_id"]["metrics"] and metric in suites["ood_greedy"]["metrics"], metric
     assert {"suffix_likelihood", "prefill_likelihood"} <= set(suites["robustness"]["metrics"])
+    assert not [m for body in suites.values() for m in body["metrics"] if m.endswith("_range")]  # the model is bare
     assert {"kl_to_base", "perplexity", "mc_accuracy"} == set(suites["capability"]["metrics"])
     assert suites["capability"]["metrics"]["kl_to_base"]["bare"]["mean"] == 0.0
     assert suites["capability"]["metrics"]["kl_to_base"]["prompted"]["mean"] > 0.0
@@ -124,6 +127,11 @@ def test_run_dir_supplies_base_and_persona_and_compare_adds_a_column(tmp_path):
     assert report["systems"]["model"] == str(run / "final")
     gains = report["suites"]["persona_id"]["metrics"]["likelihood"]
     assert gains["model"] == gains["compare"] and gains["model"] != gains["bare"]
+    ranges = report["suites"]["persona_id"]["metrics"]["likelihood_range"]  # bases have none: they are its ends
+    assert set(ranges) == {"model", "compare"} and ranges["model"] == ranges["compare"]
+    share = (gains["model"]["mean"] - gains["bare"]["mean"]) / (gains["prompted"]["mean"] - gains["bare"]["mean"])
+    assert ranges["model"]["mean"] == pytest.approx(share)
+    assert "suffix_likelihood_gated_range" in report["suites"]["robustness"]["metrics"]
     assert report["suites"]["capability"]["metrics"]["kl_to_base"]["model"]["mean"] > 0
 
 

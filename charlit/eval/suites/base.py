@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from charlit.data.constitution import Constitution
@@ -16,7 +17,7 @@ from charlit.eval.judges.base import PersonaJudge, Reply
 from charlit.eval.judges.classifier import ClassifierJudge
 from charlit.eval.judges.llm import LLMJudge
 from charlit.eval.likelihood_judge import mean_reply_logprob
-from charlit.eval.stats import Estimate, mean_ci, wilson
+from charlit.eval.stats import LEVEL, Estimate, mean_ci, wilson
 from charlit.eval.systems import System
 from charlit.quality import QualityGate, gated_scores, reply_quality
 from charlit.registry import Registry
@@ -149,10 +150,43 @@ def estimates(scores: dict[str, list], prefix: str = "") -> dict[str, Estimate]:
     return out
 
 
-def persona_estimates(
-    ctx: SuiteContext, system: System, replies: list[Reply], floors: dict[str, float], prefix: str = ""
-) -> dict[str, Estimate]:
-    return estimates(persona_values(ctx, system, replies, floors), prefix)
+def range_covered(
+    system: list[float], bare: list[float], prompted: list[float], n_boot: int = 2000, seed: int = 0
+) -> Estimate:
+    """The share of the bare→prompted gap a system's mean covers, ``(m − b) / (p − b)`` (0 = bare, 1 = prompted),
+    with a percentile interval from a paired bootstrap over prompts (the three lists score the same prompts in the
+    same order); resamples whose gap is 0 are left out."""
+    if not (len(system) == len(bare) == len(prompted)) or not system:
+        raise ValueError(
+            f"range_covered needs one score per prompt from each system, got {len(system)}, {len(bare)} and "
+            f"{len(prompted)} scores."
+        )
+    scores = np.array([system, bare, prompted], dtype=float)
+    m, b, p = scores.mean(axis=1)
+    point = (m - b) / (p - b) if p != b else float("nan")
+    rng = np.random.default_rng(seed)
+    means = scores[:, rng.integers(0, scores.shape[1], (n_boot, scores.shape[1]))].mean(axis=2)
+    gap = means[2] - means[1]
+    draws = (means[0] - means[1])[gap != 0] / gap[gap != 0]
+    if not len(draws):
+        return Estimate(point, float("nan"), float("nan"), scores.shape[1])
+    lo, hi = np.quantile(draws, [0.5 - LEVEL / 2, 0.5 + LEVEL / 2])
+    return Estimate(float(point), float(lo), float(hi), scores.shape[1])
+
+
+def put_ranges(result: SuiteResult, values: dict[str, dict[str, list]], bare: str, prefix: str = "") -> None:
+    """``<judge>_range`` and ``<judge>_gated_range`` of every system other than the bare and prompted base, from
+    the per-prompt values :func:`persona_values` returned for each system label (nothing without both bases)."""
+    if bare not in values or "prompted" not in values:
+        return
+    for label, own in values.items():
+        if label in (bare, "prompted"):
+            continue
+        for judge in [k for k in own if f"{k}_gated" in own and not k.endswith("_hit")]:
+            for key in (judge, f"{judge}_gated"):
+                result.put(
+                    f"{prefix}{key}_range", label, range_covered(own[key], values[bare][key], values["prompted"][key])
+                )
 
 
 def samples(label: str, replies: list[Reply], limit: int) -> list[dict]:

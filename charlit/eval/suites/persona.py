@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
-from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, persona_estimates, samples
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, estimates, persona_values, put_ranges, samples
 
 
 def _persona_suite(ctx: SuiteContext, prompts: list[str], seed_offset: int, desc: str) -> SuiteResult:
-    result, floors = SuiteResult(), {}
+    result, floors, values = SuiteResult(), {}, {}
     for system in ctx.systems:
         replies = ctx.replies(system, prompts, seed_offset, desc)
-        for metric, estimate in persona_estimates(ctx, system, replies, floors).items():
+        values[system.label] = persona_values(ctx, system, replies, floors)
+        for metric, estimate in estimates(values[system.label]).items():
             result.put(metric, system.label, estimate)
         result.samples += samples(system.label, replies, 3)
+    put_ranges(result, values, ctx.bare.label)
     return result
 
 

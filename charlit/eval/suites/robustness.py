@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from charlit.eval import benchmark_data
-from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, persona_estimates, samples
+from charlit.eval.suites.base import SUITES, SuiteContext, SuiteResult, estimates, persona_values, put_ranges, samples
 
 
 def attacked_prompts(attacks: int, prompts: int) -> list[str]:
@@ -35,14 +35,18 @@ def robustness(ctx: SuiteContext) -> SuiteResult:
         ]
         for r, o in zip(pairs, openers)
     ]
-    suffix_floors, prefill_floors = {}, {}
+    floors = {"suffix_": {}, "prefill_": {}}
+    values = {"suffix_": {}, "prefill_": {}}
     for system in ctx.systems:
-        replies = ctx.replies(system, attacked, 310, "adversarial suffixes")
-        for metric, estimate in persona_estimates(ctx, system, replies, suffix_floors, "suffix_").items():
-            result.put(metric, system.label, estimate)
-        result.samples += samples(system.label, replies, 2)
-        replies = ctx.replies(system, prefilled, 320, "prefill attack")
-        for metric, estimate in persona_estimates(ctx, system, replies, prefill_floors, "prefill_").items():
-            result.put(metric, system.label, estimate)
-        result.samples += samples(system.label, replies, 1)
+        for prefix, prompts, seed_offset, desc, shown in (
+            ("suffix_", attacked, 310, "adversarial suffixes", 2),
+            ("prefill_", prefilled, 320, "prefill attack", 1),
+        ):
+            replies = ctx.replies(system, prompts, seed_offset, desc)
+            values[prefix][system.label] = persona_values(ctx, system, replies, floors[prefix])
+            for metric, estimate in estimates(values[prefix][system.label], prefix).items():
+                result.put(metric, system.label, estimate)
+            result.samples += samples(system.label, replies, shown)
+    for prefix, per_system in values.items():
+        put_ranges(result, per_system, ctx.bare.label, prefix)
     return result
