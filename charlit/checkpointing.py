@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -36,6 +35,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from charlit.loggers import is_secret_key
+from charlit.paths import try_lock
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
@@ -123,8 +123,8 @@ class RunLock:
     it when the process ends, however it ends. Only global rank 0 locks: the other ranks of a multi-GPU run start
     after it and train in the same dir."""
 
-    def __init__(self, run_dir: Path, handle=None):
-        self.run_dir, self._handle = run_dir, handle
+    def __init__(self, run_dir: Path, fd: int | None = None):
+        self.run_dir, self._fd = run_dir, fd
 
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock | None:
@@ -133,19 +133,17 @@ class RunLock:
         if rank_zero_only.rank != 0:
             return cls(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(run_dir / LOCK_FILE, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        fd = try_lock(run_dir / LOCK_FILE)
+        if fd is None:
             return None
         for orphan in [*run_dir.glob(".*.tmp-*"), *(run_dir / "checkpoints").glob(".*.tmp-*")]:
             orphan.unlink(missing_ok=True)
-        return cls(run_dir, handle)
+        return cls(run_dir, fd)
 
     def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self):
         return self

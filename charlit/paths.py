@@ -7,6 +7,7 @@ to plant or swap a file there. :func:`exclusive_lock` serialises processes that 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -83,10 +84,32 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _open_lock(path: str | Path) -> int:
+    """A descriptor to ``flock`` on: ``path`` made 0600, never opened through a symlink."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError(f"{path} is a symlink; charlit never takes a lock through one: remove it.") from None
+        raise
+
+
+def try_lock(path: str | Path) -> int | None:
+    """An exclusive ``flock`` on ``path``: its descriptor (close it to release), or None when another process
+    holds it."""
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextmanager
 def exclusive_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold an ``flock`` on ``path`` (made 0600, never through a symlink); ``on_wait()`` runs first if it is taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """Hold an exclusive ``flock`` on ``path``, waiting for it; ``on_wait()`` runs first if it is taken."""
+    fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

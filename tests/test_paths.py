@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from charlit.paths import UnsafePathError, check_private, exclusive_lock, inside, private_dir, write_private
+from charlit.paths import UnsafePathError, check_private, exclusive_lock, inside, private_dir, try_lock, write_private
 
 
 def test_inside_joins_names_below_the_root(tmp_path):
@@ -76,3 +76,28 @@ def test_exclusive_lock_makes_the_second_holder_wait(tmp_path):
 def _take(path, order, waited):
     with exclusive_lock(path, on_wait=waited.set):
         order.append("second")
+
+
+def test_run_and_cache_locks_are_never_taken_through_a_planted_symlink(tmp_path):
+    from charlit.checkpointing import LOCK_FILE, RunLock
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(ValueError, match=r"\.lock is a symlink; .* remove it"):
+        RunLock.acquire(run_dir)
+    with pytest.raises(ValueError, match="is a symlink"):
+        with exclusive_lock(run_dir / LOCK_FILE):
+            pass
+    assert victim.read_text() == "keep me"
+
+
+def test_try_lock_refuses_a_lock_another_holder_has(tmp_path):
+    first = try_lock(tmp_path / ".lock")
+    assert first is not None and try_lock(tmp_path / ".lock") is None
+    os.close(first)
+    again = try_lock(tmp_path / ".lock")
+    assert again is not None
+    os.close(again)
