@@ -48,7 +48,8 @@ SHAPES = {
     "qwen25_7b": (3584, 152064, [4096, 16384], True),
     "quick": (256, 8192, [256, 1024], False),
 }
-DIV_CASES = ["naive", "compile", "torch", "triton", "cuda", "liger_jsd"]
+CHARLIT_BACKENDS = ["torch", "triton", "triton_rows", "cuda"]
+DIV_CASES = ["naive", "compile", *CHARLIT_BACKENDS, "liger_jsd"]
 DPO_CASES = ["dpo_ours", "dpo_liger", "dpo_naive"]
 LOGPROB_CASES = ["logprobs", "logprobs_frozen", "logprobs_naive"]
 """Per-token log-probs with a random per-row upstream gradient on the divergence shapes: ours with a
@@ -128,92 +129,97 @@ def _gemm_floor(xs, ws, xt, wt, ngemm, sync):
     return run
 
 
-def worker(spec: dict) -> dict:
+def make_inputs(spec: dict) -> dict:
+    """Seeded student (with grad) and teacher hidden states and lm_head weights of the spec's shape."""
     import torch
 
-    from charlit.kernels import fused_linear_divergence, fused_linear_logprobs, torch_chunked
-
-    if spec.get("tile_budget_mb"):
-        torch_chunked.TILE_BUDGET_BYTES = torch_chunked.LOGPROB_TILE_BUDGET_BYTES = int(spec["tile_budget_mb"] * 2**20)
-
-    dev = torch.device(spec["device"])
-    dtype = getattr(torch, spec["dtype"])
-    h, v, n, case, beta, reps = spec["hidden"], spec["vocab"], spec["n"], spec["case"], spec["beta"], spec["reps"]
+    dev, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
+    h, v, n = spec["hidden"], spec["vocab"], spec["n"]
     torch.manual_seed(0)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    xs = torch.randn(n, h, device=dev, dtype=dtype).requires_grad_()
-    ws = (torch.randn(v, h, device=dev, dtype=dtype) / h**0.5).requires_grad_()
-    xt = torch.randn(n, h, device=dev, dtype=dtype)
-    wt = torch.randn(v, h, device=dev, dtype=dtype) / h**0.5
-    ngemm = 4
+    return dict(
+        xs=torch.randn(n, h, device=dev, dtype=dtype).requires_grad_(),
+        ws=(torch.randn(v, h, device=dev, dtype=dtype) / h**0.5).requires_grad_(),
+        xt=torch.randn(n, h, device=dev, dtype=dtype),
+        wt=torch.randn(v, h, device=dev, dtype=dtype) / h**0.5,
+    )
+
+
+def case_step(spec: dict, xs, ws, xt, wt):
+    """(one forward+backward of ``spec["case"]`` as a callable, its GEMM-floor count).  ``spec["backend"]``
+    picks the charlit backend of the log-prob and DPO cases (default: auto)."""
+    import torch
+
+    from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
+
+    case, beta, dev, n, v, h = spec["case"], spec["beta"], xs.device, spec["n"], spec["vocab"], spec["hidden"]
+    backend = spec.get("backend")
+    ws.requires_grad_(case != "logprobs_frozen")
     if case in ("naive", "compile"):
 
         def loss_fn(a, b, c, d):
             return _naive_jsd(a @ b.t(), c @ d.t(), beta)
 
         fn = torch.compile(loss_fn) if case == "compile" else loss_fn
-        step = lambda: fn(xs, ws, xt, wt).backward()  # noqa: E731
-    elif case in ("torch", "triton", "cuda"):
-        step = lambda: fused_linear_divergence(xs, ws, xt, wt, beta=beta, backend=case).backward()  # noqa: E731
-    elif case == "liger_jsd":
+        return (lambda: fn(xs, ws, xt, wt).backward()), 4
+    if case in CHARLIT_BACKENDS:
+        return (lambda: fused_linear_divergence(xs, ws, xt, wt, beta=beta, backend=case).backward()), 4
+    if case == "liger_jsd":
         from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
         mod = LigerFusedLinearJSDLoss(
             weight_hard_loss=0.0, weight_soft_loss=1.0, beta=beta, compiled=dev.type == "cuda"
         )
         labels = torch.zeros(n, dtype=torch.long, device=dev)
-        step = lambda: mod(xs, ws, xt, wt, labels).backward()  # noqa: E731
-    elif case in LOGPROB_CASES:
+        return (lambda: mod(xs, ws, xt, wt, labels).backward()), 4
+    if case in LOGPROB_CASES:
         tgt = torch.randint(0, v, (n,), device=dev)
         up = torch.randn(n, device=dev)
-        if case == "logprobs_frozen":
-            ngemm = 2
-            ws.requires_grad_(False)
-        else:
-            ngemm = 3
         if case == "logprobs_naive":
 
             def step():
                 z = torch.log_softmax((xs @ ws.t()).float(), -1)
                 z.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).backward(up)
-        else:
-            step = lambda: fused_linear_logprobs(xs, ws, tgt).backward(up)  # noqa: E731
-    elif case.startswith("dpo_"):
-        ngemm = 3
+
+            return step, 3
+        step = lambda: fused_linear_logprobs(xs, ws, tgt, backend=backend).backward(up)  # noqa: E731
+        return step, 2 if case == "logprobs_frozen" else 3
+    if case.startswith("dpo_"):
         seqs, t = spec["dpo_seqs"], spec["dpo_len"]
         hid = xs.view(seqs, t, h)
         ref_hid = xt.view(seqs, t, h)
         tgt = torch.randint(0, v, (seqs, t), device=dev)
         tgt[:, : t // 4] = -100  # prompt tokens
         half = seqs // 2
-        if case == "dpo_ours":
-
-            def step():
-                lp = fused_linear_logprobs(hid, ws, tgt).sum(-1)
-                with torch.no_grad():
-                    rlp = fused_linear_logprobs(ref_hid, wt, tgt).sum(-1)
-                margin = (lp[:half] - rlp[:half]) - (lp[half:] - rlp[half:])
-                torch.nn.functional.logsigmoid(0.1 * margin).neg().mean().backward()
-        elif case == "dpo_naive":
-
-            def step():
-                def seq_lp(hh, w):
-                    z = torch.log_softmax((hh @ w.t()).float(), -1)
-                    m = tgt != -100
-                    return (z.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1) * m).sum(-1)
-
-                lp = seq_lp(hid, ws)
-                with torch.no_grad():
-                    rlp = seq_lp(ref_hid, wt)
-                margin = (lp[:half] - rlp[:half]) - (lp[half:] - rlp[half:])
-                torch.nn.functional.logsigmoid(0.1 * margin).neg().mean().backward()
-        else:
+        if case == "dpo_liger":
             from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
 
             mod = LigerFusedLinearDPOLoss(beta=0.1, compiled=dev.type == "cuda", use_ref_model=True)
-            step = lambda: mod(ws, hid, tgt, ref_input=ref_hid, ref_weight=wt)[0].backward()  # noqa: E731
-    else:
-        raise ValueError(f"unknown case {case}")
+            return (lambda: mod(ws, hid, tgt, ref_input=ref_hid, ref_weight=wt)[0].backward()), 3
+
+        def seq_lp(hh, w):
+            if case == "dpo_ours":
+                return fused_linear_logprobs(hh, w, tgt, backend=backend).sum(-1)
+            z = torch.log_softmax((hh @ w.t()).float(), -1)
+            m = tgt != -100
+            return (z.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1) * m).sum(-1)
+
+        def step():
+            lp = seq_lp(hid, ws)
+            with torch.no_grad():
+                rlp = seq_lp(ref_hid, wt)
+            margin = (lp[:half] - rlp[:half]) - (lp[half:] - rlp[half:])
+            torch.nn.functional.logsigmoid(0.1 * margin).neg().mean().backward()
+
+        return step, 3
+    raise ValueError(f"unknown case {case!r}; cases: {', '.join(DIV_CASES + LOGPROB_CASES + DPO_CASES)}")
+
+
+def measure(step, xs, ws, xt, wt, ngemm: int, reps: int) -> dict:
+    """Time (min over ``reps``) and peak extra memory of ``step``, alternating with its ``ngemm``-GEMM floor."""
+    import torch
+
+    dev = xs.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def one():
         xs.grad = ws.grad = None
@@ -262,16 +268,26 @@ def worker(spec: dict) -> dict:
     )
 
 
+def worker(spec: dict) -> dict:
+    from charlit.kernels import torch_chunked
+
+    if spec.get("tile_budget_mb"):
+        torch_chunked.TILE_BUDGET_BYTES = torch_chunked.LOGPROB_TILE_BUDGET_BYTES = int(spec["tile_budget_mb"] * 2**20)
+    t = make_inputs(spec)
+    step, ngemm = case_step(spec, **t)
+    return measure(step, **t, ngemm=ngemm, reps=spec["reps"])
+
+
 # ----------------------------------------------------------------------------- driver side
 def _available(case: str, device: str) -> str | None:
     """None if runnable, else the reason it is skipped."""
     import importlib.util
 
-    if case in ("triton", "cuda") and device != "cuda":
+    if case in ("triton", "triton_rows", "cuda") and device != "cuda":
         return "GPU only"
     if case in ("liger_jsd", "dpo_liger") and importlib.util.find_spec("liger_kernel") is None:
         return "liger-kernel not installed"
-    if case == "triton" and importlib.util.find_spec("triton") is None:
+    if case in ("triton", "triton_rows") and importlib.util.find_spec("triton") is None:
         return "triton not installed"
     return None
 

@@ -1,10 +1,11 @@
 """Fused large-vocabulary losses: linear layer + divergence / log-probs without [N, V] logits.
 
 ``fused_linear_divergence`` and ``fused_linear_logprobs`` take hidden states and the lm_head
-weight. Backends ("torch" chunked, "triton", "cuda"; see ``charlit.kernels.backends``) meet one
-contract and are chosen by name: the ops' ``backend=`` argument, else ``$CHARLIT_KERNEL_BACKEND``,
-else ``set_default_backend`` (from config), else "auto" (first available per device type,
-``selection.AUTO_ORDER``). "reference" runs the float64 materialised ground truth.
+weight. Backends ("torch" chunked, "triton", "triton_rows", "cuda"; see ``charlit.kernels.backends``) meet
+one contract and are chosen by name: the ops' ``backend=`` argument, else ``$CHARLIT_KERNEL_BACKEND``,
+else ``set_default_backend`` (from config), else "auto" (first available of the order measured for the GPU
+class, ``auto_order``, then ``selection.AUTO_ORDER`` per device type). "reference" runs the float64
+materialised ground truth.
 """
 
 from .api import fused_linear_divergence, fused_linear_logprobs

@@ -1,8 +1,10 @@
 """Which kernel backend runs: the ``backend=`` argument of the ops, else ``$CHARLIT_KERNEL_BACKEND``, else the
 default set from config with :func:`set_default_backend`, else ``"auto"``.
 
-``"auto"`` takes the first backend of :data:`AUTO_ORDER` for the tensors' device type that is available here; a
-named backend must be available or the call fails saying why. ``"reference"`` (float64, materialised logits) is
+``"auto"`` takes the first backend available here of: the order measured for the GPU's class
+(:mod:`charlit.kernels.auto_order`, written by ``benchmarks/gpu_check.py``), then :data:`AUTO_ORDER` for the
+tensors' device type (alone on CPU, and on GPU classes nothing was measured for); a named backend must be
+available or the call fails saying why. ``"reference"`` (float64, materialised logits) is
 a test/debug path handled by the public ops themselves, not a registered backend.
 """
 
@@ -12,11 +14,13 @@ import os
 
 import torch
 
+from .auto_order import measured_order
 from .backends import KERNEL_BACKENDS, KernelBackend
 
 BACKEND_ENV_VAR = "CHARLIT_KERNEL_BACKEND"
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)}
-"""Preference per device type for ``"auto"``; device types not listed use the ``"cpu"`` order."""
+"""Preference per device type for ``"auto"`` where no order was measured; device types not listed use the
+``"cpu"`` order."""
 SPECIAL = ("auto", "reference")
 _configured = "auto"
 
@@ -58,15 +62,18 @@ def default_backend() -> str:
     return requested(None)[0]
 
 
-def _order(device: torch.device) -> tuple[str, ...]:
-    return AUTO_ORDER.get(device.type, AUTO_ORDER["cpu"])
+def auto_candidates(device: torch.device) -> tuple[str, ...]:
+    """The candidates of ``"auto"`` on ``device``, in order: measured first, then the declared fallback."""
+    declared = AUTO_ORDER.get(device.type, AUTO_ORDER["cpu"])
+    measured = measured_order(device)
+    return (*measured, *(name for name in declared if name not in measured))
 
 
 def resolve(name: str, device: torch.device, source: str = "backend=") -> KernelBackend:
     """The backend object for a validated ``name`` (not "reference") on ``device``; ``source`` is for messages."""
     if name == "auto":
         reasons = []
-        for candidate in _order(device):
+        for candidate in auto_candidates(device):
             impl = KERNEL_BACKENDS.get(candidate)()
             ok = impl.available(device)
             if ok:
@@ -78,6 +85,6 @@ def resolve(name: str, device: torch.device, source: str = "backend=") -> Kernel
     if not ok:
         raise RuntimeError(
             f"kernel backend {name!r} (chosen by {source}) cannot run on {device}: {ok.reason}. "
-            f"Choose another through {source}, or 'auto' for the first of {_order(device)} that runs here."
+            f"Choose another through {source}, or 'auto' for the first of {auto_candidates(device)} that runs here."
         )
     return impl

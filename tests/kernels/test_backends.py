@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 
 from charlit.kernels import (
     BACKEND_ENV_VAR,
+    auto_order,
     backend_names,
     default_backend,
     fused_linear_divergence,
@@ -60,8 +62,8 @@ def counting(monkeypatch):
 
 
 def test_registry_lists_the_builtin_backends():
-    assert {"torch", "triton", "cuda"} <= set(KERNEL_BACKENDS.builtin_names())
-    for name in ("torch", "triton", "cuda"):
+    assert {"torch", "triton", "triton_rows", "cuda"} <= set(KERNEL_BACKENDS.builtin_names())
+    for name in ("torch", "triton", "triton_rows", "cuda"):
         impl = KERNEL_BACKENDS.get(name)()
         assert isinstance(impl, KernelBackend) and impl.name == name
     assert backend_names()[:2] == ["auto", "reference"] and set(KERNEL_BACKENDS.names()) <= set(backend_names())
@@ -168,3 +170,51 @@ def test_scanning_the_backends_needs_no_triton():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "`triton` package is not installed" in res.stdout
+
+
+def test_shipped_table_measures_no_gpu_yet_and_cpu_keeps_its_order():
+    """Until a GPU check is installed, "auto" on every GPU class is the declared order; CPU never reads the table."""
+    assert auto_order.measured_classes() == {}
+    declared = ("triton", "cuda", "torch")
+    assert selection.auto_candidates(torch.device("cuda")) == selection.AUTO_ORDER["cuda"] == declared
+    assert selection.auto_candidates(CPU) == ("torch",)
+
+
+@pytest.fixture
+def measured_table(monkeypatch, tmp_path):
+    """A table on disk in place of the shipped one."""
+    path = tmp_path / "auto_order.json"
+    monkeypatch.setattr(auto_order, "TABLE_PATH", path)
+    return path
+
+
+def test_auto_tries_the_measured_gpu_order_first(monkeypatch, counting, measured_table):
+    measured_table.write_text(json.dumps({"classes": {"cuda-sm90": {"order": ["counting", "torch"]}}}))
+    monkeypatch.setattr(auto_order, "device_class", lambda device: "cuda-sm90")
+    gpu = torch.device("cuda")
+    assert selection.auto_candidates(gpu) == ("counting", "torch", "triton", "cuda")
+    assert selection.resolve("auto", gpu).name == "counting"
+    counting.usable = False
+    assert selection.resolve("auto", gpu).name == "torch"
+    assert selection.auto_candidates(CPU) == ("torch",)  # a GPU measurement never moves the CPU order
+
+
+def test_install_merges_gpu_classes_and_refuses_dry_runs(measured_table, tmp_path):
+    result = tmp_path / "result.json"
+    entry = {"order": ["triton_rows", "cuda", "triton", "torch"], "device": "NVIDIA H200"}
+    result.write_text(json.dumps({"dry_run": False, "classes": {"cuda-sm90": entry}}))
+    assert auto_order.install(result, measured_table) == ["cuda-sm90"]
+    assert auto_order.measured_classes(measured_table) == {"cuda-sm90": ("triton_rows", "cuda", "triton", "torch")}
+    result.write_text(json.dumps({"dry_run": True, "classes": {"cpu": {"order": ["triton_rows"]}}}))
+    with pytest.raises(ValueError, match="--dry-run"):
+        auto_order.install(result, measured_table)
+    result.write_text(json.dumps({"dry_run": False, "classes": {"cpu": {"order": ["triton_rows"]}}}))
+    with pytest.raises(ValueError, match="no GPU class.*CPU order stays"):
+        auto_order.install(result, measured_table)
+    measured_table.write_text(json.dumps({"classes": {"cuda-sm90": {"order": "triton_rows"}}}))
+    with pytest.raises(ValueError, match=r"classes\['cuda-sm90'\].order must be a non-empty list"):
+        auto_order.measured_classes(measured_table)
+
+
+def test_rank_is_by_geometric_mean_of_floor_ratios():
+    assert auto_order.rank({"a": [1.2, 1.2], "b": [1.0, 2.0], "c": [1.1, 1.5], "d": []}) == ["a", "c", "b"]

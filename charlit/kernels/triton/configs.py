@@ -31,3 +31,10 @@ def pick(kind: str, n: int, v: int, h: int, dtype: torch.dtype) -> dict:
     if dtype == torch.float32:
         return dict(BM=64, BV=64, BK=32, num_warps=4, num_stages=2)
     return dict(BM=64, BV=128, BK=64, num_warps=8, num_stages=3)
+
+
+def rows(vocab: int) -> dict:
+    """Slice width of the ``triton_rows`` row kernels: one program walks a whole row, so a wide slice (4096 lanes,
+    8 warps) keeps enough loads in flight; interpreted, 256 lanes so that small test vocabularies span several."""
+    block = min(256 if interpreted() else 4096, 1 << max(vocab - 1, 1).bit_length())
+    return dict(BLOCK=block) if interpreted() else dict(BLOCK=block, num_warps=8 if block >= 2048 else 4)
