@@ -61,7 +61,14 @@ def _check_quiet(proc, found: list[dict]) -> None:
     assert "[charlit] summary:" in proc.stdout
 
 
-@pytest.mark.parametrize("method,extra", [("self_distill", ()), ("sft", ()), ("dpo", ("data.path=bundled",))])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("self_distill", ()),  # the default run; sft and dpo (~16 s each) under `make test-slow`
+        pytest.param("sft", (), marks=pytest.mark.slow),
+        pytest.param("dpo", ("data.path=bundled",), marks=pytest.mark.slow),
+    ],
+)
 def test_tiny_run_is_quiet_and_calls_no_deprecated_api(tmp_path, method, extra):
     proc, found = _run(tmp_path, f"method={method}", *extra)
     _check_quiet(proc, found)

@@ -15,6 +15,13 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return err / scale if scale > 0 else err
 
 
+def to_device(inputs: dict, device: str) -> dict:
+    """``inputs`` (tensors or None) moved to ``device``, leaves again where they required grad."""
+    return {
+        k: (v.detach().to(device).requires_grad_(v.requires_grad) if v is not None else None) for k, v in inputs.items()
+    }
+
+
 def make_div_inputs(n, hs, vs, ht=None, vt=None, dtype=torch.float32, bias=False, scale=1.0, seed=None, lead=None):
     g = torch.Generator().manual_seed(seed if seed is not None else torch.randint(0, 2**31 - 1, ()).item())
     ht = ht or hs

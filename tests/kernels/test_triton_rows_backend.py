@@ -17,7 +17,7 @@ from charlit.kernels.backends import KERNEL_BACKENDS
 from charlit.kernels.debug import record_plans
 from charlit.kernels.float64_reference import divergence_per_position
 
-from .helpers import make_div_inputs, rel_err, run_div, run_logprobs
+from .helpers import make_div_inputs, rel_err, run_div, run_logprobs, to_device
 from .test_torch_backend import extreme_inputs
 
 pytestmark = pytest.mark.skipif(
@@ -30,14 +30,8 @@ TOL = 1e-5 if DEV == "cpu" else 1e-4  # CPU: as the torch backend's tests; CUDA:
 BACKEND = "triton_rows"
 
 
-def _to(inputs):
-    return {
-        k: (v.detach().to(DEV).requires_grad_(v.requires_grad) if v is not None else None) for k, v in inputs.items()
-    }
-
-
 def _compare(inputs, upstream=None, tol=TOL, **kw):
-    inputs = _to(inputs)
+    inputs = to_device(inputs, DEV)
     up = None if upstream is None else upstream.to(DEV)
     with record_plans() as plans:
         loss, grads, _ = run_div(inputs, upstream=up, backend=BACKEND, **kw)
@@ -77,7 +71,7 @@ def test_per_row_with_frozen_head_scales_forward_dx():
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
 def test_several_token_tiles(beta):
-    inputs = _to(make_div_inputs(13, 16, 300, bias=True))
+    inputs = to_device(make_div_inputs(13, 16, 300, bias=True), DEV)
     leaves = [inputs[k].detach().clone().requires_grad_() for k in ("student_hidden", "student_weight", "student_bias")]
     loss = triton_rows.divergence(
         *leaves, inputs["teacher_hidden"], inputs["teacher_weight"], inputs["teacher_bias"], beta, 0.8, 6.0, False, 5
@@ -89,20 +83,28 @@ def test_several_token_tiles(beta):
         assert rel_err(leaf.grad, rgrads[key]) <= TOL, key
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+EXTREME_LIMIT = pytest.mark.xfail(
+    strict=True,
+    reason="known limit (issue #17 open): at |z| ~ 1e4 the β > 0 gradients are off by up to 0.7% of the largest "
+    "gradient (seed 8, β=1), against 5e-5 for the torch backend",
+)
+
+
+@pytest.mark.parametrize("beta", [0.0, pytest.param(0.3, marks=EXTREME_LIMIT), pytest.param(1.0, marks=EXTREME_LIMIT)])
 def test_extreme_logits(beta):
-    """|z| ~ 1e4 (exact fp32 logits): each row max is kept apart from its log-sum, as on CPU."""
-    inputs = _to(extreme_inputs(n=8, v=300))
-    loss, grads, _ = run_div(inputs, backend=BACKEND, beta=beta, temperature=0.5, reduction="sum")
-    ref, rgrads, _ = run_div(inputs, backend="reference", beta=beta, temperature=0.5, reduction="sum")
-    assert rel_err(loss, ref) <= TOL
-    for k in rgrads:
-        err = (grads[k].double() - rgrads[k]).abs().max().item()
-        assert err <= 5e-5 * rgrads[k].abs().max().item() + 1e-7, (k, err)
+    """|z| ~ 1e4 (exact fp32 logits), twelve fixed draws: each row max is kept apart from its log-sum, as on CPU."""
+    for seed in range(12):
+        inputs = to_device(extreme_inputs(n=8, v=300, seed=seed), DEV)
+        loss, grads, _ = run_div(inputs, backend=BACKEND, beta=beta, temperature=0.5, reduction="sum")
+        ref, rgrads, _ = run_div(inputs, backend="reference", beta=beta, temperature=0.5, reduction="sum")
+        assert rel_err(loss, ref) <= TOL, seed
+        for k in rgrads:
+            err = (grads[k].double() - rgrads[k]).abs().max().item()
+            assert err <= 5e-5 * rgrads[k].abs().max().item() + 1e-7, (seed, k, err)
 
 
 def test_all_masked_num_items_and_no_grad():
-    inputs = _to(make_div_inputs(7, 16, 100, bias=True))
+    inputs = to_device(make_div_inputs(7, 16, 100, bias=True), DEV)
     loss, grads, _ = run_div(inputs, backend=BACKEND, mask=torch.zeros(7, dtype=torch.bool, device=DEV))
     assert loss == 0 and all((g == 0).all() for g in grads.values())
     _compare(make_div_inputs(7, 16, 100), beta=0.3, num_items=20, mask=torch.rand(7) < 0.6)
@@ -114,7 +116,7 @@ def test_all_masked_num_items_and_no_grad():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs(dtype):
-    inputs = _to(make_div_inputs(9, 32, 300, dtype=dtype, bias=True))
+    inputs = to_device(make_div_inputs(9, 32, 300, dtype=dtype, bias=True), DEV)
     loss, grads, _ = run_div(inputs, backend=BACKEND, beta=0.3)
     ref, rgrads, _ = run_div(inputs, backend="reference", beta=0.3)
     assert rel_err(loss, ref) <= 1e-4  # logits are fp32 from exact half products: only the gradients are half
