@@ -27,7 +27,12 @@ def _tanh(a):
 
 @triton.jit
 def _softplus(x):
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+    """``max(x, 0) + log1p(exp(-|x|))``; log1p by Goldberg's ``log(u) * y / (u - 1)``, exact where ``1 + y`` rounds
+    to 1 (a plain ``log(1 + y)`` returns 0 there, and softplus(x) ~ e^x carries whole gradients when q >> p)."""
+    y = tl.exp(-tl.abs(x))
+    u = 1.0 + y
+    d = u - 1.0
+    return tl.maximum(x, 0.0) + tl.where(d == 0.0, y, tl.log(u) * (y / tl.where(d == 0.0, 1.0, d)))
 
 
 @triton.jit

@@ -67,6 +67,14 @@ def _reduce(m, acc):
 
 
 @triton.jit
+def _gap(m, big):
+    """``m - big`` for lane maxima ``m <= big``; 0 on lanes that saw nothing yet (their sums are 0), without the
+    ``-inf - -inf`` a plain subtraction would evaluate there."""
+    empty = m == float("-inf")
+    return tl.where(empty, 0.0, m) - tl.where(empty, 0.0, big)
+
+
+@triton.jit
 def divergence_rows_kernel(
     s_ptr,
     t_ptr,
@@ -99,6 +107,7 @@ def divergence_rows_kernel(
     lanes = tl.arange(0, BLOCK)
     ms = tl.full((BLOCK,), float("-inf"), tl.float32)
     mt = tl.full((BLOCK,), float("-inf"), tl.float32)
+    rt = tl.zeros((BLOCK,), tl.float32)  # teacher logit where the lane's student max sits (beta > 0)
     ls = tl.zeros((BLOCK,), tl.float32)
     lt = tl.zeros((BLOCK,), tl.float32)
     acc = tl.zeros((BLOCK,), tl.float32)
@@ -107,30 +116,38 @@ def divergence_rows_kernel(
         mask = cols < V
         s, _ = _load(s_row, bs_ptr, cols, mask, inv_t, softcap, HAS_BS, HAS_CAP)
         t, _ = _load(t_row, bt_ptr, cols, mask, inv_t, softcap, HAS_BT, HAS_CAP)
-        diff = tl.where(mask, t - s, 0.0)
+        ms_old = ms
+        rt_old = rt
         ms, alpha_s, es = _online(ms, tl.where(mask, s, float("-inf")))
         mt, alpha_t, et = _online(mt, tl.where(mask, t, float("-inf")))
+        if MODE != 1:
+            rt = tl.where(mask & (s > ms_old), t, rt)
+        if MODE == 1:  # sum e^t (t - s), kept against the teacher's lane max
+            acc = acc * alpha_t + et * tl.where(mask, t - s, 0.0)
+        if MODE == 2:  # sum e^s ((s - ms) - (t - rt)): log q - log p against the lane's student argmax
+            moved = _gap(ms_old, ms) - (rt_old - rt)
+            acc = (acc + ls * moved) * alpha_s + es * tl.where(mask, (s - ms) - (t - rt), 0.0)
         ls = ls * alpha_s + es
         lt = lt * alpha_t + et
-        if MODE == 1:  # sum e^t (t - s), kept against the teacher's lane max
-            acc = acc * alpha_t + et * diff
-        if MODE == 2:  # sum e^s (s - t), kept against the student's lane max
-            acc = acc * alpha_s - es * diff
     # each max stays apart from its log-sum: (z - max) is exact near the top, one fp32 lse at |z| ~ 1e4 is not
     max_s, zs = _reduce(ms, ls)
     max_t, zt = _reduce(mt, lt)
     log_zs = tl.log(zs)
     log_zt = tl.log(zt)
+    # centres are kept against the student's argmax (teacher logit t_ref there): at that token the gradient's
+    # (value - centre) is a difference of two nearly equal numbers as large as |log p| ~ 1e4, which fp32 loses
+    t_ref = tl.max(tl.where(ms == max_s, rt, float("-inf")), axis=0)
     centre = 0.0
     if MODE == 1:  # <p, t - s> - lse_t + lse_s = <p, log p - log q>
         _, a = _reduce(mt, acc)
         loss = a / zt + ((max_s - max_t) + (log_zs - log_zt))
-    elif MODE == 2:  # <q, s - t>, also the gradient's centre
-        _, a = _reduce(ms, acc)
-        centre = a / zs
-        loss = centre + ((max_t - max_s) + (log_zt - log_zs))
+    elif MODE == 2:  # centre = <q, (s - max_s) - (t - t_ref)>; KL(q||p) = centre + (max_t - t_ref) + lse_t - lse_s
+        moved = _gap(ms, max_s) - (rt - t_ref)
+        centre = tl.sum((acc + ls * moved) * tl.exp(ms - max_s), axis=0) / zs
+        loss = centre + ((max_t - t_ref) + (log_zt - log_zs))
     else:  # beta KL(p||m) + (1-beta) KL(q||m) via x = log p - log q + log(beta/(1-beta)), as torch_chunked
         shift = (log_zs - log_zt) + log_ratio
+        sp_ref = _softplus((t_ref - max_t) + shift)
         lacc = tl.zeros((BLOCK,), tl.float32)
         cacc = tl.zeros((BLOCK,), tl.float32)
         for v0 in range(0, V, BLOCK):
@@ -143,7 +160,7 @@ def divergence_rows_kernel(
             x = tl.where(mask, ((t - max_t) - (s - max_s)) + shift, 0.0)
             sp = _softplus(x)
             lacc += beta * p * (sp - x) + (1.0 - beta) * q * sp
-            cacc += q * sp
+            cacc += q * (sp - sp_ref)
         loss = entropy - tl.sum(lacc, axis=0)
         centre = (beta - 1.0) * tl.sum(cacc, axis=0)
     tl.store(loss_ptr + row, loss)
@@ -161,9 +178,9 @@ def divergence_rows_kernel(
             if MODE == 1:
                 g = q - tl.exp((t - max_t) - log_zt)
             elif MODE == 2:
-                g = q * ((s - t) - centre)
+                g = q * (((s - max_s) - (t - t_ref)) - centre)
             else:
-                g = q * ((beta - 1.0) * _softplus(((t - max_t) - (s - max_s)) + shift) - centre)
+                g = q * ((beta - 1.0) * (_softplus(((t - max_t) - (s - max_s)) + shift) - sp_ref) - centre)
             tl.store(g_row + cols, (g * (u * fac)).to(g_ptr.dtype.element_ty), mask=mask)
 
 
