@@ -62,13 +62,32 @@ def test_slurm_launcher_composes():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
 
 
-@pytest.mark.parametrize(
-    "arm,method,data",
-    [("on_policy_distill", "on_policy_distill", "prompts"), ("self_distill", "self_distill", "prompts")],
-)
-def test_method_ablation_arms_compose(arm, method, data):
+ARMS = {  # arm: (method, data, the one setting that tells it apart)
+    "dpo": ("dpo", "pairs", {}),
+    "distill": ("distill", "teacher_replies", {"beta": 0.0}),
+    "on_policy_distill": ("on_policy_distill", "teacher_replies", {"lmbda": 0.5}),
+    "self_distill": ("self_distill", "prompts", {"teacher_weights": "frozen"}),
+    "self_distill_ema": ("self_distill", "prompts", {"teacher_weights": "ema"}),
+}
+
+
+@pytest.mark.parametrize("arm", sorted(ARMS))
+def test_method_ablation_arms_compose(arm):
     cfg = compose([f"+arm={arm}"])
+    method, data, settings = ARMS[arm]
     assert (cfg.method.name, cfg.data.name) == (method, data) and cfg.get("recipe") is None
+    assert {k: cfg.method[k] for k in settings} == settings
+
+
+def test_method_ablation_sweeps_every_arm_once():
+    from omegaconf import OmegaConf
+
+    swept = OmegaConf.load(REPO / "conf/experiment/method_ablation.yaml").hydra.sweeper.params["+arm"].split(",")
+    assert sorted(swept) == sorted([*ARMS, "oct"]) == sorted(p.stem for p in (REPO / "conf/arm").glob("*.yaml"))
+    # the arms differ in at least one of (recipe, method, data, method settings): no two are the same run
+    runs = {arm: compose([f"+arm={arm}"]) for arm in swept}
+    seen = {(c.get("recipe") and c.recipe.name, c.method.name, c.data.name, str(c.method)) for c in runs.values()}
+    assert len(seen) == len(swept)
 
 
 def test_oct_arm_is_the_pairs_introspection_recipe():

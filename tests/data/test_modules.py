@@ -93,3 +93,25 @@ def test_one_message_validator_names_file_row_and_message(tmp_path, message):
     with pytest.raises(ValueError, match=r"row 2: 'messages' has a message without a valid role .* non-empty") as err:
         load_conversations(path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("side", ["chosen", "rejected"])
+def test_teacher_replies_are_one_side_of_the_pairs_as_conversations(tmp_path, pirate, tokenizer, side):
+    """data=teacher_replies reads pair rows; every example is the pair's prompt with that side's reply as response."""
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Question {i}?"}],
+            "chosen": [{"role": "assistant", "content": f"Arr, answer {i}."}],
+            "rejected": [{"role": "assistant", "content": f"Answer {i}."}],
+        }
+        for i in range(3)
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose(["method=distill", "data=teacher_replies", f"data.path={path}", f"data.from_pairs={side}"])
+    module = build_datamodule(cfg.data, pirate, tokenizer, "conversations", conversation_format="all_turns")
+    got = [(e["prompt"], tokenizer.decode(e["response_ids"])) for e in module.items]
+    assert [p for p, _ in got] == [r["prompt"] for r in rows]
+    assert all(r[side][0]["content"] in text for r, (_, text) in zip(rows, got))
+    with pytest.raises(ValueError, match=r"data.from_pairs='both'"):
+        build_datamodule(compose(["method=distill", "data=teacher_replies", "data.from_pairs=both"]).data, pirate, tokenizer, "conversations")

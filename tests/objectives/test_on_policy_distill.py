@@ -97,3 +97,22 @@ def test_prompts_data_needs_lambda_one():
     assert metrics["on_policy"] == 1.0 and torch.isfinite(loss)
     with pytest.raises(ValueError, match="method.estimator='exact'"):
         tiny_objective("on_policy_distill", "method.estimator=exact")
+
+
+def test_always_on_policy_from_prompts_is_the_self_distill_run():
+    """on_policy_distill with lmbda=1 on prompts and a frozen self-teacher is self_distill, term for term: same
+    samples, same loss, same gradient. The method ablation keeps only self_distill of the two."""
+    runs = []
+    for method, extra in (("self_distill", ()), ("on_policy_distill", ("data=prompts", "method.lmbda=1"))):
+        objective, datamodule = tiny_objective(method, *extra)
+        perturb(objective.policy)
+        batch = next(iter(datamodule.train_dataloader()))
+        torch.manual_seed(7)
+        loss, _, n_tokens = objective.compute_loss(batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in objective.policy.parameters() if p.requires_grad]
+        runs.append((batch, loss.detach(), n_tokens, grads))
+    (b1, l1, n1, g1), (b2, l2, n2, g2) = runs
+    assert b1 == b2 and n1 == n2 > 0
+    assert l1.item() > 0 and torch.equal(l1, l2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))

@@ -15,18 +15,30 @@ from dataclasses import dataclass
 from functools import partial
 
 from charlit.data.chat import conversation_ids_and_labels, last_user_turn, render_response_ids
-from charlit.data.io import CONVERSATION_DIR, load_conversations, resolve_data_path
+from charlit.data.io import CONVERSATION_DIR, PAIR_DIR, load_conversations, load_pairs, resolve_data_path
 from charlit.data.modules.base import DATA_MODULES, IGNORED_KEYS, DataModule, DataSettings, as_list, collate_tokens
 from charlit.data.prompts import heldout_prompts
 from charlit.settings import parse, setting
 
 CONVERSATION_FORMATS = ("tokens", "all_turns", "last_turn")
+PAIR_SIDES = ("chosen", "rejected")
 
 
 @dataclass
 class ConversationSettings(DataSettings):
     path: str | None = setting(None, help="JSONL of {'messages': [...]} rows; null = generated or the bundled set")
     max_length: int = setting(512, gt=0, help="tokens per example (context + response); longer ones are cut")
+    from_pairs: str | None = setting(
+        None, choices=(None, *PAIR_SIDES), help="read preference pairs and keep one side's replies (chosen: the teacher's)"
+    )
+
+
+
+def pair_replies(pairs: list[dict], side: str) -> list[list[dict]]:
+    """Each pair as a conversation: its prompt followed by its ``side`` reply. With the pipeline's pairs,
+    ``chosen`` is the constitution-prompted teacher's reply, so off-policy arms learn from the same replies DPO
+    prefers (the cache key leaves out the data variant's name: both read one generated set)."""
+    return [row["prompt"] + row[side][:1] for row in pairs]
 
 
 def conversation_turns(conversations: list[list[dict]], which: str = "all") -> list[tuple[list[dict], dict]]:
@@ -65,10 +77,14 @@ class ConversationData(DataModule):
         if conversation_format not in CONVERSATION_FORMATS:
             raise ValueError(f"conversation_format={conversation_format!r}; valid: {', '.join(CONVERSATION_FORMATS)}.")
         settings = parse(cls.Settings, data_cfg, "data", ignore=IGNORED_KEYS)
-        what = "conversations ({'messages': [...]} rows)"
-        conversations = load_conversations(
-            resolve_data_path(settings.path, CONVERSATION_DIR, constitution.name, what, generated=dataset_path)
-        )
+        if settings.from_pairs:
+            path = resolve_data_path(settings.path, PAIR_DIR, constitution.name, "preference pairs", dataset_path)
+            conversations = pair_replies(load_pairs(path), settings.from_pairs)
+        else:
+            what = "conversations ({'messages': [...]} rows)"
+            conversations = load_conversations(
+                resolve_data_path(settings.path, CONVERSATION_DIR, constitution.name, what, generated=dataset_path)
+            )
         if conversation_format == "tokens":
             items = [conversation_ids_and_labels(tokenizer, c, settings.max_length) for c in conversations]
             prompts = [last_user_turn(c) for c in conversations]
