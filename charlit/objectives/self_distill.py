@@ -7,15 +7,27 @@ normalised over the global batch's response tokens. ``teacher_weights``: ``froze
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from charlit.objectives.registry import OBJECTIVES
 from charlit.objectives.teacher_objective import OnPolicySettings, TeacherObjective
+from charlit.settings import setting
 
 
 @OBJECTIVES.register("self_distill")
 class SelfDistill(TeacherObjective):
     data_kind = "prompts"
-    Config = OnPolicySettings
+
+    @dataclass
+    class Config(OnPolicySettings):
+        """The student learns the teacher's persona but not its loops: half the rollouts greedy (where loops show)
+        and a repetition-penalised reverse-KL target (docs/measured.md, "Repetition-penalised teacher target")."""
+
+        greedy_rollouts: float = setting(0.5, ge=0, le=1, help="share of each batch's prompts decoded greedily")
+        repeat_penalty: float = setting(
+            3.0, ge=0, help="nats off the teacher's logit of each token that would repeat an earlier n-gram"
+        )
+        repeat_penalty_n: int = setting(2, ge=1, help="the n of that n-gram (1: every token seen before)")
 
     def compute_loss(self, batch):
         prompts = list(batch)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from charlit.objectives.on_policy_distill import on_policy_step
+from tests.conftest import compose
 from tests.objectives.helpers import kl, lowers_own_loss, perturb, response_logits, tiny_objective
 
 
@@ -101,9 +102,14 @@ def test_prompts_data_needs_lambda_one():
 
 def test_always_on_policy_from_prompts_is_the_self_distill_run():
     """on_policy_distill with lmbda=1 on prompts and a frozen self-teacher is self_distill, term for term: same
-    samples, same loss, same gradient. The method ablation keeps only self_distill of the two."""
+    samples, same loss, same gradient, given the same settings (self_distill's YAML turns on the repetition-penalised
+    target and greedy rollouts; they are passed on here). The method ablation keeps only self_distill of the two."""
+    shared = ("greedy_rollouts", "repeat_penalty", "repeat_penalty_n", "beta", "temperature", "teacher_weights")
+    self_cfg = compose(["method=self_distill"]).method
+    same = [f"method.{k}={self_cfg[k]}" for k in shared]
+    assert self_cfg.repeat_penalty > 0 and self_cfg.greedy_rollouts > 0  # the equality covers both terms
     runs = []
-    for method, extra in (("self_distill", ()), ("on_policy_distill", ("data=prompts", "method.lmbda=1"))):
+    for method, extra in (("self_distill", ()), ("on_policy_distill", ("data=prompts", "method.lmbda=1", *same))):
         objective, datamodule = tiny_objective(method, *extra)
         perturb(objective.policy)
         batch = next(iter(datamodule.train_dataloader()))

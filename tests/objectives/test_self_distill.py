@@ -116,11 +116,15 @@ def test_ema_teacher_moves_after_each_optimizer_step_and_teaches_with_ema_weight
     assert set(checkpoint["ema_teacher"]["shadow"]) == {n for n, _ in ema.params}
 
 
+# one sampled generate call and the bare teacher target, so a patched sampler and a plain reverse-KL reference apply
+PLAIN_TARGET = ("method.greedy_rollouts=0", "method.repeat_penalty=0")
+
+
 def test_loop_mask_cuts_a_looping_sample_where_its_loop_completes(monkeypatch):
     looped = [5, 6, 7, 8] * 3 + [9]  # the 4-gram 5 6 7 8 a third time at index 8
     plain = [11, 12, 13, 14, 15]
     for mask, expected in ((True, [looped[:8], plain]), (False, [looped, plain])):
-        objective, _ = _tiny("self_distill", f"method.loop_mask={str(mask).lower()}")
+        objective, _ = _tiny("self_distill", f"method.loop_mask={str(mask).lower()}", *PLAIN_TARGET)
         monkeypatch.setattr(objective.sampler, "generate", lambda *a, **k: [list(looped), list(plain)])
         seen = {}
 
@@ -140,7 +144,7 @@ def test_unlikelihood_replaces_the_divergence_on_repeated_ngrams_float64():
     looped = [5, 6, 7, 8, 9, 5, 6, 7, 8, 5, 6, 7, 8]  # the 4-gram 5 6 7 8 ends again at 8 and 12
     plain = [11, 12, 13, 14, 15]
     repeated = [{8, 12}, set()]
-    objective, _ = _tiny("self_distill", "method.unlikelihood=0.5")
+    objective, _ = _tiny("self_distill", "method.unlikelihood=0.5", *PLAIN_TARGET)
     perturb(objective.policy)
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(objective.sampler, "generate", lambda *a, **k: [list(looped), list(plain)])
