@@ -3,10 +3,12 @@ sees it (refuse secrets, rewrite persona paths)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from charlit.data.constitution import bundled_personas
 from charlit.loggers import has_secret_value, is_secret_key
@@ -25,8 +27,23 @@ _ANY_CREDENTIAL_ENV = (
 _DICT_KEY = re.compile(r"[{,]\s*([A-Za-z_][\w-]*)\s*:")  # keys inside a dict value: +x={api_key: ...}
 
 
+JOB_DIRNAME_CHARS = 120  # a sweep job's directory name stays well under the 255 bytes a file system allows
+
+
+def job_dirname(overrides: str) -> str:
+    """A sweep job's directory name from its overrides (``hydra.job.override_dirname``): kept as it is up to
+    ``JOB_DIRNAME_CHARS``, else cut there and suffixed with a digest of the whole, so a long command line never
+    makes a name the file system refuses and two jobs never share one."""
+    if len(overrides) <= JOB_DIRNAME_CHARS:
+        return overrides
+    digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]
+    return f"{overrides[: JOB_DIRNAME_CHARS - 11]}-{digest}"
+
+
 def register_configs() -> None:
-    """Make every bundled constitution a ``persona`` option, plus ``persona=file persona.path=...``."""
+    """Make every bundled constitution a ``persona`` option, plus ``persona=file persona.path=...``; register the
+    ``charlit_job_dirname`` resolver the sweep directory names use."""
+    OmegaConf.register_new_resolver("charlit_job_dirname", job_dirname, replace=True)
     cs = ConfigStore.instance()
     for name in bundled_personas():
         cs.store(group="persona", name=name, node={"name": name, "path": None})

@@ -136,3 +136,13 @@ def test_a_data_name_that_would_lead_hydra_out_of_outputs_is_refused(arg):
     with pytest.raises(ValueError, match=r"data.name='(\.\./\.\./outside|/abs/dir|\.\./x)' is not allowed"):
         cli_argv([arg])
     assert cli_argv(["data.name=my_prompts-2"]) == ["data.name=my_prompts-2"]
+
+
+def test_sweep_job_dirnames_stay_short_and_distinct():
+    from charlit.config import JOB_DIRNAME_CHARS, job_dirname
+
+    assert job_dirname("+arm=oct,seed=0") == "+arm=oct,seed=0"
+    long = ",".join(f"eval.suite.setting_{i}=2" for i in range(30))
+    other = long.replace("=2", "=3")
+    assert len(job_dirname(long)) == JOB_DIRNAME_CHARS and job_dirname(long).startswith(long[:100])
+    assert job_dirname(long) != job_dirname(other)

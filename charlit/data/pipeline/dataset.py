@@ -39,6 +39,13 @@ def needs_generation(data_cfg) -> bool:
     return data_cfg.get("generate") is not None and not data_cfg.get("path")
 
 
+def generation_sampler(cfg: DictConfig):
+    """The backend that writes generated data: ``generation.sampler`` when a config selects one
+    (``sampler@generation.sampler=vllm``: vLLM for the fixed-weight pipeline while on-policy training samples with
+    ``sampler=hf``), else the training sampler."""
+    return cfg.generation.get("sampler") or cfg.sampler
+
+
 def _teacher_model_cfg(cfg: DictConfig):
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.update(name_or_path=str(cfg.generation.teacher_model), tokenizer=None, chat_template=None)
@@ -82,6 +89,7 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
     builders = [STAGES.get(name) for name in stages]  # unknown names fail before any model loads
     constitution = resolve_persona(cfg.persona.path or cfg.persona.name)
     root = data_cache_root(gen.get("cache_dir"))
+    sampler_cfg = generation_sampler(cfg)
     inside(root, str(cfg.data.name), what="data.name")  # a combined dataset's directory: checked before models load
     ctx = StageContext(
         constitution=constitution,
@@ -89,16 +97,16 @@ def generate_dataset(cfg: DictConfig, on_chunk: Callable[[int], None] | None = N
         seed=int(gen.seed),
         chunk_size=int(gen.chunk_size),
         root=root,
-        sampler={"name": str(cfg.sampler.name), "batch_size": int(gen.batch_size)},
+        sampler={"name": str(sampler_cfg.name), "batch_size": int(gen.batch_size)},
         on_chunk=on_chunk,
     )
-    generator = build_generator(cfg.model, cfg.sampler, gen, role="model")
+    generator = build_generator(cfg.model, sampler_cfg, gen, role="model")
     loaded: list[Generator] = [generator]
 
     def teacher() -> Generator:
         if not gen.get("teacher_model"):
             return generator
-        loaded.append(build_generator(_teacher_model_cfg(cfg), cfg.sampler, gen, role="teacher"))
+        loaded.append(build_generator(_teacher_model_cfg(cfg), sampler_cfg, gen, role="teacher"))
         return loaded[-1]
 
     try:
