@@ -114,4 +114,9 @@ def test_teacher_replies_are_one_side_of_the_pairs_as_conversations(tmp_path, pi
     assert [p for p, _ in got] == [r["prompt"] for r in rows]
     assert all(r[side][0]["content"] in text for r, (_, text) in zip(rows, got))
     with pytest.raises(ValueError, match=r"data.from_pairs='both'"):
-        build_datamodule(compose(["method=distill", "data=teacher_replies", "data.from_pairs=both"]).data, pirate, tokenizer, "conversations")
+        build_datamodule(
+            compose(["method=distill", "data=teacher_replies", "data.from_pairs=both"]).data,
+            pirate,
+            tokenizer,
+            "conversations",
+        )

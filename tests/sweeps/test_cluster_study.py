@@ -34,7 +34,11 @@ LOCAL = [
 
 def test_cluster_study_composes_with_cfg_job():
     proc = subprocess.run(
-        [sys.executable, "train.py", *CLUSTER[1:], "--cfg", "hydra"], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "train.py", *CLUSTER[1:], "--cfg", "hydra"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     hydra = proc.stdout

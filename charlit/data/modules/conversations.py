@@ -29,9 +29,10 @@ class ConversationSettings(DataSettings):
     path: str | None = setting(None, help="JSONL of {'messages': [...]} rows; null = generated or the bundled set")
     max_length: int = setting(512, gt=0, help="tokens per example (context + response); longer ones are cut")
     from_pairs: str | None = setting(
-        None, choices=(None, *PAIR_SIDES), help="read preference pairs and keep one side's replies (chosen: the teacher's)"
+        None,
+        choices=(None, *PAIR_SIDES),
+        help="read preference pairs and keep one side's replies (chosen: the teacher's)",
     )
-
 
 
 def pair_replies(pairs: list[dict], side: str) -> list[list[dict]]:
