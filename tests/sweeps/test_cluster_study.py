@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, compose
 
 CLUSTER = ["-m", "experiment=method_ablation_cluster", "hydra.launcher.partition=gpu"]
 ARMS = ["oct", "dpo", "distill", "on_policy_distill", "self_distill", "self_distill_ema"]
@@ -16,6 +16,7 @@ LOCAL = [
     "model=tiny",
     "hydra/launcher=basic",
     "trainer=default",
+    "trainer.devices=1",
     "~sampler@generation.sampler",
     "trainer.max_steps=1",
     "trainer.precision=32-true",
@@ -55,6 +56,9 @@ def test_cluster_study_composes_with_cfg_job():
     for line in ("name_or_path: Qwen/Qwen2.5-7B-Instruct", "precision: bf16-mixed", "strategy: ddp", "name: vllm"):
         assert line in job.stdout, line
     assert "name: hf" in job.stdout  # on-policy samples come from the weights being trained
+    for arm in ARMS:  # every arm's global batch splits over the 8 ranks (DDP refuses it otherwise)
+        cfg = compose(["experiment=method_ablation_cluster", f"+arm={arm}"])
+        assert cfg.data.batch_size % cfg.trainer.devices == 0 and cfg.trainer.devices == 8, arm
 
 
 @pytest.mark.slow
