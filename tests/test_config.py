@@ -146,3 +146,11 @@ def test_sweep_job_dirnames_stay_short_and_distinct():
     other = long.replace("=2", "=3")
     assert len(job_dirname(long)) == JOB_DIRNAME_CHARS and job_dirname(long).startswith(long[:100])
     assert job_dirname(long) != job_dirname(other)
+
+
+def test_the_data_pipeline_samples_with_its_own_backend_when_one_is_chosen():
+    from charlit.data.pipeline.dataset import generation_sampler
+
+    assert generation_sampler(compose([])).name == "hf"
+    both = compose(["sampler@generation.sampler=vllm"])
+    assert generation_sampler(both).name == "vllm" and both.sampler.name == "hf"
