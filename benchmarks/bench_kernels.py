@@ -331,7 +331,10 @@ def write_outputs(rows: list[dict], tag: str) -> None:
         df2["peak_extra_mb"] = df2["peak_extra_mb"].map(lambda x: f"{x:.0f}" if x == x else "")
     header = "| " + " | ".join(df2.columns) + " |\n|" + "---|" * len(df2.columns) + "\n"
     body = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in df2.itertuples(index=False))
-    (RESULTS / f"{tag}.md").write_text(header + body)
+    from charlit.machine import describe_cpu
+
+    machine = f"CPU: {describe_cpu()}\n\n"  # ratios differ between processors: every table names its own
+    (RESULTS / f"{tag}.md").write_text(machine + header + body)
     try:
         import matplotlib
 

@@ -22,7 +22,8 @@ that would also disable the KV cache in GKD's generation), no evaluation, no che
 Usage: ``python benchmarks/bench_trl_step.py [--steps 5] [--cases charlit_dpo,trl_dpo,charlit_gkd,trl_gkd]
 [--dpo-pairs FILE|bundled]``
 (needs ``pip install trl datasets`` for the TRL cases; they are reported as skipped without it).
-Writes ``benchmarks/results/trl_step.{csv,md}``.
+Writes ``benchmarks/results/trl_step.{csv,md}``; the table is headed by the CPU model, its core count and its
+AVX2 / AVX-512 / AMX flags (``charlit.machine``).
 """
 
 from __future__ import annotations
@@ -270,7 +271,11 @@ def main() -> None:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    from charlit.machine import describe_cpu
+
     lines = [
+        f"CPU: {describe_cpu()} (speed-ups differ between processors: compare rows of one table)",
+        "",
         "| case | median s/step | peak RSS MB | speed-up vs TRL | RSS vs TRL | status |",
         "|---|---|---|---|---|---|",
     ]
