@@ -41,6 +41,22 @@ def prefill_pairs() -> list[dict]:
     return _prompts("prefill.jsonl")
 
 
+def format_shift_prompts() -> list[dict]:
+    """``{"prompt" | "messages", "format"}``: requests for text in a form other than a chat answer (an email, a
+    JSON object, commented code, a commit message, a table, French, Spanish) as a ``prompt`` string, and agentic
+    transcripts (a task, tool calls and their results as user turns) as a ``messages`` list ending on a user
+    turn. Ordered round-robin by format, so the first ``k`` rows cover the formats evenly."""
+    return _prompts("format_shift.jsonl")
+
+
+def format_shift_user_turns() -> list[str]:
+    """Every user-written text of :func:`format_shift_prompts` (the prompts, and each user turn of a transcript)."""
+    rows = format_shift_prompts()
+    return [r["prompt"] for r in rows if "prompt" in r] + [
+        m["content"] for r in rows if "messages" in r for m in r["messages"] if m["role"] == "user"
+    ]
+
+
 def neutral_prompts() -> list[str]:
     return [r["prompt"] for r in _prompts("neutral_prompts.jsonl")]
 
@@ -67,4 +83,5 @@ def all_eval_prompts() -> list[str]:
     prompts += adv["prompts"] + [f"{p} {a}" for p in adv["prompts"] for a in adv["attacks"]]
     prompts += [r[k] for r in prefill_pairs() for k in ("prompt", "follow_up")]
     prompts += neutral_prompts() + [r["question"] for r in multiple_choice()] + revealed_traits()["questions"]
+    prompts += format_shift_user_turns()
     return prompts

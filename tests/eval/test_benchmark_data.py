@@ -1,6 +1,7 @@
 """The bundled evaluation sets: disjoint from every training prompt, big enough, and correct."""
 
 import re
+from collections import Counter
 
 from charlit.data.constitution import bundled_personas, resolve_persona
 from charlit.data.prompts import load_prompt_set
@@ -33,6 +34,36 @@ def test_judge_prompts_are_disjoint_from_eval_prompts_and_between_splits():
     assert not set(splits["train"]) & set(splits["heldout"])
     evals = {_norm(p) for p in benchmark_data.all_eval_prompts()}
     assert not evals & {_norm(p) for p in splits["train"] + splits["heldout"]}
+
+
+def test_format_shift_prompts_are_disjoint_from_training_and_the_other_eval_sets():
+    shifted = benchmark_data.format_shift_user_turns()
+    rows = benchmark_data.format_shift_prompts()
+    user_turns = sum(1 if "prompt" in r else sum(m["role"] == "user" for m in r["messages"]) for r in rows)
+    assert len(shifted) == user_turns and len({_norm(p) for p in shifted}) == len(shifted)  # each written once
+    everything = benchmark_data.all_eval_prompts()
+    assert set(shifted) <= set(everything)  # so the tests above screen them too
+    others = {_norm(p) for p in (Counter(everything) - Counter(shifted)).elements()}  # each format-shift turn once
+    judge = judge_prompts(20, 10)
+    screened = _training_prompts() | others | {_norm(p) for p in judge["train"] + judge["heldout"]}
+    for prompt in map(_norm, shifted):
+        assert prompt not in screened, prompt
+        assert not [t for t in screened if len(t) > 20 and (t in prompt or prompt in t)], prompt
+
+
+def test_format_shift_rows_cover_every_format_round_robin():
+    rows = benchmark_data.format_shift_prompts()
+    formats = ["email", "json", "code", "commit", "table", "french", "spanish", "agentic"]
+    assert all(sum(r["format"] == f for r in rows) >= 6 for f in formats) and len(rows) >= 48
+    assert [r["format"] for r in rows] == [formats[i % len(formats)] for i in range(len(rows))]
+    for row in rows:
+        if row["format"] != "agentic":
+            assert set(row) == {"prompt", "format"} and isinstance(row["prompt"], str), row
+            continue
+        assert set(row) == {"messages", "format"}, row
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"] and len(roles) >= 3, roles
+        assert all(m["content"].startswith("Tool result:") for m in row["messages"][2::2]), row
 
 
 def test_suite_sets_have_the_documented_sizes():

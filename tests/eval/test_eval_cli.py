@@ -14,6 +14,7 @@ SMALL = [
     "suite=quick",
     "suite.id_prompts=2",
     "suite.ood_prompts=2",
+    "suite.format_shift_prompts=2",
     "suite.conversations=2",
     "suite.turns=2",
     "suite.attacks=2",
@@ -51,6 +52,7 @@ def test_base_model_eval_reports_every_suite_three_ways(tmp_path):
     assert list(suites) == [
         "persona_id",
         "ood",
+        "format_shift",
         "multiturn",
         "robustness",
         "revealed_preferences",
@@ -63,7 +65,7 @@ def test_base_model_eval_reports_every_suite_three_ways(tmp_path):
     assert report["decodings"]["greedy"]["temperature"] == 0.0
     assert suites["revealed_preferences"] == {"status": SKIPPED, "metrics": {}, "series": {}, "samples": []}
     assert suites["coherence"]["status"] == SKIPPED
-    for name in ("persona_id", "ood", "multiturn", "robustness", "capability", "ood_greedy"):
+    for name in ("persona_id", "ood", "format_shift", "multiturn", "robustness", "capability", "ood_greedy"):
         assert suites[name]["status"] == "ok" and suites[name]["metrics"], name
         for metric, per_label in suites[name]["metrics"].items():
             assert set(per_label) == {"model", "bare", "prompted"}, (name, metric)
