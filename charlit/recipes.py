@@ -13,6 +13,7 @@ included.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from hydra import compose
@@ -46,8 +47,15 @@ def stage_overrides(stage, user: list[str], previous_final: str | None) -> list[
                 f"Recipe stage {stage.name!r} has from_previous=true but no earlier stage saved a "
                 f"final/ checkpoint; keep output.save_final=true or set from_previous=false."
             )
-        overrides.append(f"model.name_or_path={previous_final}")
+        overrides.append(f"model.name_or_path={quoted(previous_final)}")
     return overrides
+
+
+def quoted(value: str) -> str:
+    """``value`` as one quoted Hydra override value: a sweep job's run dir holds ``=``, ``,`` and ``[`` (its
+    directory is named after its overrides), which unquoted would not parse."""
+    # Hydra's quoted strings: a quote is escaped, and so are the backslashes right before a quote or the end
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), value) + "'"
 
 
 def run_recipe(cfg: DictConfig, run_dir: Path) -> list[dict]:

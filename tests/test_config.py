@@ -1,5 +1,6 @@
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
 from charlit.config import cli_argv, rewrite_persona_path
 from tests.conftest import REPO, compose
@@ -154,3 +155,24 @@ def test_the_data_pipeline_samples_with_its_own_backend_when_one_is_chosen():
     assert generation_sampler(compose([])).name == "hf"
     both = compose(["sampler@generation.sampler=vllm"])
     assert generation_sampler(both).name == "vllm" and both.sampler.name == "hf"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "multirun/x/0_+arm=oct,data.val_size=2,eval.judges=[likelihood]/0_dpo/final",  # a sweep job's run dir
+        "/runs/it's here/final",
+        "/runs/back\\slash/final\\",
+        "/runs/odd\\'quote",
+    ],
+)
+def test_a_recipe_stage_starts_from_any_previous_run_dir(path):
+    """OCT's second stage loads the first's final/ by an override; a sweep's run dir names are full of = , [."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from charlit.recipes import stage_overrides
+
+    stage = OmegaConf.create({"name": "sft", "overrides": ["method=sft"], "from_previous": True})
+    last = stage_overrides(stage, ["+arm=oct"], path)[-1]
+    parsed = OverridesParser.create().parse_override(last)
+    assert (parsed.key_or_group, parsed.value()) == ("model.name_or_path", path)

@@ -17,7 +17,7 @@ LOCAL = [
     "hydra/launcher=basic",
     "trainer=default",
     "trainer.devices=1",
-    "~sampler@generation.sampler",
+    "sampler@generation.sampler=hf",
     "trainer.max_steps=1",
     "trainer.precision=32-true",
     "logger=csv",
