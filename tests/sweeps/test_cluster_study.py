@@ -71,6 +71,9 @@ def test_cluster_study_runs_its_exact_sweep_on_the_tiny_model(tmp_path):
         timeout=3000,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")]
-    assert len(summaries) == len(ARMS) * 2 * 2
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(jobs) == len(ARMS) * 2 * 2
+    for job in jobs:  # a plain job writes summary.json; OCT's recipe, recipe.json over its two stages' summaries
+        done = job / ("recipe.json" if "+arm=oct," in job.name else "summary.json")
+        assert json.loads(done.read_text()), job.name
     assert (tmp_path / "report.md").is_file()
