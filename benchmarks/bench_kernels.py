@@ -331,6 +331,7 @@ def write_outputs(rows: list[dict], tag: str) -> None:
         df2["peak_extra_mb"] = df2["peak_extra_mb"].map(lambda x: f"{x:.0f}" if x == x else "")
     header = "| " + " | ".join(df2.columns) + " |\n|" + "---|" * len(df2.columns) + "\n"
     body = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in df2.itertuples(index=False))
+    sys.path.insert(0, str(ROOT))  # the checkout's charlit, as the workers get it
     from charlit.machine import describe_cpu
 
     machine = f"CPU: {describe_cpu()}\n\n"  # ratios differ between processors: every table names its own

@@ -271,6 +271,7 @@ def main() -> None:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    sys.path.insert(0, str(REPO))  # the checkout's charlit, as the workers get it
     from charlit.machine import describe_cpu
 
     lines = [
