@@ -43,6 +43,7 @@ def _eval(tmp_path, *overrides, ok=True):
     return proc
 
 
+@pytest.mark.slow  # ~95 s: every quick suite three ways; the other CLI tests here stay in the default run
 def test_base_model_eval_reports_every_suite_three_ways(tmp_path):
     _eval(tmp_path, "model=tiny", "persona=pirate")
     out = tmp_path / "out"

@@ -35,6 +35,7 @@ def test_sources_ship_as_package_data():
     assert set(SOURCES) <= shipped, f"add charlit/kernels/csrc sources to [tool.setuptools.package-data]: {patterns}"
 
 
+@pytest.mark.slow  # ~60 s per CUDA source on 2 cores: make test-slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.name)
 def test_nvcc_compiles(src, tmp_path):
