@@ -65,6 +65,7 @@ def _expand(result: SuiteResult, aliases: dict[str, str]) -> dict:
         "metrics": {m: {k: e.as_dict() for k, e in per_label(v).items()} for m, v in result.metrics.items()},
         "series": {m: {k: [e.as_dict() for e in s] for k, s in per_label(v).items()} for m, v in result.series.items()},
         "samples": result.samples,
+        "per_prompt": {m: per_label(v) for m, v in result.per_prompt.items()},
     }
 
 

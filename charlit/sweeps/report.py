@@ -16,6 +16,8 @@ import json
 import math
 from pathlib import Path
 
+from charlit.sweeps.study import write_study
+
 AXES = ("method", "teacher", "data", "persona", "seed")
 VAL_HEADLINES = (
     "val/divergence_start",
@@ -225,6 +227,10 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict:
     plots += [curves] if curves else []
     markdown = f"# Sweep report: {sweep_dir}\n\n{len(rows)} jobs.\n\n" + _markdown(rows, columns)
     markdown += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
+    study = write_study(rows, sweep_dir, out_dir)
+    if study:
+        link = study["markdown"].name
+        markdown += f"\nArms pooled over personas and seeds, compute curves, Pareto plot: [{link}]({link}).\n"
     (out_dir / "report.md").write_text(markdown)
     return {
         "rows": rows,
@@ -232,4 +238,5 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> dict:
         "csv": out_dir / "report.csv",
         "markdown": out_dir / "report.md",
         "plots": plots,
+        "study": study,
     }

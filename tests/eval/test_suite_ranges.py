@@ -41,3 +41,16 @@ def test_put_ranges_reports_raw_and_gated_ranges_for_the_model_only():
     assert result.metrics["suffix_likelihood_gated_range"]["model"].mean == pytest.approx(0.0)
     put_ranges(empty := SuiteResult(), {"bare": values["bare"], "model": values["model"]}, "bare")
     assert empty.metrics == {}  # no prompted base, no range
+
+
+def test_put_ranges_keeps_every_systems_per_prompt_values_for_pooling_runs():
+    values = {
+        "bare": {"likelihood": [0.0, 0.5], "likelihood_gated": [0.0, 0.5], "looping": [False, True]},
+        "prompted": {"likelihood": [1.0, 2.0], "likelihood_gated": [1.0, 0.5], "looping": [False, False]},
+        "model": {"likelihood": [1.0, 0.0], "likelihood_gated": [0.0, 0.0], "looping": [True, False]},
+    }
+    result = SuiteResult()
+    put_ranges(result, values, "bare", "suffix_")
+    assert set(result.per_prompt) == {"suffix_likelihood", "suffix_likelihood_gated", "suffix_looping"}
+    assert result.per_prompt["suffix_likelihood"] == {"bare": [0.0, 0.5], "prompted": [1.0, 2.0], "model": [1.0, 0.0]}
+    assert result.per_prompt["suffix_looping"]["bare"] == [0.0, 1.0]

@@ -53,6 +53,9 @@ class SuiteResult:
     metrics: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # metric -> system label -> estimate
     series: dict[str, dict[str, list[Estimate]]] = field(default_factory=dict)  # e.g. per-turn drift
     samples: list[dict] = field(default_factory=list)
+    # metric -> system label -> one value per prompt (same prompts, same order for every label): what a study
+    # pooling several runs needs to bootstrap a range over prompts and seeds (charlit.sweeps.study)
+    per_prompt: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def put(self, metric: str, label: str, estimate: Estimate) -> None:
         self.metrics.setdefault(metric, {})[label] = estimate
@@ -179,6 +182,11 @@ def put_ranges(result: SuiteResult, values: dict[str, dict[str, list]], bare: st
     the per-prompt values :func:`persona_values` returned for each system label (nothing without both bases)."""
     if bare not in values or "prompted" not in values:
         return
+    for label, own in values.items():
+        for judge in [k for k in own if f"{k}_gated" in own and not k.endswith("_hit")]:
+            for key in (judge, f"{judge}_gated"):
+                result.per_prompt.setdefault(f"{prefix}{key}", {})[label] = [float(v) for v in own[key]]
+        result.per_prompt.setdefault(f"{prefix}looping", {})[label] = [float(v) for v in own["looping"]]
     for label, own in values.items():
         if label in (bare, "prompted"):
             continue
