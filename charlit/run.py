@@ -152,6 +152,11 @@ def check_trainer(cfg: DictConfig) -> None:
 def check_data(cfg: DictConfig) -> None:
     """The ``data`` settings, parsed the way the data module will parse them. Only a ``Settings`` the kind declares
     itself counts: a subclass that inherits one may parse other keys in its own ``from_config`` (checked then)."""
+    if cfg.data.kind == "teacher_cache":
+        raise ValueError(
+            "data=teacher_cache is built by generate.py, not trained on: `python generate.py data=teacher_cache "
+            "teacher=<t>`, then `python train.py method=distill teacher=cached teacher.path=<its dir> data=<source>`."
+        )
     settings_cls = vars(DATA_MODULES.get(cfg.data.kind)).get("Settings")
     if settings_cls is not None:
         parse(settings_cls, cfg.data, "data", ignore=IGNORED_KEYS)

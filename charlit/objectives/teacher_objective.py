@@ -16,13 +16,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from charlit.data.chat import render_prompt_ids, student_messages
-from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
+from charlit.kernels import fused_linear_divergence, fused_linear_logprobs, fused_linear_topk_divergence
 from charlit.models.heads import LMHead, lm_head
 from charlit.models.sequences import response_hidden, response_targets
 from charlit.objectives.base import CharacterObjective
 from charlit.quality import copy_candidates, loop_span, repeat_positions
 from charlit.settings import setting
-from charlit.teachers import TeacherOutput
+from charlit.teachers import TeacherOutput, TopKTeacherOutput
 from charlit.teachers.base import TEACHER_WEIGHTS
 
 
@@ -73,7 +73,7 @@ class Scored:
 
     student: torch.Tensor  # [N, H] student hidden states (with grad)
     head: LMHead  # the student's lm_head
-    teacher: TeacherOutput  # [N, H] teacher hidden states + its head, no grad
+    teacher: TeacherOutput | TopKTeacherOutput  # [N, H] hidden states + head, or cached top-k rows; no grad
     n_tokens: int
 
 
@@ -140,11 +140,13 @@ class TeacherObjective(CharacterObjective):
         """The per-token β-divergence over the full vocabulary on ``rows`` (a bool mask; default all), normalised
         by ``num_items`` (default: the global batch's token count)."""
         config = self.config
+        if num_items is None:
+            num_items = self.global_num_items(scored.n_tokens)
+        if isinstance(scored.teacher, TopKTeacherOutput):
+            return self._topk_divergence(scored, beta, rows, num_items)
         student, teacher = scored.student, scored.teacher.hidden
         if rows is not None:
             student, teacher = student[rows], teacher[rows]
-        if num_items is None:
-            num_items = self.global_num_items(scored.n_tokens)
         return fused_linear_divergence(
             student,
             scored.head.weight,
@@ -156,6 +158,29 @@ class TeacherObjective(CharacterObjective):
             num_items=num_items,
             student_bias=scored.head.bias,
             teacher_bias=scored.teacher.bias,
+            softcap=scored.head.softcap,
+        )
+
+    def _topk_divergence(self, scored: Scored, beta, rows, num_items) -> torch.Tensor:
+        """The divergence against a cached top-k teacher (its log-probs are at temperature 1)."""
+        config, teacher = self.config, scored.teacher
+        if config.temperature != 1:
+            raise ValueError(
+                f"teacher=cached stores log-probs at temperature 1, but method.temperature={config.temperature}; "
+                f"set method.temperature=1."
+            )
+        student, ids, logprobs, tail = scored.student, teacher.ids, teacher.logprobs, teacher.tail
+        if rows is not None:
+            student, ids, logprobs, tail = student[rows], ids[rows], logprobs[rows], tail[rows]
+        return fused_linear_topk_divergence(
+            student,
+            scored.head.weight,
+            ids,
+            logprobs,
+            tail,
+            beta=config.beta if beta is None else beta,
+            num_items=num_items,
+            student_bias=scored.head.bias,
             softcap=scored.head.softcap,
         )
 

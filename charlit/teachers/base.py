@@ -39,6 +39,16 @@ class TeacherOutput:
     softcap: float | None
 
 
+@dataclass
+class TopKTeacherOutput:
+    """A teacher known only by its top-k next-token log-probs and the log of the mass left outside them (cached
+    teachers); objectives send it to :func:`charlit.kernels.fused_linear_topk_divergence`."""
+
+    ids: torch.Tensor  # [N, k] int64
+    logprobs: torch.Tensor  # [N, k] fp32, temperature 1
+    tail: torch.Tensor  # [N] fp32: log(1 - sum of the top-k probabilities)
+
+
 def head_output(hidden: torch.Tensor, model) -> TeacherOutput:
     """Package teacher hidden states with ``model``'s lm_head, all detached."""
     head = lm_head(model)

@@ -14,6 +14,13 @@ from charlit.loggers import build_logger, plain_config
 
 def generate(cfg: DictConfig, run_dir: Path) -> Path:
     progress.setup()
+    if cfg.data.get("kind") == "teacher_cache":
+        from charlit.data.pipeline.teacher_cache import build_teacher_cache
+
+        cache_dir = build_teacher_cache(cfg)
+        print(f"[charlit] card: {cache_dir / 'card.md'}")
+        print(cache_dir, flush=True)
+        return cache_dir
     if not needs_generation(cfg.data):
         reason = f"data.path={cfg.data.path} is given" if cfg.data.get("path") else "it has no data.generate block"
         raise ValueError(
