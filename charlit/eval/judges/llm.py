@@ -60,14 +60,17 @@ def is_local_host(host: str | None) -> bool:
         return False
 
 
-def check_key_transport(base_url: str, api_key_env: str | None, allow_insecure_http: bool) -> None:
-    """The key travels as a bearer token: over plain http it is readable on the way, so only to this machine."""
+def check_key_transport(
+    base_url: str, api_key_env: str | None, allow_insecure_http: bool, prefix: str = "eval.llm_judge"
+) -> None:
+    """The key travels as a bearer token: over plain http it is readable on the way, so only to this machine.
+    ``prefix``: the config node the settings live in, for the error message."""
     parsed = urllib.parse.urlsplit(base_url)
     if api_key_env and parsed.scheme == "http" and not allow_insecure_http and not is_local_host(parsed.hostname):
         raise ValueError(
-            f"eval.llm_judge.base_url={redact_text(base_url)!r} would send the key from ${api_key_env} unencrypted "
-            f"to {parsed.hostname}; use https://, or set eval.llm_judge.allow_insecure_http=true if that network "
-            f"path is trusted (or eval.llm_judge.api_key_env=null for an endpoint without a key)."
+            f"{prefix}.base_url={redact_text(base_url)!r} would send the key from ${api_key_env} unencrypted "
+            f"to {parsed.hostname}; use https://, or set {prefix}.allow_insecure_http=true if that network "
+            f"path is trusted (or {prefix}.api_key_env=null for an endpoint without a key)."
         )
 
 
