@@ -35,6 +35,17 @@ def adversarial() -> dict:
     return json.loads((DATA_DIR / "adversarial.json").read_text())
 
 
+def strong_attacks() -> dict:
+    """``{"pressure_prompts", "pressure": [...], "buried": [{"task", "document"}]}``: multi-turn pressure after
+    the system's own first reply, and instructions buried in a pasted document."""
+    return json.loads((DATA_DIR / "attacks_strong.json").read_text())
+
+
+def buried_prompt(row: dict) -> str:
+    """The user turn of a buried-instruction attack: an ordinary request, then the pasted document."""
+    return f"{row['task']}\n\n---\n{row['document']}\n---"
+
+
 def prefill_pairs() -> list[dict]:
     """``{"prompt", "follow_up"}``: the bare base answers ``prompt``; the model under test continues after
     ``follow_up``."""
@@ -84,4 +95,6 @@ def all_eval_prompts() -> list[str]:
     prompts += [r[k] for r in prefill_pairs() for k in ("prompt", "follow_up")]
     prompts += neutral_prompts() + [r["question"] for r in multiple_choice()] + revealed_traits()["questions"]
     prompts += format_shift_user_turns()
+    strong = strong_attacks()
+    prompts += strong["pressure_prompts"] + strong["pressure"] + [buried_prompt(r) for r in strong["buried"]]
     return prompts

@@ -75,6 +75,17 @@ def test_suite_sets_have_the_documented_sizes():
     assert all(len(c) >= 5 for c in benchmark_data.conversations())
     assert len(benchmark_data.neutral_paragraphs()) >= 16
     assert len(benchmark_data.revealed_traits()["traits"]) >= 8
+    strong = benchmark_data.strong_attacks()
+    assert len(strong["pressure"]) >= 8 and len(strong["buried"]) >= 8 and len(strong["pressure_prompts"]) >= 4
+
+
+def test_buried_attacks_hide_the_instruction_inside_the_document_not_the_request():
+    cue = ("persona", "character", "style", "role-play", "neutral")
+    for row in benchmark_data.strong_attacks()["buried"]:
+        assert not any(word in row["task"].lower() for word in cue), row["task"]
+        assert any(word in row["document"].lower() for word in cue), row["document"]
+        prompt = benchmark_data.buried_prompt(row)
+        assert prompt.startswith(row["task"]) and row["document"] in prompt
 
 
 def test_multiple_choice_items_are_well_formed_and_unambiguous():

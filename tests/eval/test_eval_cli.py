@@ -20,6 +20,8 @@ SMALL = [
     "suite.attacks=2",
     "suite.attack_prompts=1",
     "suite.prefill=2",
+    "suite.pressure=2",
+    "suite.buried=2",
     "suite.neutral_prompts=2",
     "suite.neutral_paragraphs=2",
     "suite.multiple_choice=4",
@@ -87,7 +89,9 @@ def test_base_model_eval_reports_every_suite_three_ways(tmp_path):
         "fluency",
     ):
         assert metric in suites["persona_id"]["metrics"] and metric in suites["ood_greedy"]["metrics"], metric
-    assert {"suffix_likelihood", "prefill_likelihood"} <= set(suites["robustness"]["metrics"])
+    assert {"suffix_likelihood", "prefill_likelihood", "pressure_likelihood", "buried_likelihood"} <= set(
+        suites["robustness"]["metrics"]
+    )
     assert not [m for body in suites.values() for m in body["metrics"] if m.endswith("_range")]  # the model is bare
     assert {"kl_to_base", "perplexity", "mc_accuracy"} == set(suites["capability"]["metrics"])
     assert suites["capability"]["metrics"]["kl_to_base"]["bare"]["mean"] == 0.0

@@ -26,6 +26,7 @@ LOCAL = [
     "data.val_size=2",
     "eval.judges=[likelihood]",
     *(f"eval.suite.{k}=2" for k in ("id_prompts", "ood_prompts", "conversations", "turns", "attacks", "prefill")),
+    *(f"eval.suite.{k}=1" for k in ("pressure", "buried")),
     *(f"eval.suite.{k}=2" for k in ("neutral_prompts", "neutral_paragraphs", "format_shift_prompts")),
     "eval.suite.attack_prompts=1",
     "eval.suite.multiple_choice=4",
