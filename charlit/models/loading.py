@@ -98,6 +98,25 @@ def _apply_lora(model, lora: DictConfig):
         return get_peft_model(model, config)
 
 
+def _onednn_choice(model, setting) -> bool:
+    """``model.onednn_linear``: true / false force the path; auto times it on this machine (cached)."""
+    if isinstance(setting, bool):
+        return setting and onednn.supported(model)
+    if str(setting) != "auto":
+        raise ValueError(f"model.onednn_linear={setting!r} must be auto, true or false.")
+    if not onednn.supported(model):
+        return False
+    use, record = onednn.calibrate(model)
+    if not record["cached"] and record["seconds"]:
+        ratio = record["seconds"]["torch"] / max(record["seconds"]["onednn"], 1e-12)
+        print(
+            f"[charlit] linear layers through {'oneDNN' if use else 'torch default'}: oneDNN measured at {ratio:.2f}x "
+            f"torch's default speed on this CPU (calibrated once, cached; model.onednn_linear=true/false forces it)",
+            flush=True,
+        )
+    return use
+
+
 def load_model(cfg: DictConfig, tokenizer=None, *, apply_lora: bool = True) -> LoadedModel:
     """Load ``cfg.name_or_path`` (``bundled:smollm2-135m-instruct``, ``tiny``, a Hugging Face id or directory)."""
     from transformers import AutoModelForCausalLM
@@ -133,6 +152,8 @@ def load_model(cfg: DictConfig, tokenizer=None, *, apply_lora: bool = True) -> L
     lora = cfg.get("lora")
     if apply_lora and lora is not None and int(lora.get("r", 0)) > 0:
         model = _apply_lora(model, lora)
-    if cfg.get("onednn_linear", True):
-        onednn.accelerate(model)  # fp32 CPU products through oneDNN (about 2x torch's default on AMD CPUs)
+    use_onednn = _onednn_choice(model, cfg.get("onednn_linear", "auto"))
+    onednn.set_active(model, use_onednn)
+    if use_onednn:
+        onednn.accelerate(model)  # fp32 CPU products through oneDNN where calibration found it faster
     return LoadedModel(model=model, tokenizer=tokenizer, name_or_path=name, source_dir=source)

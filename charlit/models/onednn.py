@@ -14,6 +14,11 @@ Measured on the 2-core EPYC, µs per call, default → oneDNN:
 Results agree to fp32 rounding (summation order). :func:`accelerate` routes a model's layers through
 :func:`linear` for training and scoring (differentiable; module tree and state dict unchanged);
 :func:`swapped_in` swaps them for a decoding call. Elsewhere (GPU, half precision) ``F.linear`` runs.
+
+Those figures are one processor's: on an Intel Sapphire Rapids both paths ran the 350x576->1536 product in the same
+5.7 ms. So ``model.onednn_linear=auto`` (the default) decides per machine: :func:`calibrate` times the model's own
+linear shapes both ways (decode- and training-sized rows) and keeps oneDNN only where it is faster
+(:mod:`charlit.calibration`, cached per CPU model, threads and shapes); ``true``/``false`` force a path.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+
+CALIBRATION_ROWS = (4, 64)  # a decoding step's rows and a training/scoring tile's
+ACTIVE_ATTR = "_charlit_onednn"
 
 
 def _op_available() -> bool:
@@ -38,6 +46,54 @@ def supported(model) -> bool:
     """fp32 on CPU, and the op is available."""
     param = next(model.parameters(), None)
     return param is not None and _fp32_cpu(param) and _op_available()
+
+
+def active(model) -> bool:
+    """Whether decoding should swap ``model``'s layers to oneDNN: supported, and not turned off for it by
+    :func:`set_active` (``model.onednn_linear`` or its calibration)."""
+    return supported(model) and getattr(model, ACTIVE_ATTR, True)
+
+
+def set_active(model, on: bool) -> None:
+    setattr(model, ACTIVE_ATTR, bool(on))
+
+
+def _linears(model) -> dict[tuple[int, int], torch.nn.Linear]:
+    """One fp32 CPU ``nn.Linear`` per distinct (in, out) shape."""
+    found = {}
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and _fp32_cpu(module.weight):
+            found.setdefault((module.in_features, module.out_features), module)
+    return found
+
+
+def calibrate(model, path=None) -> tuple[bool, dict]:
+    """``(use oneDNN, record)``: time the model's own linear shapes through oneDNN and through ``F.linear`` (forward,
+    at :data:`CALIBRATION_ROWS` rows) and keep oneDNN only when it is faster on this machine."""
+    from charlit.calibration import calibrated_choice
+
+    layers = _linears(model)
+    if not layers or not _op_available():
+        return False, {"choice": "torch", "seconds": {}, "cached": False}
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        (rows, n_in): torch.randn(rows, n_in, generator=generator) for rows in CALIBRATION_ROWS for n_in, _ in layers
+    }
+
+    def run(fn):
+        def go() -> None:
+            with torch.no_grad():
+                for rows in CALIBRATION_ROWS:
+                    for (n_in, _), layer in layers.items():
+                        fn(inputs[rows, n_in], layer.weight, layer.bias)
+
+        return go
+
+    shapes = {"linear": sorted(list(s) for s in layers), "rows": list(CALIBRATION_ROWS)}
+    choice, record = calibrated_choice(
+        "onednn_linear", shapes, {"onednn": run(_dense), "torch": run(F.linear)}, default="torch", repeats=3, path=path
+    )
+    return choice == "onednn", record
 
 
 def _dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -47,7 +47,7 @@ class HFSampler(Sampler):
     def decode_weights(self, model):
         """The model as decoding runs it: on fp32 CPU linear layers through oneDNN and LoRA as lean layers
         (merging would cost a weight copy per call); elsewhere merged LoRA weights."""
-        if onednn.supported(model):
+        if onednn.active(model):
             with onednn.swapped_in(model), lean_adapters(model):
                 yield model
         else:
@@ -62,7 +62,7 @@ class HFSampler(Sampler):
         chunks = [prompts[i : i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         bar = progress(chunks, desc or "generate", unit="batch", leave=False, show=len(chunks) > 1)
         out: list[list[int]] = []
-        lean = onednn.supported(model)
+        lean = onednn.active(model)
         with (
             eval_mode(model),
             self.decode_weights(model),

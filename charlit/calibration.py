@@ -1,0 +1,95 @@
+"""Pick a CPU fast path by timing it on the machine it runs on, once per processor, thread count and shapes.
+
+A fast path that wins on one processor can lose or tie on another (oneDNN's fp32 products are about 2x torch's
+default on the AMD EPYC machines this project met first, and equal on an Intel Sapphire Rapids), so a choice is
+never assumed: :func:`calibrated_choice` times each candidate a few times (median), keeps the default unless
+another is faster by more than ``margin``, and caches the answer in ``$CHARLIT_CACHE/calibration.json`` keyed by
+the CPU model, its fast-path flags, the threads, torch's version and the caller's shapes. The cache is advisory:
+an unreadable or foreign entry is measured again, and a cache that cannot be written only costs a re-measure.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from charlit.machine import cpu_summary
+
+CACHE_NAME = "calibration.json"
+
+
+def cache_path() -> Path:
+    from charlit.models.bundled import cache_root
+
+    return cache_root() / CACHE_NAME
+
+
+def machine_key() -> dict:
+    cpu = cpu_summary()
+    return {"cpu": cpu["model"], "flags": cpu["flags"], "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def _key(name: str, shapes) -> str:
+    return json.dumps({"name": name, "shapes": shapes, **machine_key()}, sort_keys=True)
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write(path: Path, data: dict) -> None:
+    from charlit.data.pipeline.store import atomic_write_text
+
+    try:
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+    except OSError:
+        pass  # a read-only cache: the next run measures again
+
+
+def time_candidate(run: Callable[[], None], repeats: int = 5) -> float:
+    """Median seconds of ``run()`` over ``repeats`` calls, after one warm-up call."""
+    run()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def calibrated_choice(
+    name: str,
+    shapes,
+    candidates: dict[str, Callable[[], None]],
+    default: str,
+    margin: float = 0.05,
+    repeats: int = 5,
+    path: Path | None = None,
+) -> tuple[str, dict]:
+    """``(choice, record)``: the cached choice for ``name`` at ``shapes`` on this machine, else the candidate that
+    runs fastest (the ``default`` unless another beats it by more than ``margin``), timed now and cached.
+    ``record`` holds the seconds per candidate, the choice and whether it came from the cache."""
+    if default not in candidates:
+        raise ValueError(f"calibrated_choice({name!r}): the default {default!r} is not among {sorted(candidates)}.")
+    path = path or cache_path()
+    key = _key(name, shapes)
+    cached = _read(path).get(key)
+    if isinstance(cached, dict) and cached.get("choice") in candidates:
+        return cached["choice"], {**cached, "cached": True}
+    seconds = {option: time_candidate(run, repeats) for option, run in candidates.items()}
+    best = min(seconds, key=seconds.get)
+    choice = best if seconds[best] < seconds[default] * (1 - margin) else default
+    record = {"choice": choice, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    data = _read(path)
+    data[key] = record
+    _write(path, data)
+    return choice, {**record, "cached": False}
