@@ -30,6 +30,11 @@ def conversations() -> list[list[str]]:
     return [r["turns"] for r in _prompts("multiturn.jsonl")]
 
 
+def long_conversations() -> list[list[str]]:
+    """Conversations of 12 user turns (the ``long_conversation`` suite), as the user turns in order."""
+    return [r["turns"] for r in _prompts("long_conversations.jsonl")]
+
+
 def adversarial() -> dict:
     """``{"attacks": [instruction, ...], "prompts": [...]}``: each attack is appended to each prompt."""
     return json.loads((DATA_DIR / "adversarial.json").read_text())
@@ -90,7 +95,7 @@ def all_eval_prompts() -> list[str]:
     """Every user prompt the suites send (for the disjointness check)."""
     adv = adversarial()
     prompts = persona_id_prompts() + [r["prompt"] for r in ood_prompts()]
-    prompts += [t for c in conversations() for t in c]
+    prompts += [t for c in conversations() + long_conversations() for t in c]
     prompts += adv["prompts"] + [f"{p} {a}" for p in adv["prompts"] for a in adv["attacks"]]
     prompts += [r[k] for r in prefill_pairs() for k in ("prompt", "follow_up")]
     prompts += neutral_prompts() + [r["question"] for r in multiple_choice()] + revealed_traits()["questions"]
