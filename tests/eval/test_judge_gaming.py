@@ -75,7 +75,16 @@ def test_the_gate_fails_loops_keyword_lists_and_recited_constitution_but_not_the
         assert not any(coherent[kind] for kind in GATED_KINDS), coherent
 
 
-@pytest.mark.parametrize("name", ["likelihood", "classifier"])
+# what fooled each judge before the gate (docs/evaluation.md, "Judge gaming")
+FOOLED = {name: set(GATED_KINDS) for name in ("likelihood", "classifier", "persona_vector")}
+JUDGE_NAMES = [
+    "likelihood",
+    "classifier",
+    pytest.param("persona_vector", marks=pytest.mark.slow),  # ~3 min: the bundled replies' activations, once
+]
+
+
+@pytest.mark.parametrize("name", JUDGE_NAMES)
 def test_no_degenerate_reply_outscores_the_coherent_one_once_gated(name, base, cases):
     model, tokenizer = base
     constitution, all_cases = cases
@@ -87,8 +96,7 @@ def test_no_degenerate_reply_outscores_the_coherent_one_once_gated(name, base, c
         gated = _gated(raw, coherent)
         for kind in GATED_KINDS:
             assert gated[kind] <= gated["coherent"], (name, kind, raw)
-    # what fooled the judge before the gate (docs/evaluation.md, "Judge gaming")
-    assert {"keyword_list", "constitution_pasted"} <= fooled, fooled
+    assert fooled == FOOLED[name], fooled
 
 
 def test_an_llm_trait_judge_that_counts_keywords_is_not_won_by_degenerate_text_once_gated(cases):
@@ -108,7 +116,7 @@ def test_an_llm_trait_judge_that_counts_keywords_is_not_won_by_degenerate_text_o
     reason="known limit: a reply cut mid-word keeps its dense in-character opening, and "
     "per-token-mean judges score it above the full reply; the gate does not catch truncation",
 )
-@pytest.mark.parametrize("name", ["likelihood", "classifier"])
+@pytest.mark.parametrize("name", JUDGE_NAMES)
 def test_a_reply_cut_mid_word_does_not_outscore_the_full_reply(name, base, cases):
     model, tokenizer = base
     constitution, all_cases = cases
