@@ -9,15 +9,16 @@ from __future__ import annotations
 from charlit.data.constitution import Constitution
 
 
-def as_messages(prompt: str | list[dict]) -> list[dict]:
+def as_messages(prompt) -> list[dict]:
     """A prompt as a message list: a string is one user turn; a list (a conversation so far, ending with a
-    user turn) is returned as a copy."""
+    user turn) is returned as a copy; an attacked training prompt (:class:`charlit.data.robust.Attacked`) gives
+    the student's view."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    return [dict(m) for m in prompt]
+    return [dict(m) for m in getattr(prompt, "student", prompt)]
 
 
-def student_messages(prompt: str | list[dict]) -> list[dict]:
+def student_messages(prompt) -> list[dict]:
     return as_messages(prompt)
 
 
@@ -37,8 +38,9 @@ def with_system(messages: list[dict], system: str) -> list[dict]:
 def teacher_messages(
     prompt: str | list[dict], constitution: Constitution, exemplars: list[dict] | None = None
 ) -> list[dict]:
-    """The teacher's view: the constitution as system prompt, then optional exemplar turns, then the prompt."""
-    messages = as_messages(prompt)
+    """The teacher's view: the constitution as system prompt, then optional exemplar turns, then the prompt (for an
+    attacked training prompt, its ``teacher`` view: see :mod:`charlit.data.robust`)."""
+    messages = as_messages(getattr(prompt, "teacher", prompt))
     system = [m for m in messages[:1] if m.get("role") == "system"]
     rest = messages[len(system) :]
     return with_system([*system, *(exemplars or []), *rest], constitution.system_prompt())

@@ -3,6 +3,7 @@
 import re
 from collections import Counter
 
+from charlit.data import robust
 from charlit.data.constitution import bundled_personas, resolve_persona
 from charlit.data.prompts import load_prompt_set
 from charlit.eval import benchmark_data
@@ -16,6 +17,7 @@ def _norm(text: str) -> str:
 def _training_prompts() -> set[str]:
     prompts = load_prompt_set("general_train") + load_prompt_set("general_heldout")
     prompts += [q for name in bundled_personas() for q in resolve_persona(name).questions]
+    prompts += robust.all_training_texts()  # data=robust: format requests, histories and attack texts
     return {_norm(p) for p in prompts}
 
 

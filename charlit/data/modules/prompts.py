@@ -1,5 +1,6 @@
 """Prompts only, for on-policy methods: the union of ``data.train_sets`` (``constitution`` = the persona's own
-questions; bundled set names or .jsonl files)."""
+questions; bundled set names or .jsonl files), or with ``data.robust`` set (``data=robust``) a mix of those
+questions with format-shifted, multi-turn and attacked prompts (:mod:`charlit.data.robust`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 from charlit.data.modules.base import DATA_MODULES, IGNORED_KEYS, DataModule, DataSettings
 from charlit.data.prompts import heldout_prompts, training_prompts
+from charlit.data.robust import RobustSettings, robust_prompts
 from charlit.settings import parse, setting
 
 
@@ -14,6 +16,11 @@ from charlit.settings import parse, setting
 class PromptSettings(DataSettings):
     train_sets: list[str] = setting(["constitution", "general_train"], help="'constitution', bundled names or .jsonl")
     batch_size: int = setting(8, gt=0, help="the global training batch (split over data-parallel ranks)")
+    robust: dict | None = setting(None, help="the robust prompt mix (data=robust); null = plain questions only")
+
+    def check(self, prefix: str) -> None:
+        if self.robust is not None:  # checked with the other settings, before any model loads
+            parse(RobustSettings, self.robust, f"{prefix}.robust", ignore=())
 
 
 @DATA_MODULES.register("prompts")
@@ -30,4 +37,7 @@ class PromptData(DataModule):
             )
         settings = parse(cls.Settings, data_cfg, "data", ignore=IGNORED_KEYS)
         train = training_prompts(settings.train_sets, constitution)
-        return cls(train, heldout_prompts(settings.heldout_set, settings.val_size, train), settings, seed)
+        heldout = heldout_prompts(settings.heldout_set, settings.val_size, train)
+        if settings.robust is not None:
+            train = robust_prompts(train, parse(RobustSettings, settings.robust, "data.robust", ignore=()), seed)
+        return cls(train, heldout, settings, seed)
