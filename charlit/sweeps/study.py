@@ -82,6 +82,9 @@ def study_jobs(rows: list[dict], root: Path) -> list[dict]:
         job_rows = sorted(job_rows, key=lambda r: Path(r["run_dir"]).name)
         last = job_rows[-1]
         report = Path(last["run_dir"]) / "eval" / "eval.json"
+        staged = Path(last["run_dir"]).resolve() != job_dir
+        if staged and not (job_dir / "recipe.json").is_file():  # a recipe still running: its last stage is to come
+            report = job_dir / "recipe.json"
         jobs.append(
             {
                 "arm": arms[job_dir],
@@ -178,8 +181,9 @@ def arm_table(jobs: list[dict]) -> list[dict]:
             )
             bare = [j["row"].get(f"{metric}_bare") for j in evaluated if j["row"].get(f"{metric}_bare") is not None]
             row[f"{column}_bare"] = float(np.mean(bare)) if bare else float("nan")
-        row["flops"] = pooled_mean([j["flops"] for j in arm_jobs], [])
-        row["wall_time_s"] = pooled_mean([j["wall_time_s"] for j in arm_jobs], [])
+        finished = evaluated or arm_jobs  # an unfinished job's compute is not the arm's
+        row["flops"] = pooled_mean([j["flops"] for j in finished], [])
+        row["wall_time_s"] = pooled_mean([j["wall_time_s"] for j in finished], [])
         table.append(row)
     return table
 

@@ -102,16 +102,28 @@ def test_a_sweep_over_arms_writes_the_study_table_curves_and_pareto_plot(tmp_pat
             _stage(oct_job / "0_dpo", "dpo", persona, seed, 100.0, [(40.0, 0.0), (100.0, 0.3)])
             values = {"model": [2.0, 2.0], "bare": [0.0, 0.0], "prompted": [2.0, 2.0]}  # range 1
             _stage(oct_job / "1_sft", "sft", persona, seed, 20.0, [(0.0, 0.3), (20.0, 0.6)], values, capability)
+            (oct_job / "recipe.json").write_text("{}")
             index += 2
     _stage(_job(tmp_path, index, "dpo", "pirate", 0), "dpo", "pirate", 0, 50.0, [(0.0, 0.0)])  # died before eval
+    running = _job(tmp_path, index + 1, "oct", "pirate", 2)  # a recipe whose first stage evaluated, second to come
+    _stage(
+        running / "0_dpo",
+        "dpo",
+        "pirate",
+        2,
+        100.0,
+        [(0.0, 0.0)],
+        {"model": [9, 9], "bare": [0, 0], "prompted": [1, 1]},
+    )
 
     result = write_report(tmp_path)
     table = {row["arm"]: row for row in result["study"]["table"]}
     assert set(table) == {"self_distill", "oct", "dpo"}
     assert table["self_distill"]["ood_gated"]["mean"] == pytest.approx(0.5)
     assert table["oct"]["ood_gated"]["mean"] == pytest.approx(1.0)
-    assert table["oct"]["flops"]["mean"] == pytest.approx(120.0)  # both stages, the data generation included
-    assert (table["oct"]["jobs"], table["oct"]["evaluated"], table["dpo"]["evaluated"]) == (4, 4, 0)
+    assert table["oct"]["ood_gated"]["mean"] == pytest.approx(1.0)  # the unfinished recipe is not counted
+    assert table["oct"]["flops"]["mean"] == pytest.approx(120.0)  # both stages of the finished jobs, data included
+    assert (table["oct"]["jobs"], table["oct"]["evaluated"], table["dpo"]["evaluated"]) == (5, 4, 0)
     assert table["oct"]["kl_to_base"]["mean"] == pytest.approx(0.1)
     text = result["study"]["markdown"].read_text()
     assert "| oct | 4 | 120.000 ± 0.000 | 1.00 [1.00, 1.00] |" in text
