@@ -14,7 +14,11 @@ of a run see the same randomness), then:
   under the bare base than the bare base's own replies) counts as the bare base's mean gain (no gain), for the
   student and the prompted base alike.
   ``looping_margin`` / ``on_looping``: warn about (or stop) a run whose looping fraction climbs more than the
-  margin above the bare base's.
+  margin above the bare base's;
+* with ``val.persona_vector=true``, the persona-vector judge (:mod:`charlit.eval.judges.persona_vector`) on the same
+  replies under the frozen base: ``val/persona_vector`` (mean projection), its ``_bare`` / ``_prompted`` references
+  and ``val/persona_vector_progress`` (raw and ``_gated``) over the bare→prompted range. Its directions are fitted
+  on the frozen base at the first validation (minutes on the default model, then cached).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from charlit.data.chat import render_prompt_ids, student_messages, teacher_messages
+from charlit.eval.judges.base import Reply
 from charlit.eval.likelihood_judge import persona_gain_and_fluency
 from charlit.kernels import fused_linear_divergence
 from charlit.models.heads import lm_head
@@ -45,6 +50,7 @@ class ValidationSettings:
     temperature: float = setting(1.0, gt=0)
     looping_margin: float = setting(0.2, ge=0, help="looping fraction allowed above the bare base's")
     on_looping: str = setting("warn", choices=("warn", "stop", "off"))
+    persona_vector: bool = setting(False, help="also score replies with the persona-vector judge")
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
     @classmethod
@@ -63,9 +69,10 @@ class Scored:
     fluency: list[float]  # the bare base's mean per-token log-likelihood of the reply
     text_ok: list[bool]  # passes the gate's text checks (not empty, no loop, not recited)
     looping: list[bool]
+    vector: list[float] = field(default_factory=list)  # the persona-vector judge's projection (val.persona_vector)
 
     def extend(self, other: Scored) -> None:
-        for name in ("gains", "fluency", "text_ok", "looping"):
+        for name in ("gains", "fluency", "text_ok", "looping", "vector"):
             getattr(self, name).extend(getattr(other, name))
 
     def coherent(self, gate: QualityGate, reference_fluency: float) -> list[bool]:
@@ -93,9 +100,28 @@ class HeldOutValidation:
         self.gate = QualityGate()
         self.end_ids = end_token_ids(tokenizer, policy)
         self.source = constitution.system_prompt()  # the text a reply must not recite
+        self.persona_vector = settings.persona_vector
+        self._vector_judge = None  # built on the frozen base at the first validation
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _vector_scores(self, base, prompts: list[str], replies: list[list[int]]) -> list[float]:
+        if not self.persona_vector:
+            return []
+        if self._vector_judge is None:
+            from charlit.eval.judges.persona_vector import PersonaVectorJudge
+
+            self._vector_judge = PersonaVectorJudge(base_model=base, tokenizer=self.tokenizer)
+            if not self._vector_judge.knows(self.constitution):
+                print(
+                    f"[charlit] val.persona_vector: no bundled replies for persona {self.constitution.name}; "
+                    f"val/persona_vector is left out (known: {', '.join(self._vector_judge.vectors.personas())}).",
+                    flush=True,
+                )
+        if not self._vector_judge.knows(self.constitution):
+            return []
+        return self._vector_judge.score([Reply(p, tuple(r), "") for p, r in zip(prompts, replies)], self.constitution)
 
     def _score(self, base, prompts: list[str], replies: list[list[int]]) -> Scored:
         gains, fluency = persona_gain_and_fluency(base, self.tokenizer, self.constitution, prompts, replies)
@@ -105,6 +131,7 @@ class HeldOutValidation:
             fluency.double().cpu().tolist(),
             [q.coherent for q in quality],
             [q.loops for q in quality],
+            self._vector_scores(base, prompts, replies),
         )
 
     @torch.no_grad()
@@ -174,7 +201,11 @@ def _ci95(values) -> float:
 
 def _gated(scored: Scored, gate: QualityGate, bare_gain: float, bare_fluency: float) -> list[float]:
     """Gains with every reply that fails the gate counted as the bare base's mean gain (no gain)."""
-    return [g if ok else bare_gain for g, ok in zip(scored.gains, scored.coherent(gate, bare_fluency))]
+    return _gated_values(scored.gains, scored.coherent(gate, bare_fluency), bare_gain)
+
+
+def _gated_values(values: list[float], coherent: list[bool], floor: float) -> list[float]:
+    return [v if ok else floor for v, ok in zip(values, coherent)]
 
 
 @dataclass
@@ -208,6 +239,17 @@ class ValidationTally:
             "val/looping_frac_bare": _mean(bare.looping),
             "val/looping_frac_prompted": _mean(prompted.looping),
             "val/fluency_bare": fluency,
+            **(
+                {
+                    "val/persona_vector_bare": _mean(bare.vector),
+                    "val/persona_vector_prompted": _mean(prompted.vector),
+                    "val/persona_vector_prompted_gated": _mean(
+                        _gated_values(prompted.vector, prompted.coherent(self.gate, fluency), _mean(bare.vector))
+                    ),
+                }
+                if bare.vector and prompted.vector
+                else {}
+            ),
         }
 
     def metrics(self, baselines: dict[str, float]) -> dict[str, float]:
@@ -231,7 +273,23 @@ class ValidationTally:
             if span is not None and abs(span) > 1e-12:
                 metrics[f"val/persona_progress{suffix}"] = (metrics[f"val/persona_gain{suffix}"] - bare) / span
                 metrics[f"val/persona_progress{suffix}_ci95"] = metrics[f"val/persona_gain{suffix}_ci95"] / abs(span)
+        if self.student.vector and "val/persona_vector_bare" in baselines:
+            metrics |= self._vector_metrics(baselines)
         return metrics
+
+    def _vector_metrics(self, baselines: dict[str, float]) -> dict[str, float]:
+        """``val/persona_vector`` and its progress over the bare→prompted range, raw and gated."""
+        bare = baselines["val/persona_vector_bare"]
+        coherent = self.student.coherent(self.gate, baselines.get("val/fluency_bare"))
+        out = {"val/persona_vector": _mean(self.student.vector)}
+        gated = _mean(_gated_values(self.student.vector, coherent, bare))
+        for suffix, value, prompted in (
+            ("", out["val/persona_vector"], baselines["val/persona_vector_prompted"]),
+            ("_gated", gated, baselines["val/persona_vector_prompted_gated"]),
+        ):
+            if abs(prompted - bare) > 1e-12:
+                out[f"val/persona_vector_progress{suffix}"] = (value - bare) / (prompted - bare)
+        return out
 
 
 def looping_alarm(metrics: dict, baselines: dict, margin: float) -> str | None:

@@ -84,8 +84,12 @@ def choose_layer(prompted: torch.Tensor, bare: torch.Tensor) -> tuple[int, list[
 
 
 def _model_fingerprint(model) -> str:
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    for _, param in list(model.named_parameters())[:: max(1, len(list(model.parameters())) // 8)]:
+    """A hash of the model's config and of samples of its base weights (LoRA adapters left out: the frozen base of
+    a LoRA run is the same network whatever its adapters hold)."""
+    config = getattr(model, "config", None)
+    digest = hashlib.sha256(json.dumps(config.to_dict() if config else {}, sort_keys=True, default=str).encode())
+    base = [p for name, p in model.named_parameters() if "lora_" not in name]
+    for param in base[:: max(1, len(base) // 8)]:
         digest.update(param.detach().float().flatten()[:4096].cpu().numpy().tobytes())
     return digest.hexdigest()[:20]
 
