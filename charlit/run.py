@@ -32,8 +32,8 @@ from charlit.data.modules import DATA_MODULES, build_datamodule
 from charlit.data.modules.base import IGNORED_KEYS
 from charlit.data.pipeline import needs_generation, prepare_data
 from charlit.data.pipeline.card import log_card_to_wandb
+from charlit.data.pipeline.cli import GENERATE_ONLY_KINDS
 from charlit.eval import train_hook
-from charlit.eval.judges.llm import check_key_transport
 from charlit.kernels import set_default_backend
 from charlit.loggers import build_logger, plain_config
 from charlit.models import bundled, load_model, load_tokenizer
@@ -46,6 +46,7 @@ from charlit.settings import parse
 from charlit.strategies import build_strategy
 from charlit.sweeps.publish import sweep_group
 from charlit.teachers import teacher_factory
+from charlit.transport import check_key_transport
 
 
 def constitution_from_cfg(cfg: DictConfig) -> Constitution:
@@ -152,7 +153,7 @@ def check_trainer(cfg: DictConfig) -> None:
 def check_data(cfg: DictConfig) -> None:
     """The ``data`` settings, parsed the way the data module will parse them. Only a ``Settings`` the kind declares
     itself counts: a subclass that inherits one may parse other keys in its own ``from_config`` (checked then)."""
-    if cfg.data.kind == "teacher_cache":
+    if cfg.data.kind in GENERATE_ONLY_KINDS:
         raise ValueError(
             "data=teacher_cache is built by generate.py, not trained on: `python generate.py data=teacher_cache "
             "teacher=<t>`, then `python train.py method=distill teacher=cached teacher.path=<its dir> data=<source>`."

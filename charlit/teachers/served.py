@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 
 from charlit.data.chat import render_prompt_ids, student_messages, teacher_messages
-from charlit.eval.judges.llm import check_key_transport
 from charlit.loggers import redact_text
 from charlit.settings import setting
 from charlit.teachers.base import TEACHERS, Teacher, TopKTeacherOutput
+from charlit.transport import check_key_transport
 
 RETRIED_STATUS = (408, 429, 500, 502, 503, 504)
 MIN_TAIL = -30.0

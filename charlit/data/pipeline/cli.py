@@ -11,10 +11,13 @@ from charlit.data.pipeline.card import log_card_to_wandb
 from charlit.data.pipeline.dataset import empty_dataset_message, generate_dataset, needs_generation
 from charlit.loggers import build_logger, plain_config
 
+GENERATE_ONLY_KINDS = ("teacher_cache",)
+"""``data`` kinds that generate.py builds and no objective trains on (``data=teacher_cache``)."""
+
 
 def generate(cfg: DictConfig, run_dir: Path) -> Path:
     progress.setup()
-    if cfg.data.get("kind") == "teacher_cache":
+    if cfg.data.get("kind") in GENERATE_ONLY_KINDS:
         from charlit.data.pipeline.teacher_cache import build_teacher_cache
 
         cache_dir = build_teacher_cache(cfg)

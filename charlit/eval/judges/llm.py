@@ -9,15 +9,14 @@ judge and the suites that need one report themselves as skipped.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
-import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
 from charlit.loggers import redact_text
+from charlit.transport import check_key_transport
 
 SKIPPED = "skipped: no LLM judge configured"
 KINDS = ("none", "openai", "hf")
@@ -48,30 +47,6 @@ class LLMJudge:
         if not match or not 1 <= int(match.group()) <= 10:
             return None
         return int(match.group()) / 10
-
-
-def is_local_host(host: str | None) -> bool:
-    """localhost, 127.0.0.0/8 or ::1."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
-def check_key_transport(
-    base_url: str, api_key_env: str | None, allow_insecure_http: bool, prefix: str = "eval.llm_judge"
-) -> None:
-    """The key travels as a bearer token: over plain http it is readable on the way, so only to this machine.
-    ``prefix``: the config node the settings live in, for the error message."""
-    parsed = urllib.parse.urlsplit(base_url)
-    if api_key_env and parsed.scheme == "http" and not allow_insecure_http and not is_local_host(parsed.hostname):
-        raise ValueError(
-            f"{prefix}.base_url={redact_text(base_url)!r} would send the key from ${api_key_env} unencrypted "
-            f"to {parsed.hostname}; use https://, or set {prefix}.allow_insecure_http=true if that network "
-            f"path is trusted (or {prefix}.api_key_env=null for an endpoint without a key)."
-        )
 
 
 def openai_completion(
