@@ -39,7 +39,9 @@ def _user_overrides() -> list[str]:
     return out
 
 
-def stage_overrides(stage, user: list[str], previous_final: str | None) -> list[str]:
+def stage_overrides(stage, user: list[str], previous_final: str | None, base: str | None = None) -> list[str]:
+    """The stage's overrides; a stage that starts from the previous one's ``final/`` is still evaluated against the
+    recipe's own base model ``base`` (``eval.base_model``), so a recipe's figures compare with one-stage runs'."""
     overrides = [*user, *stage.overrides, "~recipe"]  # a stage is a plain training run (even under +arm=oct)
     if stage.get("from_previous"):
         if previous_final is None:
@@ -47,6 +49,8 @@ def stage_overrides(stage, user: list[str], previous_final: str | None) -> list[
                 f"Recipe stage {stage.name!r} has from_previous=true but no earlier stage saved a "
                 f"final/ checkpoint; keep output.save_final=true or set from_previous=false."
             )
+        if base is not None:
+            overrides.append(f"++eval.base_model={quoted(base)}")
         overrides.append(f"model.name_or_path={quoted(previous_final)}")
     return overrides
 
@@ -67,7 +71,7 @@ def run_recipe(cfg: DictConfig, run_dir: Path) -> list[dict]:
     user = _user_overrides()
     summaries, previous_final = [], None
     for i, stage in enumerate(stages):
-        overrides = stage_overrides(stage, user, previous_final)
+        overrides = stage_overrides(stage, user, previous_final, base=str(cfg.model.name_or_path))
         print(f"[charlit] recipe {name}: stage {i + 1}/{len(stages)} {stage.name}: {' '.join(overrides)}", flush=True)
         stage_cfg = compose(config_name="train", overrides=overrides)
         summary = train(stage_cfg, run_dir / f"{i}_{stage.name}", reuse_finished=True)

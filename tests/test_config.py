@@ -173,6 +173,8 @@ def test_a_recipe_stage_starts_from_any_previous_run_dir(path):
     from charlit.recipes import stage_overrides
 
     stage = OmegaConf.create({"name": "sft", "overrides": ["method=sft"], "from_previous": True})
-    last = stage_overrides(stage, ["+arm=oct"], path)[-1]
+    *_, base, last = stage_overrides(stage, ["+arm=oct"], path, base=path)
     parsed = OverridesParser.create().parse_override(last)
     assert (parsed.key_or_group, parsed.value()) == ("model.name_or_path", path)
+    parsed = OverridesParser.create().parse_override(base)  # evaluated against the recipe's own base model
+    assert (parsed.key_or_group, parsed.value()) == ("eval.base_model", path)

@@ -232,13 +232,11 @@ def markdown(table: list[dict]) -> str:
 
 
 def _curve(job: dict) -> list[tuple[float, float]]:
-    """A job's validations as (cumulative training FLOPs, gated persona progress), stages in order."""
-    points, offset = [], 0.0
-    for row in job["stages"]:
-        history = json.loads((Path(row["run_dir"]) / "summary.json").read_text()).get("val_history") or []
-        points += [(offset + r["compute/flops"], r[CURVE_Y]) for r in history if "compute/flops" in r and CURVE_Y in r]
-        offset += float(row.get("compute/flops") or 0.0)
-    return points
+    """A job's validations as (training FLOPs, gated persona progress). For a recipe only its first stage's: a later
+    stage validates against its own starting model (the previous stage's), a different 0 of the scale."""
+    row = job["stages"][0]
+    history = json.loads((Path(row["run_dir"]) / "summary.json").read_text()).get("val_history") or []
+    return [(r["compute/flops"], r[CURVE_Y]) for r in history if "compute/flops" in r and CURVE_Y in r]
 
 
 def plot_curves(jobs: list[dict], path: Path) -> Path | None:

@@ -196,3 +196,28 @@ def test_a_run_dirs_summary_cannot_turn_on_remote_code(tmp_path):
     assert model.name_or_path == str(tmp_path / "evil") and model.trust_remote_code is False
     mine.model.trust_remote_code = True  # only the user's own flag for this invocation opts in
     assert base_model_cfg(mine, ckpt).trust_remote_code is True
+
+
+def test_a_later_recipe_stage_is_evaluated_against_the_recipes_own_base(tmp_path, monkeypatch):
+    """``eval.base_model`` (set by a recipe for stages that start from the previous one) replaces the base the
+    train hook loads; without it the base is ``model``."""
+    from omegaconf import OmegaConf
+
+    from charlit.eval import train_hook
+
+    loaded, named = [], []
+    monkeypatch.setattr(train_hook, "load_model", lambda cfg, **_: loaded.append(cfg.name_or_path) or _Loaded())
+    monkeypatch.setattr(train_hook, "evaluate", lambda *a, base_name, **k: named.append(base_name) or {"suites": {}})
+    monkeypatch.setattr(train_hook, "write_outputs", lambda *a: None)
+    model = {"name_or_path": "runs/0_dpo/final", "dtype": "float32"}
+    for eval_cfg, expected in (
+        ({"base_model": "bundled:smollm2-135m-instruct"}, "bundled:smollm2-135m-instruct"),
+        ({}, "runs/0_dpo/final"),
+    ):
+        cfg = OmegaConf.create({"model": model, "eval": eval_cfg})
+        train_hook.evaluate_final(cfg, None, None, None, tmp_path)
+        assert loaded[-1] == expected and named[-1] == expected
+
+
+class _Loaded:
+    model = None
