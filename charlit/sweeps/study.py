@@ -108,6 +108,14 @@ def _per_prompt(job: dict, suite: str, key: str) -> dict[str, np.ndarray] | None
     return {label: np.asarray(values[label], dtype=float) for label in ("model", "bare", "prompted")}
 
 
+def _bare_value(job: dict, metric: str) -> float | None:
+    """The bare base's mean for ``eval/<suite>/<name>`` from the job's eval report (sweep rows keep the model's)."""
+    _, suite, name = metric.split("/", 2)
+    body = ((job["eval"] or {}).get("suites") or {}).get(suite) or {}
+    value = ((body.get("metrics") or {}).get(name) or {}).get("bare", {}).get("mean")
+    return None if value is None else float(value)
+
+
 def pooled_range(per_persona: list[list[dict[str, np.ndarray]]], n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean over personas of each persona's range, pooled over its jobs (seeds) and prompts; percentile interval
     from a hierarchical bootstrap (jobs, then prompts shared by the jobs and paired across the three systems)."""
@@ -179,7 +187,7 @@ def arm_table(jobs: list[dict]) -> list[dict]:
             row[column] = pooled_mean(
                 [j["row"].get(metric) for j in evaluated], [j["row"].get(f"{metric}_ci95") for j in evaluated]
             )
-            bare = [j["row"].get(f"{metric}_bare") for j in evaluated if j["row"].get(f"{metric}_bare") is not None]
+            bare = [v for j in evaluated if (v := _bare_value(j, metric)) is not None]
             row[f"{column}_bare"] = float(np.mean(bare)) if bare else float("nan")
         finished = evaluated or arm_jobs  # an unfinished job's compute is not the arm's
         row["flops"] = pooled_mean([j["flops"] for j in finished], [])

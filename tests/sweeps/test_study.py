@@ -71,7 +71,10 @@ def _stage(run_dir, method, persona, seed, flops, history, eval_values=None, cap
     (run_dir / "summary.json").write_text(json.dumps(summary))
     if eval_values is not None:
         (run_dir / "eval").mkdir()
-        suites = {"ood": {"per_prompt": {"likelihood_gated": eval_values, "likelihood": eval_values}}}
+        suites = {
+            "ood": {"per_prompt": {"likelihood_gated": eval_values, "likelihood": eval_values}},
+            "capability": {"metrics": {"kl_to_base": {"bare": {"mean": 0.0}, "model": {"mean": 0.1}}}},
+        }
         (run_dir / "eval" / "eval.json").write_text(json.dumps({"suites": suites}))
 
 
@@ -124,7 +127,7 @@ def test_a_sweep_over_arms_writes_the_study_table_curves_and_pareto_plot(tmp_pat
     assert table["oct"]["ood_gated"]["mean"] == pytest.approx(1.0)  # the unfinished recipe is not counted
     assert table["oct"]["flops"]["mean"] == pytest.approx(120.0)  # both stages of the finished jobs, data included
     assert (table["oct"]["jobs"], table["oct"]["evaluated"], table["dpo"]["evaluated"]) == (5, 4, 0)
-    assert table["oct"]["kl_to_base"]["mean"] == pytest.approx(0.1)
+    assert table["oct"]["kl_to_base"]["mean"] == pytest.approx(0.1) and table["oct"]["kl_to_base_bare"] == 0.0
     text = result["study"]["markdown"].read_text()
     assert "| oct | 4 | 120.000 ± 0.000 | 1.00 [1.00, 1.00] |" in text
     assert "study.md" in result["markdown"].read_text()
