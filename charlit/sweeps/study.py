@@ -271,7 +271,7 @@ def plot_curves(jobs: list[dict], path: Path) -> Path | None:
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xscale("log")
+    ax.set_xlim(left=0)  # linear: every run starts at 0 FLOPs (a log axis would drop that point)
     ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
     ax.axhline(1, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("cumulative training FLOPs (data generation, sampling, scoring, training)")
