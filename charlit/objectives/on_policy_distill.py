@@ -86,7 +86,7 @@ class OnPolicyDistill(TeacherObjective):
     def sampled_token_loss(self, scored, responses):
         temperature = self.config.temperature
         targets = response_targets(responses, scored.student.device)
-        head, teacher = scored.head, scored.teacher
+        head, teacher = scored.head, self.full_teacher(scored, "method.estimator=sampled_token")
         vocab = head.weight.shape[0]  # a padded teacher vocabulary: its rows beyond the student's are ignored
         log_q = fused_linear_logprobs(
             scored.student, head.weight, targets, temperature=temperature, bias=head.bias, softcap=head.softcap

@@ -17,6 +17,7 @@ import torch
 
 from charlit.data.chat import render_prompt_ids, student_messages
 from charlit.kernels import fused_linear_divergence, fused_linear_logprobs, fused_linear_topk_divergence
+from charlit.kernels.cross_tokenizer import cross_tokenizer_divergence
 from charlit.models.heads import LMHead, lm_head
 from charlit.models.sequences import response_hidden, response_targets
 from charlit.objectives.base import CharacterObjective
@@ -24,6 +25,7 @@ from charlit.quality import copy_candidates, loop_span, repeat_positions
 from charlit.settings import setting
 from charlit.teachers import TeacherOutput, TopKTeacherOutput
 from charlit.teachers.base import TEACHER_WEIGHTS
+from charlit.teachers.cross_tokenizer import CrossTokenizerTeacherOutput
 
 
 @dataclass
@@ -73,7 +75,8 @@ class Scored:
 
     student: torch.Tensor  # [N, H] student hidden states (with grad)
     head: LMHead  # the student's lm_head
-    teacher: TeacherOutput | TopKTeacherOutput  # [N, H] hidden states + head, or cached top-k rows; no grad
+    # [N, H] hidden states + head, cached top-k rows, or a cross-tokenizer teacher's aligned rows; no grad
+    teacher: TeacherOutput | TopKTeacherOutput | CrossTokenizerTeacherOutput
     n_tokens: int
 
 
@@ -144,6 +147,8 @@ class TeacherObjective(CharacterObjective):
             num_items = self.global_num_items(scored.n_tokens)
         if isinstance(scored.teacher, TopKTeacherOutput):
             return self._topk_divergence(scored, beta, rows, num_items)
+        if isinstance(scored.teacher, CrossTokenizerTeacherOutput):
+            return self._cross_tokenizer_divergence(scored, beta, rows, num_items)
         student, teacher = scored.student, scored.teacher.hidden
         if rows is not None:
             student, teacher = student[rows], teacher[rows]
@@ -184,6 +189,51 @@ class TeacherObjective(CharacterObjective):
             softcap=scored.head.softcap,
         )
 
+    def _cross_tokenizer_divergence(self, scored: Scored, beta, rows, num_items) -> torch.Tensor:
+        """Exact-match tokens: the top-k + tail divergence; the rest: ULD on merged spans (teachers/cross_tokenizer)."""
+        config, teacher = self.config, scored.teacher
+        if config.temperature != 1:
+            raise ValueError(
+                f"teacher.cross_tokenizer=true compares the two models at temperature 1, but method.temperature="
+                f"{config.temperature}; set method.temperature=1."
+            )
+        if rows is not None:
+            raise ValueError(
+                "method.unlikelihood drops repeated tokens from the divergence row by row, which a cross-tokenizer "
+                "teacher's span groups do not allow; set method.unlikelihood=0."
+            )
+        loss, _ = cross_tokenizer_divergence(
+            scored.student,
+            scored.head.weight,
+            exact_rows=teacher.exact_rows,
+            exact_ids=teacher.exact_ids,
+            exact_logprobs=teacher.exact_logprobs,
+            exact_tail=teacher.exact_tail,
+            span_rows=teacher.span_rows,
+            span_targets=teacher.span_targets,
+            span_group=teacher.span_group,
+            span_first=teacher.span_first,
+            span_teacher=teacher.span_teacher,
+            span_weight=teacher.span_weight,
+            beta=config.beta if beta is None else beta,
+            uld_weight=teacher.uld_weight,
+            num_items=num_items,
+            student_bias=scored.head.bias,
+            softcap=scored.head.softcap,
+        )
+        return loss
+
+    def full_teacher(self, scored: Scored, setting: str) -> TeacherOutput:
+        """The teacher's hidden states and head, which ``setting`` needs; a one-line error for teachers that only
+        give top-k rows (cached, served) or aligned rows (cross-tokenizer)."""
+        if not isinstance(scored.teacher, TeacherOutput):
+            raise ValueError(
+                f"{setting} needs the teacher's full next-token distribution at every student token, but "
+                f"teacher={self.teacher.__class__.__name__} gives {type(scored.teacher).__name__}; turn {setting} "
+                f"off or use a teacher that runs beside the student with the same tokenizer."
+            )
+        return scored.teacher
+
     def distill_loss(self, scored: Scored, responses: list[list[int]]) -> tuple[torch.Tensor, dict[str, float]]:
         """The divergence on every response token, with the repetition-aware terms the settings turn on.
 
@@ -210,6 +260,10 @@ class TeacherObjective(CharacterObjective):
             repeats[torch.tensor(marked, dtype=torch.long, device=device)] = True
         loss = self.divergence(scored, rows=None if repeats is None else ~repeats, num_items=num_items)
         metrics = {"divergence": loss.detach().item()}
+        if isinstance(scored.teacher, CrossTokenizerTeacherOutput):
+            n = max(scored.n_tokens, 1)
+            metrics["span_token_frac"] = len(scored.teacher.span_rows) / n
+            metrics["unaligned_frac"] = scored.teacher.unaligned / n
         if weight:
             head = scored.head
             log_q = fused_linear_logprobs(
@@ -254,7 +308,7 @@ class TeacherObjective(CharacterObjective):
             rows, tokens = rows[keep], tokens[keep]
         if not len(rows):
             return scored.student.sum() * 0.0, {"copy_rows": 0.0, "copy_mass": 0.0}
-        head, teacher = scored.head, scored.teacher
+        head, teacher = scored.head, self.full_teacher(scored, "method.repeat_penalty")
         q = fused_linear_logprobs(scored.student[rows], head.weight, tokens, bias=head.bias, softcap=head.softcap).exp()
         with torch.no_grad():
             p = fused_linear_logprobs(

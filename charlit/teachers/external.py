@@ -3,8 +3,9 @@
 Logit-level objectives compare the teacher's and the student's distributions token by token, so both must
 use the same token ids. This is checked up front (``tokenizer.get_vocab()`` on every id of the student's
 tokenizer); a padded teacher vocabulary (more lm_head rows than tokens, e.g. 152064 vs 151936) is fine
-because the fused ops ignore teacher rows beyond the student's. A true mismatch is refused with an error
-that names the text-level methods which still work with such a teacher.
+because the fused ops ignore teacher rows beyond the student's. A true mismatch is refused unless
+``teacher.cross_tokenizer=true``, which aligns both tokenizations on the text instead
+(:mod:`charlit.teachers.cross_tokenizer`); the error names that mode and the text-level methods.
 
 The teacher renders prompts with its own chat template (the constitution as system prompt unless
 ``teacher.use_constitution=false``), then scores the student's response tokens. It always runs its own
@@ -24,33 +25,37 @@ from charlit.models.heads import lm_head
 from charlit.models.sequences import response_hidden
 from charlit.settings import setting
 from charlit.teachers.base import TEACHERS, Teacher, head_output
+from charlit.teachers.cross_tokenizer import CrossTokenizer
 
 TEXT_LEVEL_HINT = (
-    "Logit-level methods (self_distill, distill, on_policy_distill) need the same token ids; with a "
-    "different tokenizer the teacher can still be used at the text level: have it write replies and train "
-    "with method=sft on those conversations, or with method=dpo on preference pairs built from them."
+    "Logit-level methods (self_distill, distill, on_policy_distill) compare token ids: set "
+    "teacher.cross_tokenizer=true to align the two tokenizations on the text instead (exact-match tokens keep the "
+    "full divergence, the rest a sorted-probability distance), or use the teacher at the text level: have it write "
+    "replies and train with method=sft on those conversations, or method=dpo on preference pairs built from them."
 )
 
 
-def check_same_vocabulary(
+def vocabulary_mismatch(
     student_tokenizer, teacher_tokenizer, student_rows: int, teacher_rows: int, name: str
-) -> None:
-    """Raise ``ValueError`` unless every student token id means the same token to the teacher."""
+) -> str | None:
+    """Why the teacher's token ids cannot be compared with the student's, or None when every student token id
+    means the same token to the teacher."""
     student = {i: t for t, i in student_tokenizer.get_vocab().items()}
     teacher = {i: t for t, i in teacher_tokenizer.get_vocab().items()}
     differing = [i for i in sorted(student) if teacher.get(i) != student[i]]
     if differing:
         first = differing[0]
-        raise ValueError(
+        return (
             f"teacher.name_or_path={name!r} uses a different tokenizer than the student: {len(differing)} of the "
             f"student's {len(student)} token ids differ (first: id {first} is {student[first]!r} for the student, "
             f"{teacher.get(first)!r} for the teacher; vocab sizes {len(student)} vs {len(teacher)}). {TEXT_LEVEL_HINT}"
         )
     if teacher_rows < student_rows:
-        raise ValueError(
+        return (
             f"teacher.name_or_path={name!r} has {teacher_rows} lm_head rows but the student has {student_rows}; the "
             f"teacher must cover every student token id. {TEXT_LEVEL_HINT}"
         )
+    return None
 
 
 @TEACHERS.register("external")
@@ -65,6 +70,12 @@ class ExternalTeacher(Teacher):
         use_constitution: bool = setting(True, help="the constitution as the teacher's system prompt")
         seed: int = setting(1, help="name_or_path=tiny only: another seed gives other weights, same tokenizer")
         tiny: dict = setting({"hidden_size": 64, "num_layers": 2})
+        cross_tokenizer: bool = setting(
+            False, help="a teacher with another tokenizer: align both on the text (exact tokens + ULD on spans)"
+        )
+        top_k: int = setting(64, ge=1, help="cross_tokenizer: teacher ids kept per exact position and per span")
+        uld_weight: float = setting(1.0, ge=0, help="cross_tokenizer: weight of the span (ULD) term")
+        end_of_turn: str | None = setting(None, help="cross_tokenizer: the teacher token the student's EOS maps to")
 
     def __init__(
         self,
@@ -76,11 +87,16 @@ class ExternalTeacher(Teacher):
         teacher_tokenizer,
         name: str = "external",
         use_constitution: bool = True,
+        cross_tokenizer: dict | None = None,
     ):
         super().__init__(policy, reference, tokenizer, constitution, weights="frozen")
-        check_same_vocabulary(
-            tokenizer, teacher_tokenizer, lm_head(policy).weight.shape[0], lm_head(model).weight.shape[0], name
-        )
+        student_rows = lm_head(policy).weight.shape[0]
+        mismatch = vocabulary_mismatch(tokenizer, teacher_tokenizer, student_rows, lm_head(model).weight.shape[0], name)
+        if mismatch and cross_tokenizer is None:
+            raise ValueError(mismatch)
+        # the same token ids: the plain divergence is exact, no alignment needed
+        self.cross = CrossTokenizer(tokenizer, teacher_tokenizer, **cross_tokenizer) if mismatch else None
+        self.student_rows = student_rows
         self.model = model.eval().requires_grad_(False)
         self.teacher_tokenizer, self.name, self.use_constitution = teacher_tokenizer, name, use_constitution
 
@@ -114,6 +130,11 @@ class ExternalTeacher(Teacher):
             loaded.tokenizer,
             name=config.name_or_path,
             use_constitution=config.use_constitution,
+            cross_tokenizer=(
+                {"k": config.top_k, "uld_weight": config.uld_weight, "end_of_turn": config.end_of_turn}
+                if config.cross_tokenizer
+                else None
+            ),
         )
 
     @contextmanager
@@ -138,5 +159,7 @@ class ExternalTeacher(Teacher):
     def score(self, prompts, responses):
         contexts = [self.context_ids(p) for p in prompts]
         with self.network() as model:
+            if self.cross is not None:
+                return self.cross.score(model, contexts, responses, self.student_rows)
             hidden = response_hidden(model, contexts, responses, self.teacher_tokenizer.pad_token_id)
             return head_output(hidden, model)
