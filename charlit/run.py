@@ -104,7 +104,7 @@ def context_window(model_cfg: DictConfig) -> int | None:
         return tiny_config(1, bos_token_id=None, eos_token_id=None).max_position_embeddings
     from transformers import AutoConfig
 
-    source = bundled.converted_dir(with_weights=True) if name == bundled.BUNDLED_ID else name
+    source = bundled.converted_dir(with_weights=True, model_id=name) if name in bundled.BUNDLED else name
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
     except (OSError, ValueError):

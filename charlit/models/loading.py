@@ -42,8 +42,8 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def _resolve_source(name_or_path: str) -> str:
-    if name_or_path == bundled.BUNDLED_ID:
-        return str(bundled.converted_dir(with_weights=True))
+    if name_or_path in bundled.BUNDLED:
+        return str(bundled.converted_dir(with_weights=True, model_id=name_or_path))
     return name_or_path
 
 
@@ -64,8 +64,10 @@ def load_tokenizer(cfg: DictConfig):
     from transformers import AutoTokenizer
 
     name = cfg.get("tokenizer") or cfg.name_or_path
-    if name in (TINY_ID, bundled.BUNDLED_ID):
-        source = str(bundled.converted_dir(with_weights=name == bundled.BUNDLED_ID))
+    if name == TINY_ID:  # the tiny test model borrows the default's tokenizer
+        source = str(bundled.converted_dir(with_weights=False))
+    elif name in bundled.BUNDLED:
+        source = str(bundled.converted_dir(with_weights=True, model_id=name))  # the model follows
     else:
         source = name
     tokenizer = _from_pretrained(

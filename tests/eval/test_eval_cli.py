@@ -125,6 +125,7 @@ def _run_dir(tmp_path, persona="stoic"):
     return run
 
 
+@pytest.mark.slow  # ~55 s: a tiny training run, then three evaluations (make test-slow)
 def test_run_dir_supplies_base_and_persona_and_compare_adds_a_column(tmp_path):
     run = _run_dir(tmp_path)
     _eval(tmp_path, f"ckpt={run}", f"compare={run / 'final'}", "judges=[likelihood]", "greedy=false")

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from charlit.sweeps.report import collect_jobs, write_report
 from report import main as report_main
 from tests.conftest import REPO
@@ -85,6 +87,7 @@ def test_report_cli_errors_are_one_line(tmp_path, capsys):
     assert "No finished jobs" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~45 s: four tiny training jobs through Hydra (make test-slow)
 def test_multirun_of_four_tiny_jobs_leaves_a_report(tmp_path):
     cmd = [
         sys.executable,

@@ -69,6 +69,7 @@ def _train(run_dir, conversations, teacher, beta=0.0):
     return train(cfg, run_dir)["metrics"]["train/loss"]
 
 
+@pytest.mark.slow  # ~20 s: generate.py three times in subprocesses (make test-slow)
 def test_generate_builds_a_card_and_resumable_shards_and_reuses_a_complete_cache(tmp_path, conversations, teacher_dir):
     teacher = ["teacher=external", f"teacher.name_or_path={teacher_dir}"]
     cmd = [
