@@ -166,14 +166,14 @@ class TeacherObjective(CharacterObjective):
             softcap=scored.head.softcap,
         )
 
+    def _require_unit_temperature(self, why: str) -> None:
+        if self.config.temperature != 1:
+            raise ValueError(f"{why}, but method.temperature={self.config.temperature}; set method.temperature=1.")
+
     def _topk_divergence(self, scored: Scored, beta, rows, num_items) -> torch.Tensor:
         """The divergence against a cached top-k teacher (its log-probs are at temperature 1)."""
         config, teacher = self.config, scored.teacher
-        if config.temperature != 1:
-            raise ValueError(
-                f"teacher=cached stores log-probs at temperature 1, but method.temperature={config.temperature}; "
-                f"set method.temperature=1."
-            )
+        self._require_unit_temperature("this teacher's log-probs are at temperature 1 (cached, served)")
         student, ids, logprobs, tail = scored.student, teacher.ids, teacher.logprobs, teacher.tail
         if rows is not None:
             student, ids, logprobs, tail = student[rows], ids[rows], logprobs[rows], tail[rows]
@@ -192,11 +192,7 @@ class TeacherObjective(CharacterObjective):
     def _cross_tokenizer_divergence(self, scored: Scored, beta, rows, num_items) -> torch.Tensor:
         """Exact-match tokens: the top-k + tail divergence; the rest: ULD on merged spans (teachers/cross_tokenizer)."""
         config, teacher = self.config, scored.teacher
-        if config.temperature != 1:
-            raise ValueError(
-                f"teacher.cross_tokenizer=true compares the two models at temperature 1, but method.temperature="
-                f"{config.temperature}; set method.temperature=1."
-            )
+        self._require_unit_temperature("teacher.cross_tokenizer=true compares the two models at temperature 1")
         if rows is not None:
             raise ValueError(
                 "method.unlikelihood drops repeated tokens from the divergence row by row, which a cross-tokenizer "

@@ -95,3 +95,9 @@ def test_settings_that_need_the_full_teacher_distribution_are_refused(teacher_di
     objective, data = _objective("self_distill", teacher_dir, "method.repeat_penalty=0.5")
     with pytest.raises(ValueError, match="method.repeat_penalty needs the teacher's full next-token distribution"):
         objective.compute_loss(next(iter(data.train_dataloader())))
+
+
+def test_a_loss_temperature_other_than_one_is_refused(teacher_dir):
+    objective, data = _objective("distill", teacher_dir, "method.temperature=2")
+    with pytest.raises(ValueError, match="at temperature 1, but method.temperature=2.*set method.temperature=1"):
+        objective.compute_loss(next(iter(data.train_dataloader())))
