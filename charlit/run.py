@@ -154,9 +154,13 @@ def check_data(cfg: DictConfig) -> None:
     """The ``data`` settings, parsed the way the data module will parse them. Only a ``Settings`` the kind declares
     itself counts: a subclass that inherits one may parse other keys in its own ``from_config`` (checked then)."""
     if cfg.data.kind in GENERATE_ONLY_KINDS:
+        then = {
+            "teacher_cache": "`python train.py method=distill teacher=cached teacher.path=<its dir> data=<source>`",
+            "reference_logps": "`python train.py method=dpo data=pairs data.path=<the file it prints>`",
+        }[cfg.data.kind]
         raise ValueError(
-            "data=teacher_cache is built by generate.py, not trained on: `python generate.py data=teacher_cache "
-            "teacher=<t>`, then `python train.py method=distill teacher=cached teacher.path=<its dir> data=<source>`."
+            f"data={cfg.data.name} is built by generate.py, not trained on: `python generate.py "
+            f"data={cfg.data.name} ...`, then {then}."
         )
     settings_cls = vars(DATA_MODULES.get(cfg.data.kind)).get("Settings")
     if settings_cls is not None:

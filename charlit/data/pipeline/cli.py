@@ -11,19 +11,31 @@ from charlit.data.pipeline.card import log_card_to_wandb
 from charlit.data.pipeline.dataset import empty_dataset_message, generate_dataset, needs_generation
 from charlit.loggers import build_logger, plain_config
 
-GENERATE_ONLY_KINDS = ("teacher_cache",)
-"""``data`` kinds that generate.py builds and no objective trains on (``data=teacher_cache``)."""
+GENERATE_ONLY_KINDS = ("teacher_cache", "reference_logps")
+"""``data`` kinds that generate.py builds and no objective trains on directly: a top-k teacher cache for
+``teacher=cached``, preference pairs with DPO reference log-probs for ``data=pairs data.path=<file>``."""
+
+
+def _build_generate_only(cfg: DictConfig) -> Path:
+    if cfg.data.kind == "teacher_cache":
+        from charlit.data.pipeline.teacher_cache import build_teacher_cache
+
+        out = build_teacher_cache(cfg)
+        card = out / "card.md"
+    else:
+        from charlit.data.pipeline.reference_logps import build_reference_logps
+
+        out = build_reference_logps(cfg)
+        card = out.parent / "card.md"
+    print(f"[charlit] card: {card}")
+    print(out, flush=True)
+    return out
 
 
 def generate(cfg: DictConfig, run_dir: Path) -> Path:
     progress.setup()
     if cfg.data.get("kind") in GENERATE_ONLY_KINDS:
-        from charlit.data.pipeline.teacher_cache import build_teacher_cache
-
-        cache_dir = build_teacher_cache(cfg)
-        print(f"[charlit] card: {cache_dir / 'card.md'}")
-        print(cache_dir, flush=True)
-        return cache_dir
+        return _build_generate_only(cfg)
     if not needs_generation(cfg.data):
         reason = f"data.path={cfg.data.path} is given" if cfg.data.get("path") else "it has no data.generate block"
         raise ValueError(
