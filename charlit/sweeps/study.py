@@ -29,6 +29,8 @@ import yaml
 from scipy import stats as scipy_stats
 
 ARM_OVERRIDE = "+arm="
+VARIANT_GROUPS = ("data", "teacher")
+"""Config groups whose command-line choice makes a job a variant of its arm (see :func:`arm_label`)."""
 # column -> (eval suite, per-prompt key): ranges pooled over prompts and seeds
 RANGES = {
     "ood_gated": ("ood", "likelihood_gated"),
@@ -54,17 +56,27 @@ POOLED = {
 CURVE_Y = "val/persona_progress_gated"
 
 
+def arm_label(overrides: list[str]) -> str | None:
+    """The ``+arm=`` override, with any ``teacher=`` / ``data=`` override beside it (``self_distill data=robust``):
+    a variant of an arm pools on its own row, never with the arm as designed."""
+    arms = [o[len(ARM_OVERRIDE) :] for o in overrides if o.startswith(ARM_OVERRIDE)]
+    if not arms:
+        return None
+    variants = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in VARIANT_GROUPS]
+    return " ".join([arms[0], *sorted(variants)])
+
+
 def arm_of(run_dir: Path, root: Path) -> tuple[str, Path] | None:
-    """``(arm, job dir)`` from the nearest ``.hydra/overrides.yaml`` at or above ``run_dir`` (not above ``root``)."""
+    """``(arm label, job dir)`` from the nearest ``.hydra/overrides.yaml`` at or above ``run_dir`` (not above
+    ``root``); see :func:`arm_label`."""
     run_dir, root = Path(run_dir).resolve(), Path(root).resolve()
     for directory in (run_dir, *run_dir.parents):
         if not directory.is_relative_to(root):
             return None
         path = directory / ".hydra" / "overrides.yaml"
         if path.is_file():
-            overrides = yaml.safe_load(path.read_text()) or []
-            arms = [str(o)[len(ARM_OVERRIDE) :] for o in overrides if str(o).startswith(ARM_OVERRIDE)]
-            return (arms[0], directory) if arms else None
+            label = arm_label([str(o) for o in yaml.safe_load(path.read_text()) or []])
+            return (label, directory) if label else None
     return None
 
 

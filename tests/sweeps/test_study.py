@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from charlit.sweeps.report import write_report
-from charlit.sweeps.study import arm_of, pareto_front, pooled_mean, pooled_range
+from charlit.sweeps.study import arm_label, arm_of, pareto_front, pooled_mean, pooled_range
 
 
 def _systems(model, bare, prompted):
@@ -146,3 +146,12 @@ def test_arm_overrides_above_the_sweep_dir_are_not_read(tmp_path):
     inner.mkdir(parents=True)
     assert arm_of(inner, outer / "sweep") is None
     assert arm_of(inner, tmp_path) == ("oct", outer)
+
+
+def test_a_data_or_teacher_override_makes_a_variant_of_the_arm():
+    assert arm_label(["seed=0", "+arm=self_distill", "persona=pirate"]) == "self_distill"
+    assert arm_label(["+arm=self_distill", "data=robust", "eval.suite.pressure=0"]) == "self_distill data=robust"
+    assert arm_label(["teacher=amplified", "+arm=distill", "data=teacher_replies"]) == (
+        "distill data=teacher_replies teacher=amplified"
+    )
+    assert arm_label(["method=sft", "data=robust"]) is None
