@@ -335,11 +335,11 @@ def plot_pareto(table: list[dict], path: Path) -> Path | None:
                 capsize=3,
                 markersize=9 if i in front else 6,
                 markeredgecolor="black" if i in front else None,
+                label=r["arm"],  # a legend, not annotations: arms close in both numbers would print over each other
             )
-            ax.annotate(r["arm"], (r[column]["mean"], y["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
         if not math.isnan(rows[0][f"{column}_bare"]):
             ax.axvline(rows[0][f"{column}_bare"], color="grey", linestyle="--", linewidth=0.8, label="bare base")
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax.set_xlabel(f"{column} ({'higher' if higher else 'lower'} is better)")
         ax.set_ylabel("OOD persona range, gated")
     fig.suptitle("persona strength vs capability retention (outlined: Pareto front)")
