@@ -146,3 +146,16 @@ def prepare_data(cfg: DictConfig) -> Dataset | None:
         flush=True,
     )
     return dataset
+
+
+def source_cfg(cfg: DictConfig, kind: str, hint: str) -> DictConfig:
+    """``cfg`` with ``data`` replaced by ``data.source``, for a stage that reads another dataset
+    (``data=teacher_cache``, ``data=reference_logps``); the source must be of ``kind``, else a one-line error
+    ending with ``hint``."""
+    source = cfg.data.get("source")
+    if source is None or source.get("kind") != kind:
+        found = None if source is None else source.get("kind")
+        raise ValueError(f"data={cfg.data.name} reads a {kind} dataset, but data.source has kind {found!r}; {hint}")
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out["data"] = out["data"]["source"]
+    return OmegaConf.create(out)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from charlit.data.io import PAIR_DIR, load_pairs, resolve_data_path
 from charlit.data.modules.pairs import pair_examples
-from charlit.data.pipeline.dataset import prepare_data
+from charlit.data.pipeline.dataset import prepare_data, source_cfg
 from charlit.data.pipeline.store import atomic_write_text, cache_key, data_cache_root, fingerprint
 from charlit.kernels import fused_linear_logprobs
 from charlit.models.heads import lm_head
@@ -38,19 +38,6 @@ COMPLETE = "COMPLETE"
 @dataclass
 class ReferenceLogpsSettings:
     batch_size: int = setting(8, gt=0, help="pairs per reference forward")
-
-
-def _source(cfg: DictConfig) -> DictConfig:
-    source = cfg.data.get("source")
-    if source is None or source.get("kind") != "pairs":
-        kind = None if source is None else source.get("kind")
-        raise ValueError(
-            f"data=reference_logps scores preference pairs, but data.source has kind {kind!r}; pick pairs with "
-            f"data@data.source=pairs (and data.source.path=<file> for your own)."
-        )
-    out = OmegaConf.to_container(cfg, resolve=True)
-    out["data"] = out["data"]["source"]
-    return OmegaConf.create(out)
 
 
 @torch.no_grad()
@@ -71,7 +58,9 @@ def build_reference_logps(cfg: DictConfig) -> Path:
     from charlit.run import constitution_from_cfg
 
     settings = parse(ReferenceLogpsSettings, cfg.data, "data", ignore=("name", "kind", "source"))
-    source = _source(cfg)
+    source = source_cfg(
+        cfg, "pairs", "pick pairs with data@data.source=pairs (and data.source.path=<file> for your own)."
+    )
     constitution = constitution_from_cfg(cfg)
     dataset = prepare_data(source)
     path = resolve_data_path(

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from charlit.data.modules import build_datamodule
-from charlit.data.pipeline.dataset import prepare_data
+from charlit.data.pipeline.dataset import prepare_data, source_cfg
 from charlit.data.pipeline.store import atomic_write_text, cache_key, data_cache_root, fingerprint
 from charlit.kernels import topk_teacher
 from charlit.models.heads import lm_head
@@ -46,19 +46,6 @@ class TeacherCacheSettings:
     shard_examples: int = setting(64, gt=0, help="examples per shard: the unit a killed run resumes from")
 
 
-def _source_cfg(cfg: DictConfig) -> DictConfig:
-    source = cfg.data.get("source")
-    if source is None or source.get("kind") != "conversations":
-        kind = None if source is None else source.get("kind")
-        raise ValueError(
-            f"data=teacher_cache scores a conversations dataset, but data.source has kind {kind!r}; pick one with "
-            f"data@data.source=<variant> (teacher_replies, conversations, introspection, ...)."
-        )
-    out = OmegaConf.to_container(cfg, resolve=True)
-    out["data"] = out["data"]["source"]
-    return OmegaConf.create(out)
-
-
 def _teacher_settings(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.teacher, resolve=True)
 
@@ -77,7 +64,11 @@ def build_teacher_cache(cfg: DictConfig) -> Path:
             "teacher to cache (teacher=self, fewshot, amplified or external)."
         )
     make_teacher = teacher_factory(cfg.teacher)  # the teacher's settings are checked before anything loads
-    source = _source_cfg(cfg)
+    source = source_cfg(
+        cfg,
+        "conversations",
+        "pick one with data@data.source=<variant> (teacher_replies, conversations, introspection, ...).",
+    )
     constitution = constitution_from_cfg(cfg)
     dataset = prepare_data(source)
     loaded = load_model(cfg.model)

@@ -64,7 +64,8 @@ def test_a_second_build_reuses_the_file_and_other_settings_make_a_new_one(scored
 
 
 def test_wrong_source_and_training_on_it_are_refused_with_what_to_do(tmp_path):
-    with pytest.raises(ValueError, match="scores preference pairs, but data.source has kind 'conversations'"):
+    wrong = "reads a pairs dataset, but data.source has kind 'conversations'.*data@data.source=pairs"
+    with pytest.raises(ValueError, match=wrong):
         build_reference_logps(tiny_cfg(tmp_path, "reference_logps", "data@data.source=conversations"))
     with pytest.raises(ValueError, match="data=reference_logps is built by generate.py.*method=dpo data=pairs"):
         train(compose(["method=dpo", "data=reference_logps", "model=tiny", "logger=csv"]), tmp_path / "run")
