@@ -227,6 +227,7 @@ def _tree_state():
     ).stdout
 
 
+@pytest.mark.slow  # ~35 s: a tiny training run of an installed plugin package (make test-slow)
 def test_a_third_party_objective_teacher_sampler_data_kind_and_kernel_backend_train(plugin, tmp_path):
     before = _tree_state()
     run_dir = tmp_path / "run"

@@ -151,6 +151,7 @@ def test_bad_checkpoint_and_missing_persona_are_one_clear_line(tmp_path):
     assert proc.returncode == 2 and "No persona given: add persona=<name>" in proc.stderr
 
 
+@pytest.mark.slow  # ~20 s: a tiny training run followed by its evaluation (make test-slow)
 def test_train_hook_adds_eval_numbers_to_the_summary(tmp_path):
     small = [f"eval.{o}" for o in SMALL if o.startswith("suite.")]
     cmd = [
