@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from charlit.models.heads import PrefixKV, _unwrap, cache_kwargs, final_hidden, output_cache
+from charlit.kernels import fused_linear_logprobs
+from charlit.models.heads import PrefixKV, _unwrap, cache_kwargs, final_hidden, lm_head, output_cache
 
 
 def right_pad(sequences: list[list[int]], pad_id: int, width: int | None = None):
@@ -142,3 +143,12 @@ def shared_context_hidden(
     rows = torch.tensor([row for row, r in enumerate(flat) for _ in r], dtype=torch.long, device=device)
     cols = torch.tensor([k for r in flat for k in range(len(r))], dtype=torch.long, device=device)
     return states[rows, cols]
+
+
+def paired_response_logps(model, contexts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]], pad_id):
+    """Per-token log-probs of every chosen response, then every rejected one (flat), with the hidden states and head
+    they came from; each context is encoded once for both of its responses (``shared_context_hidden``)."""
+    hidden = shared_context_hidden(model, contexts, [chosen, rejected], pad_id)
+    head = lm_head(model)
+    targets = response_targets(chosen + rejected, hidden.device)
+    return fused_linear_logprobs(hidden, head.weight, targets, bias=head.bias, softcap=head.softcap), hidden, head

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from charlit.kernels import fused_linear_divergence, fused_linear_logprobs
+from charlit.kernels import fused_linear_divergence
 from charlit.models.heads import lm_head
-from charlit.models.sequences import response_hidden, response_targets, segment_sum, shared_context_hidden
+from charlit.models.sequences import paired_response_logps, response_hidden, segment_sum
 from charlit.objectives.base import CharacterObjective
 from charlit.objectives.registry import OBJECTIVES
 from charlit.settings import setting
@@ -69,13 +69,7 @@ class DPO(CharacterObjective):
         self.nll_coef, self.kl_coef = config.nll_coef, config.kl_coef
 
     def _logps(self, model, contexts, chosen, rejected):
-        """Per-token log-probs (flat: every chosen answer, then every rejected one) and their hidden states.
-
-        Each prompt is encoded once for both of its answers (``shared_context_hidden``)."""
-        hidden = shared_context_hidden(model, contexts, [chosen, rejected], self.tokenizer.pad_token_id)
-        head = lm_head(model)
-        targets = response_targets(chosen + rejected, hidden.device)
-        return fused_linear_logprobs(hidden, head.weight, targets, bias=head.bias, softcap=head.softcap), hidden, head
+        return paired_response_logps(model, contexts, chosen, rejected, self.tokenizer.pad_token_id)
 
     def compute_loss(self, batch):
         n = len(batch)

@@ -22,9 +22,7 @@ from charlit.data.io import PAIR_DIR, load_pairs, resolve_data_path
 from charlit.data.modules.pairs import pair_examples
 from charlit.data.pipeline.dataset import prepare_data, source_cfg
 from charlit.data.pipeline.store import atomic_write_text, cache_key, data_cache_root, fingerprint
-from charlit.kernels import fused_linear_logprobs
-from charlit.models.heads import lm_head
-from charlit.models.sequences import response_targets, segment_sum, shared_context_hidden
+from charlit.models.sequences import paired_response_logps, segment_sum
 from charlit.paths import exclusive_lock, inside
 from charlit.progress import Progress
 from charlit.settings import parse, setting
@@ -45,10 +43,7 @@ def sequence_logps(model, tokenizer, examples: list[dict]) -> torch.Tensor:
     """``[2, n]``: the summed log-probs of each example's chosen and rejected response under ``model``."""
     contexts = [e["context_ids"] for e in examples]
     chosen, rejected = [e["chosen_ids"] for e in examples], [e["rejected_ids"] for e in examples]
-    hidden = shared_context_hidden(model, contexts, [chosen, rejected], tokenizer.pad_token_id)
-    head = lm_head(model)
-    targets = response_targets(chosen + rejected, hidden.device)
-    token_logps = fused_linear_logprobs(hidden, head.weight, targets, bias=head.bias, softcap=head.softcap)
+    token_logps, _, _ = paired_response_logps(model, contexts, chosen, rejected, tokenizer.pad_token_id)
     return segment_sum(token_logps, [len(r) for r in chosen + rejected]).reshape(2, len(examples))
 
 
