@@ -286,8 +286,12 @@ class MeteredSampler(Sampler):
     def __init__(self, inner: Sampler, meter: ComputeMeter):
         self.inner, self.meter = inner, meter
 
-    def generate(self, model, prompts, params, *, seed=None, desc=None):
+    def off_policy(self, model) -> bool:
+        return self.inner.off_policy(model)
+
+    def generate(self, model, prompts, params, *, seed=None, desc=None, logprobs: bool = False):
         with self.meter.sampling():
-            responses = self.inner.generate(model, prompts, params, seed=seed, desc=desc)
-            self.meter.sampled(model, prompts, responses)
-        return responses
+            extra = {"logprobs": True} if logprobs else {}  # samplers that never go off-policy need not take it
+            out = self.inner.generate(model, prompts, params, seed=seed, desc=desc, **extra)
+            self.meter.sampled(model, prompts, out[0] if logprobs else out)
+        return out

@@ -32,6 +32,12 @@ def cpu_summary(cpuinfo: str | None = None) -> dict:
     }
 
 
+def native_bf16(summary: dict | None = None) -> bool:
+    """Whether the CPU computes bf16 products natively (AMX tiles or AVX512-BF16), where bf16 can beat fp32."""
+    flags = (summary or cpu_summary())["flags"]
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def describe_cpu(summary: dict | None = None) -> str:
     """One line for a results file: ``AMD EPYC 9B14, 2 cores, avx2 fma avx512f``."""
     s = summary or cpu_summary()

@@ -1,4 +1,4 @@
-from charlit.machine import FAST_PATH_FLAGS, cpu_summary, describe_cpu
+from charlit.machine import FAST_PATH_FLAGS, cpu_summary, describe_cpu, native_bf16
 
 SAPPHIRE_RAPIDS = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
@@ -18,3 +18,8 @@ def test_cpu_summary_reads_the_model_and_the_fast_path_flags():
     assert amd["flags"] == ["avx2", "fma"] and "avx512bw" not in FAST_PATH_FLAGS
     assert describe_cpu(amd) == f"AMD EPYC 7B13, {amd['cores']} cores, avx2 fma"
     assert cpu_summary("")["flags"] == [] and cpu_summary()["cores"] >= 1
+
+
+def test_native_bf16_needs_amx_or_avx512_bf16():
+    assert native_bf16(cpu_summary(SAPPHIRE_RAPIDS)) and not native_bf16(cpu_summary(EPYC))
+    assert native_bf16({"flags": ["avx512f", "avx512_bf16"]}) and not native_bf16({"flags": ["avx512f"]})

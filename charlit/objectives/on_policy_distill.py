@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from charlit.kernels import fused_linear_logprobs
 from charlit.models.sequences import response_targets
 from charlit.objectives.registry import OBJECTIVES
-from charlit.objectives.teacher_objective import OnPolicySettings, TeacherObjective
+from charlit.objectives.teacher_objective import OnPolicySettings, Rollouts, TeacherObjective
 from charlit.settings import setting
 
 ESTIMATORS = ("full", "sampled_token")
@@ -69,21 +69,26 @@ class OnPolicyDistill(TeacherObjective):
         metrics = {"on_policy": float(on_policy)}
         if on_policy:
             t0 = time.perf_counter()
-            responses, metrics["looping_frac"] = self.sample(contexts)
-            metrics["gen_tokens_per_s"] = sum(len(r) for r in responses) / max(time.perf_counter() - t0, 1e-9)
+            rollouts = self.sample(contexts)
+            metrics["looping_frac"] = rollouts.looping
+            metrics["gen_tokens_per_s"] = sum(map(len, rollouts.responses)) / max(time.perf_counter() - t0, 1e-9)
         else:
-            responses = fixed
+            rollouts = Rollouts(fixed, 0.0)  # fixed data: off-policy by design, weighted 1
+        responses = rollouts.responses
         scored = self.score(prompts, contexts, responses)
+        # the sampled-token estimator's loss is on the drawn token itself, so its weight includes that token's ratio
+        weights, weight_metrics = self.off_policy_weights(scored, rollouts, through_token=self.estimator != "full")
+        metrics |= weight_metrics
         if self.estimator == "full":
-            loss, divergence_metrics = self.distill_loss(scored, responses)
+            loss, divergence_metrics = self.distill_loss(scored, responses, weights)
             metrics |= divergence_metrics
         else:
-            loss, kl = self.sampled_token_loss(scored, responses)
+            loss, kl = self.sampled_token_loss(scored, responses, weights)
             metrics["kl_estimate"] = kl
         metrics["response_len"] = scored.n_tokens / max(len(responses), 1)
         return loss, metrics, scored.n_tokens
 
-    def sampled_token_loss(self, scored, responses):
+    def sampled_token_loss(self, scored, responses, weights=None):
         temperature = self.config.temperature
         targets = response_targets(responses, scored.student.device)
         head, teacher = scored.head, self.full_teacher(scored, "method.estimator=sampled_token")
@@ -100,5 +105,6 @@ class OnPolicyDistill(TeacherObjective):
             softcap=teacher.softcap,
         )
         advantage = (log_q - log_p).detach()
-        loss = (advantage * log_q).sum() / max(self.global_num_items(scored.n_tokens), 1.0)
+        per_token = advantage * log_q if weights is None else weights * advantage * log_q
+        loss = per_token.sum() / max(self.global_num_items(scored.n_tokens), 1.0)
         return loss, advantage.mean().item() if advantage.numel() else 0.0

@@ -33,14 +33,15 @@ class SelfDistill(TeacherObjective):
         prompts = list(batch)
         contexts = self.student_contexts(prompts)
         t0 = time.perf_counter()
-        responses, looping = self.sample(contexts)
+        rollouts = self.sample(contexts)
         gen_time = time.perf_counter() - t0
-        scored = self.score(prompts, contexts, responses)
-        loss, metrics = self.distill_loss(scored, responses)
+        scored = self.score(prompts, contexts, rollouts.responses)
+        weights, metrics = self.off_policy_weights(scored, rollouts)
+        loss, loss_metrics = self.distill_loss(scored, rollouts.responses, weights)
         n_tokens = scored.n_tokens
-        metrics |= {
-            "response_len": n_tokens / max(len(responses), 1),
+        metrics |= loss_metrics | {
+            "response_len": n_tokens / max(len(rollouts.responses), 1),
             "gen_tokens_per_s": n_tokens / max(gen_time, 1e-9),
-            "looping_frac": looping,
+            "looping_frac": rollouts.looping,
         }
         return loss, metrics, n_tokens

@@ -1,7 +1,9 @@
 """Shared machinery for objectives that learn from a teacher's next-token distributions
 (``self_distill``, ``distill``, ``on_policy_distill``): building the teacher, rendering the student's
 contexts, on-policy sampling, scoring one set of responses with both networks, the fused divergence, and
-the EMA teacher's bookkeeping (update after every optimizer step, saved in Lightning checkpoints).
+the EMA teacher's bookkeeping (update after every optimizer step, saved in Lightning checkpoints), and the
+truncated importance weights that correct samples decoded from other weights than the learner's (bf16 copies:
+``sampler.precision``, :mod:`charlit.sampling.precision`).
 
 Their shared settings are :class:`DivergenceSettings`: ``beta`` (0 forward KL ``KL(p‖q)``, 1 reverse KL
 ``KL(q‖p)``, else generalized JSD), ``temperature`` (the loss temperature; sampling uses
@@ -53,6 +55,9 @@ class OnPolicySettings(DivergenceSettings):
         0.0, ge=0, help="nats off the teacher's logit of each token that would repeat an earlier n-gram of the sample"
     )
     repeat_penalty_n: int = setting(3, ge=1, help="the n of that n-gram (1: every token seen before)")
+    importance_cap: float = setting(
+        2.0, ge=1, help="truncation of the importance weights on samples decoded from bf16 weights (sampler.precision)"
+    )
 
     def check(self, prefix: str) -> None:
         if self.repeat_penalty and (self.beta != 1 or self.temperature != 1):
@@ -67,6 +72,17 @@ class OnPolicySettings(DivergenceSettings):
                 f"{prefix}.repeat_penalty and {prefix}.unlikelihood act on the full-vocabulary divergence, but "
                 f"{prefix}.estimator={estimator}; set {prefix}.estimator=full or turn them off."
             )
+
+
+@dataclass
+class Rollouts:
+    """The student's responses to one batch and the share of them that loop. ``logprobs``: when decoding ran from other
+    weights than the learner's (bf16 copies), each drawn token's log-probability under those weights, per response
+    (None for a greedy response); None when the samples are exactly on-policy."""
+
+    responses: list[list[int]]
+    looping: float
+    logprobs: list[list[float] | None] | None = None
 
 
 @dataclass
@@ -106,23 +122,84 @@ class TeacherObjective(CharacterObjective):
         """The student's rendering of each prompt (a string or a message list): never the constitution."""
         return [render_prompt_ids(self.tokenizer, student_messages(p)) for p in prompts]
 
-    def sample(self, contexts: list[list[int]]) -> tuple[list[list[int]], float]:
+    def sample(self, contexts: list[list[int]]) -> Rollouts:
         """On-policy responses to ``contexts`` (seeded by step, so a resumed run repeats them) and the fraction that
         loop. The first ``greedy_rollouts`` share of the batch is decoded greedily, the rest sampled. With
         ``loop_mask`` a looping sample is cut where its loop completes (the start of the repeat that makes it a
-        loop, at least one token kept), so the divergence never trains on the loop itself."""
+        loop, at least one token kept), so the divergence never trains on the loop itself. When the sampler decodes
+        from other weights than the learner's, the sampled responses come with their tokens' log-probabilities."""
         seed = self.ctx.seed * 100_003 + int(self.global_step)
         greedy = round(getattr(self.config, "greedy_rollouts", 0.0) * len(contexts))
-        responses = []
+        off_policy = self.sampler.off_policy(self.policy) and greedy < len(contexts)
+        if off_policy and (self.ctx.sampling.top_p < 1 or self.ctx.sampling.top_k > 0):
+            raise ValueError(
+                f"the sampler decodes from bf16 weights, and its samples are reweighted to the fp32 learner, which "
+                f"needs unfiltered sampling, but sampler.top_p={self.ctx.sampling.top_p} "
+                f"sampler.top_k={self.ctx.sampling.top_k}; set sampler.top_p=1 sampler.top_k=0, or "
+                f"sampler.precision=fp32."
+            )
+        responses, logprobs = [], [None] * greedy
         if greedy:
             params = replace(self.ctx.sampling, temperature=0.0)
             responses += self.sampler.generate(self.policy, contexts[:greedy], params, seed=seed)
         if greedy < len(contexts):
-            responses += self.sampler.generate(self.policy, contexts[greedy:], self.ctx.sampling, seed=seed)
+            rest = contexts[greedy:]
+            if off_policy:
+                drawn, drawn_logprobs = self.sampler.generate(
+                    self.policy, rest, self.ctx.sampling, seed=seed, logprobs=True
+                )
+                logprobs += drawn_logprobs
+            else:
+                drawn = self.sampler.generate(self.policy, rest, self.ctx.sampling, seed=seed)
+            responses += drawn
         spans = [loop_span(r) for r in responses]
         if getattr(self.config, "loop_mask", False):
-            responses = [r if at is None else r[: max(at, 1)] for r, at in zip(responses, spans)]
-        return responses, sum(at is not None for at in spans) / max(len(spans), 1)
+            cut = [len(r) if at is None else max(at, 1) for r, at in zip(responses, spans)]
+            responses = [r[:n] for r, n in zip(responses, cut)]
+            logprobs = [None if lp is None else lp[:n] for lp, n in zip(logprobs, cut)]
+        looping = sum(at is not None for at in spans) / max(len(spans), 1)
+        return Rollouts(responses, looping, logprobs if off_policy else None)
+
+    def off_policy_weights(
+        self, scored: Scored, rollouts: Rollouts, through_token: bool = False
+    ) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Per-token truncated importance weights ``[N]`` for responses decoded from other weights than the learner's
+        (None when ``rollouts`` are on-policy). The loss at position ``t`` is an expectation over the prefix
+        ``y_<t``, which the sampler drew from ``q`` (bf16 weights) instead of the learner's ``p`` (fp32, at the sampling
+        temperature), so it gets ``w_t = min(cap, Π_{s<t} p(y_s)/q(y_s))``; ``through_token`` includes ``s = t``
+        (for a loss on the drawn token itself). Greedy responses keep weight 1."""
+        if rollouts.logprobs is None:
+            return None, {}
+        responses, device, head = rollouts.responses, scored.student.device, scored.head
+        with torch.no_grad():
+            log_p = fused_linear_logprobs(
+                scored.student.detach(),
+                head.weight,
+                response_targets(responses, device),
+                temperature=self.ctx.sampling.temperature,
+                bias=head.bias,
+                softcap=head.softcap,
+            )
+        log_cap = math.log(self.config.importance_cap)
+        log_w = torch.zeros(scored.n_tokens, device=device)
+        gaps, offset = [], 0
+        for response, log_q in zip(responses, rollouts.logprobs):
+            span = slice(offset, offset + len(response))
+            offset += len(response)
+            if log_q is None or not response:
+                continue
+            gap = log_p[span] - torch.tensor(log_q, dtype=log_p.dtype, device=device)
+            log_w[span] = gap.cumsum(0) - (0 if through_token else gap)
+            gaps.append(gap)
+        clipped = log_w > log_cap
+        weights = log_w.clamp(max=log_cap).exp()
+        gap = torch.cat(gaps) if gaps else torch.zeros(1, device=device)
+        metrics = {
+            "is_weight_mean": weights.mean().item() if scored.n_tokens else 1.0,
+            "is_clipped_frac": clipped.float().mean().item() if scored.n_tokens else 0.0,
+            "sampler_logprob_gap": gap.abs().mean().item(),
+        }
+        return weights, metrics
 
     # ---- both sides ------------------------------------------------------------------------
     def score(self, prompts: list, contexts: list[list[int]], responses: list[list[int]]) -> Scored:
@@ -139,16 +216,31 @@ class TeacherObjective(CharacterObjective):
         beta: float | None = None,
         rows: torch.Tensor | None = None,
         num_items: float | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The per-token β-divergence over the full vocabulary on ``rows`` (a bool mask; default all), normalised
-        by ``num_items`` (default: the global batch's token count)."""
-        config = self.config
+        """The per-token β-divergence over the full vocabulary on ``rows`` (a bool mask; default all), each token
+        times its entry of ``weights`` (default 1), normalised by ``num_items`` (default: the global batch's token
+        count)."""
         if num_items is None:
             num_items = self.global_num_items(scored.n_tokens)
-        if isinstance(scored.teacher, TopKTeacherOutput):
-            return self._topk_divergence(scored, beta, rows, num_items)
         if isinstance(scored.teacher, CrossTokenizerTeacherOutput):
+            if weights is not None:
+                raise ValueError(
+                    "the sampler decodes from bf16 weights, so each sampled token's loss is reweighted, which a "
+                    "cross-tokenizer teacher's span groups do not allow; set sampler.precision=fp32."
+                )
             return self._cross_tokenizer_divergence(scored, beta, rows, num_items)
+        by_token = {} if weights is None else {"reduction": "none"}
+        if isinstance(scored.teacher, TopKTeacherOutput):
+            loss = self._topk_divergence(scored, beta, rows, None if by_token else num_items, **by_token)
+        else:
+            loss = self._full_divergence(scored, beta, rows, None if by_token else num_items, **by_token)
+        if weights is None:
+            return loss
+        return (loss * (weights if rows is None else weights[rows])).sum() / max(num_items, 1.0)
+
+    def _full_divergence(self, scored: Scored, beta, rows, num_items, reduction: str = "mean") -> torch.Tensor:
+        config = self.config
         student, teacher = scored.student, scored.teacher.hidden
         if rows is not None:
             student, teacher = student[rows], teacher[rows]
@@ -160,6 +252,7 @@ class TeacherObjective(CharacterObjective):
             beta=config.beta if beta is None else beta,
             temperature=config.temperature,
             scale_by_t2=config.scale_by_t2,
+            reduction=reduction,
             num_items=num_items,
             student_bias=scored.head.bias,
             teacher_bias=scored.teacher.bias,
@@ -170,7 +263,7 @@ class TeacherObjective(CharacterObjective):
         if self.config.temperature != 1:
             raise ValueError(f"{why}, but method.temperature={self.config.temperature}; set method.temperature=1.")
 
-    def _topk_divergence(self, scored: Scored, beta, rows, num_items) -> torch.Tensor:
+    def _topk_divergence(self, scored: Scored, beta, rows, num_items, reduction: str = "mean") -> torch.Tensor:
         """The divergence against a cached top-k teacher (its log-probs are at temperature 1)."""
         config, teacher = self.config, scored.teacher
         self._require_unit_temperature("this teacher's log-probs are at temperature 1 (cached, served)")
@@ -184,6 +277,7 @@ class TeacherObjective(CharacterObjective):
             logprobs,
             tail,
             beta=config.beta if beta is None else beta,
+            reduction=reduction,
             num_items=num_items,
             student_bias=scored.head.bias,
             softcap=scored.head.softcap,
@@ -230,8 +324,11 @@ class TeacherObjective(CharacterObjective):
             )
         return scored.teacher
 
-    def distill_loss(self, scored: Scored, responses: list[list[int]]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The divergence on every response token, with the repetition-aware terms the settings turn on.
+    def distill_loss(
+        self, scored: Scored, responses: list[list[int]], weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The divergence on every response token, with the repetition-aware terms the settings turn on; every term of
+        a token times its entry of ``weights`` (:meth:`off_policy_weights`; default 1).
 
         ``unlikelihood > 0``: a token that repeats an earlier ``unlikelihood_n``-gram of its own response leaves
         the divergence (once a loop has started the teacher endorses it: in-context copying) and is pushed down
@@ -254,7 +351,7 @@ class TeacherObjective(CharacterObjective):
                 offset += len(response)
             repeats = torch.zeros(scored.n_tokens, dtype=torch.bool, device=device)
             repeats[torch.tensor(marked, dtype=torch.long, device=device)] = True
-        loss = self.divergence(scored, rows=None if repeats is None else ~repeats, num_items=num_items)
+        loss = self.divergence(scored, rows=None if repeats is None else ~repeats, num_items=num_items, weights=weights)
         metrics = {"divergence": loss.detach().item()}
         if isinstance(scored.teacher, CrossTokenizerTeacherOutput):
             n = max(scored.n_tokens, 1)
@@ -269,18 +366,26 @@ class TeacherObjective(CharacterObjective):
                 bias=head.bias,
                 softcap=head.softcap,
             )
-            unlikelihood = -torch.log1p(-log_q.exp().clamp(max=1 - 1e-6)).sum() / max(num_items, 1.0)
+            per_token = -torch.log1p(-log_q.exp().clamp(max=1 - 1e-6))
+            if weights is not None:
+                per_token = per_token * weights[repeats]
+            unlikelihood = per_token.sum() / max(num_items, 1.0)
             loss = loss + weight * unlikelihood
             metrics["unlikelihood"] = unlikelihood.detach().item()
             metrics["repeat_frac"] = repeats.float().mean().item() if scored.n_tokens else 0.0
         if getattr(config, "repeat_penalty", 0.0):
-            correction, penalty_metrics = self.repeat_penalty_correction(scored, responses, repeats, num_items)
+            correction, penalty_metrics = self.repeat_penalty_correction(scored, responses, repeats, num_items, weights)
             loss = loss + correction
             metrics |= penalty_metrics
         return loss, metrics
 
     def repeat_penalty_correction(
-        self, scored: Scored, responses: list[list[int]], skip: torch.Tensor | None, num_items: float
+        self,
+        scored: Scored,
+        responses: list[list[int]],
+        skip: torch.Tensor | None,
+        num_items: float,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """What turns the fused ``KL(q‖p)`` into ``KL(q‖p')``, ``p'`` the teacher with ``λ`` off the logits of the
         copy candidates ``S_t`` (:func:`charlit.quality.copy_candidates`) at each row ``t``, without a second pass
@@ -289,7 +394,8 @@ class TeacherObjective(CharacterObjective):
             KL(q‖p') = KL(q‖p) + λ·q_t(S_t) + log Z_t,
 
         which needs only the gathered probabilities of the candidates (``Z_t`` is the teacher's, no gradient).
-        Rows in ``skip`` (unlikelihood's repeats, outside the divergence) get no correction."""
+        Rows in ``skip`` (unlikelihood's repeats, outside the divergence) get no correction; a row's correction is
+        weighted like its divergence (``weights``)."""
         penalty, device = self.config.repeat_penalty, scored.student.device
         rows, tokens, offset = [], [], 0
         for response in responses:
@@ -314,7 +420,10 @@ class TeacherObjective(CharacterObjective):
         q_mass = torch.zeros(len(unique), dtype=q.dtype, device=device).index_add(0, row_of, q)
         p_mass = torch.zeros(len(unique), dtype=p.dtype, device=device).index_add(0, row_of, p)
         log_z = torch.log1p(-(1 - math.exp(-penalty)) * p_mass.clamp(max=1.0))
-        correction = (penalty * q_mass.sum() + log_z.sum()) / max(num_items, 1.0)
+        per_row = penalty * q_mass + log_z
+        if weights is not None:
+            per_row = per_row * weights[unique]
+        correction = per_row.sum() / max(num_items, 1.0)
         metrics = {
             "copy_rows": len(unique) / max(scored.n_tokens, 1),
             "copy_mass": q_mass.detach().mean().item(),

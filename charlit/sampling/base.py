@@ -52,6 +52,12 @@ class Sampler(ABC):
     def from_config(cls, config, tokenizer) -> Sampler:
         return cls(tokenizer, batch_size=config.batch_size)
 
+    def off_policy(self, model) -> bool:
+        """True when this sampler draws from other weights than ``model``'s own (bf16 copies of an fp32 learner), so
+        its samples need importance weights; ``generate(..., logprobs=True)`` then also returns each drawn token's
+        log-probability."""
+        return False
+
     @abstractmethod
     def generate(
         self,

@@ -9,7 +9,9 @@ cumulative probabilities, an exact draw from the same distribution.
 Semantics follow ``generate``: fp32 logits of the last position; temperature, then top-k, then top-p
 (keep the smallest set of most likely tokens whose mass reaches ``top_p``); temperature 0 = greedy; rows
 left-padded, positions from the attention mask; a finished row is fed the pad token; the loop ends when
-every row has produced a stop token or after ``max_new_tokens``.
+every row has produced a stop token or after ``max_new_tokens``. With ``logprobs`` the loop also returns each drawn
+token's log-probability under the distribution it was drawn from (0 for greedy steps): what an importance weight
+needs when the sampling weights are not the learner's (:mod:`charlit.sampling.precision`).
 """
 
 from __future__ import annotations
@@ -34,14 +36,20 @@ def filtered_scores(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
     return scores
 
 
-def next_tokens(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """One token per row of fp32 ``[B, V]`` logits (global RNG: seed it for reproducible draws)."""
+def next_tokens(logits: torch.Tensor, params: SamplingParams, logprobs: bool = False):
+    """One token per row of fp32 ``[B, V]`` logits (global RNG: seed it for reproducible draws); with ``logprobs``
+    ``(tokens, log-probability of each under the filtered distribution)``, 0 for greedy rows."""
     if params.temperature == 0:
-        return logits.argmax(dim=-1)
-    cdf = filtered_scores(logits, params).softmax(dim=-1).cumsum(dim=-1)
+        token = logits.argmax(dim=-1)
+        return (token, torch.zeros(token.shape, device=token.device)) if logprobs else token
+    probs = filtered_scores(logits, params).softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
     u = torch.rand((cdf.shape[0], 1), device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
     # first index whose cumulative mass exceeds u: zero-probability (filtered) tokens are never drawn
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[1] - 1)
+    token = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(cdf.shape[1] - 1)
+    if not logprobs:
+        return token
+    return token, probs.gather(1, token.unsqueeze(1)).squeeze(1).log()
 
 
 @torch.no_grad()
@@ -52,9 +60,11 @@ def sample(
     params: SamplingParams,
     stop_ids: list[int],
     pad_id: int,
-) -> torch.Tensor:
+    logprobs: bool = False,
+):
     """New tokens ``[B, steps]`` for left-padded ``input_ids`` (``steps`` ≤ ``max_new_tokens``; rows that
-    stopped early are padded with ``pad_id`` after their stop token)."""
+    stopped early are padded with ``pad_id`` after their stop token); with ``logprobs`` also their fp32
+    log-probabilities ``[B, steps]``."""
     from transformers import StaticCache
 
     batch, width = input_ids.shape
@@ -71,9 +81,13 @@ def sample(
         input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1, **cache_arg
     ).logits[:, -1]
     position = position[:, -1:]
-    tokens = []
+    tokens, token_logprobs = [], []
     for step in range(params.max_new_tokens):
-        token = torch.where(unfinished, next_tokens(logits.float(), params), pad_id)
+        drawn = next_tokens(logits.float(), params, logprobs=logprobs)
+        if logprobs:
+            drawn, logprob = drawn
+            token_logprobs.append(logprob)
+        token = torch.where(unfinished, drawn, pad_id)
         tokens.append(token)
         unfinished &= ~torch.isin(token, stops)
         if not unfinished.any() or step == params.max_new_tokens - 1:
@@ -83,4 +97,6 @@ def sample(
         logits = model(
             input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position, use_cache=True, **cache_arg
         ).logits[:, -1]
+    if logprobs:
+        return torch.stack(tokens, dim=1), torch.stack(token_logprobs, dim=1)
     return torch.stack(tokens, dim=1)

@@ -1,9 +1,11 @@
 """Batched, KV-cached sampling with Hugging Face models: charlit's lean loop (:mod:`charlit.sampling.decode`)
-on fp32 CPU, Hugging Face ``generate`` elsewhere."""
+on fp32 CPU and for bf16 decoding (``precision``, :mod:`charlit.sampling.precision`), Hugging Face ``generate``
+elsewhere."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -12,8 +14,10 @@ from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
 from charlit.progress import progress
 from charlit.sampling import decode
-from charlit.sampling.base import SAMPLERS, Sampler, SamplingParams
+from charlit.sampling import precision as decode_precision
+from charlit.sampling.base import SAMPLERS, Sampler, SamplerSettings, SamplingParams
 from charlit.sampling.lean_lora import lean_adapters
+from charlit.settings import setting
 
 
 def end_token_ids(tokenizer, model=None) -> list[int]:
@@ -37,17 +41,57 @@ def trim_response(tokens: list[int], stop_ids: set[int]) -> list[int]:
     return tokens
 
 
+@dataclass
+class HFSamplerSettings(SamplerSettings):
+    precision: str = setting(
+        "auto",
+        choices=decode_precision.PRECISIONS,
+        help="weights an fp32 model decodes from: auto = bf16 only where timed faster on this CPU",
+    )
+
+
 @SAMPLERS.register("hf")
 class HFSampler(Sampler):
-    def __init__(self, tokenizer, batch_size: int = 16):
+    Config = HFSamplerSettings
+
+    def __init__(self, tokenizer, batch_size: int = 16, precision: str = "fp32"):
+        if precision not in decode_precision.PRECISIONS:
+            raise ValueError(f"sampler.precision={precision!r}; use one of {', '.join(decode_precision.PRECISIONS)}.")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.precision = precision
+        self._resolved: dict[int, str] = {}  # id(model) -> the precision auto chose for it
+
+    @classmethod
+    def from_config(cls, config, tokenizer) -> HFSampler:
+        return cls(tokenizer, batch_size=config.batch_size, precision=config.precision)
+
+    def decoding_precision(self, model) -> str:
+        """``bf16`` when ``model`` (fp32) decodes from bf16 copies of its linear weights, else ``fp32``; ``auto`` is
+        timed once per model on this machine (cached across runs)."""
+        if self.precision == "fp32" or next(model.parameters()).dtype != torch.float32:
+            return "fp32"
+        if self.precision == "bf16":
+            return "bf16"
+        if id(model) not in self._resolved:
+            choice = "fp32"
+            if decode_precision.fp32_cpu(model):
+                choice, _ = decode_precision.calibrate(model)
+            self._resolved[id(model)] = choice
+        return self._resolved[id(model)]
+
+    def off_policy(self, model) -> bool:
+        return self.decoding_precision(model) != "fp32"
 
     @contextmanager
     def decode_weights(self, model):
-        """The model as decoding runs it: on fp32 CPU linear layers through oneDNN and LoRA as lean layers
-        (merging would cost a weight copy per call); elsewhere merged LoRA weights."""
-        if onednn.active(model):
+        """The model as decoding runs it: bf16 copies of its linear layers when :meth:`decoding_precision` says so;
+        on fp32 CPU linear layers through oneDNN and LoRA as lean layers (merging would cost a weight copy per call);
+        elsewhere merged LoRA weights."""
+        if self.decoding_precision(model) == "bf16":
+            with decode_precision.bf16_linears(model):
+                yield model
+        elif onednn.active(model):
             with onednn.swapped_in(model), lean_adapters(model):
                 yield model
         else:
@@ -55,14 +99,17 @@ class HFSampler(Sampler):
                 yield model
 
     @torch.no_grad()
-    def generate(self, model, prompts, params: SamplingParams, *, seed=None, desc=None):
+    def generate(self, model, prompts, params: SamplingParams, *, seed=None, desc=None, logprobs: bool = False):
+        """Responses to ``prompts``; with ``logprobs`` ``(responses, per-token log-probabilities)``, each drawn token's
+        under the distribution it was drawn from (0 where greedy), aligned with its response."""
         stop_ids = end_token_ids(self.tokenizer, model)
         pad_id = self.tokenizer.pad_token_id
         device = next(model.parameters()).device
         chunks = [prompts[i : i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         bar = progress(chunks, desc or "generate", unit="batch", leave=False, show=len(chunks) > 1)
         out: list[list[int]] = []
-        lean = onednn.active(model)
+        out_logprobs: list[list[float]] = []
+        lean = onednn.active(model) or logprobs or self.decoding_precision(model) == "bf16"
         with (
             eval_mode(model),
             self.decode_weights(model),
@@ -78,8 +125,11 @@ class HFSampler(Sampler):
                     input_ids[row, width - len(ids) :] = torch.tensor(ids)
                     attention[row, width - len(ids) :] = 1
                 input_ids, attention = input_ids.to(device), attention.to(device)
+                drawn_logprobs = None
                 if lean:
-                    generated = decode.sample(model, input_ids, attention, params, stop_ids, pad_id)
+                    generated = decode.sample(model, input_ids, attention, params, stop_ids, pad_id, logprobs)
+                    if logprobs:
+                        generated, drawn_logprobs = generated
                 else:
                     sampling = params.temperature > 0
                     generated = model.generate(
@@ -94,6 +144,8 @@ class HFSampler(Sampler):
                         pad_token_id=pad_id,
                         use_cache=True,
                     )[:, width:]
-                for row in generated.tolist():
+                for i, row in enumerate(generated.tolist()):
                     out.append(trim_response(row, set(stop_ids)))
-        return out
+                    if drawn_logprobs is not None:
+                        out_logprobs.append(drawn_logprobs[i, : len(out[-1])].tolist())
+        return (out, out_logprobs) if logprobs else out

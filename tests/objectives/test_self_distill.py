@@ -215,5 +215,6 @@ def test_greedy_rollouts_decode_that_share_of_the_batch_greedily(monkeypatch):
 
     monkeypatch.setattr(objective.sampler, "generate", spy)
     prompts = ["How do I tie a knot?", "What is rain?", "Why is the sky blue?", "Name a fish."]
-    responses, _ = objective.sample(objective.student_contexts(prompts))
-    assert calls == [(2, 0.0), (2, objective.ctx.sampling.temperature)] and len(responses) == 4
+    rollouts = objective.sample(objective.student_contexts(prompts))
+    assert calls == [(2, 0.0), (2, objective.ctx.sampling.temperature)] and len(rollouts.responses) == 4
+    assert rollouts.logprobs is None  # fp32 decoding: exactly on-policy
