@@ -6,7 +6,8 @@ A step is timed from the trainer's step-begin hook to its step-end hook (forward
 generation included for on-policy cases); the first ``--warmup`` steps are dropped and the median of
 the rest is reported. Shared settings: the bundled SmolLM2-135M-Instruct in fp32 (``bf16=False``), LoRA
 r16/α32 on all linear layers, lr 5e-5, gradient checkpointing off for both (TRL turns it on by default;
-that would also disable the KV cache in GKD's generation), no evaluation, no checkpoint saving.
+that would also disable the KV cache in GKD's generation), no evaluation, no checkpoint saving. charlit's sampler
+is held at fp32 (``sampler.precision=fp32``) so both sides decode at the same precision.
 
 * DPO: 2 pairs per step from ``--dpo-pairs`` (conversational prompt/chosen/rejected), sigmoid loss, β 0.1,
   reference = the base with the LoRA adapter disabled (both frameworks). The default,
@@ -18,6 +19,12 @@ that would also disable the KV cache in GKD's generation), no evaluation, no che
   over the full vocabulary, λ 1 (every step on-policy). TRL's GKD scores with a separate teacher model
   (here a second copy of the same base, with the prompt as given); charlit's teacher is the same network
   with the adapter disabled and the constitution as a teacher-only system prompt (a longer context).
+
+* bf16 (run by default only where the CPU has native bf16, AMX or AVX512-BF16; ``--cases`` forces them):
+  ``charlit_gkd_bf16`` is the same on-policy step with ``trainer.precision=bf16-mixed`` (fp32 master weights,
+  autocast, fp32 accumulation in the fused loss) and ``sampler.precision=bf16`` (decoding from bf16 copies of the
+  weights, samples reweighted with truncated importance weights); ``trl_gkd_bf16`` is ``GKDTrainer`` with
+  ``bf16=True``.
 
 Usage: ``python benchmarks/bench_trl_step.py [--steps 5] [--cases charlit_dpo,trl_dpo,charlit_gkd,trl_gkd]
 [--dpo-pairs FILE|bundled]``
@@ -43,6 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 CASES = ("charlit_dpo", "trl_dpo", "charlit_gkd", "trl_gkd")
+BF16_CASES = ("charlit_gkd_bf16", "trl_gkd_bf16")
 LR, LORA_R, LORA_ALPHA = 5e-5, 16, 32
 DPO_PAIRS, GKD_PROMPTS, GKD_NEW_TOKENS = 2, 4, 64
 PIPELINE_PAIRS = REPO / "benchmarks" / "data" / "pirate_pairs_pipeline.jsonl"
@@ -94,7 +102,7 @@ def _charlit(method_overrides: list[str], steps: int) -> list[float]:
     return times
 
 
-def _trl_common(out_dir: str, steps: int, batch: int) -> dict:
+def _trl_common(out_dir: str, steps: int, batch: int, bf16: bool = False) -> dict:
     return dict(
         output_dir=out_dir,
         max_steps=steps,
@@ -102,7 +110,7 @@ def _trl_common(out_dir: str, steps: int, batch: int) -> dict:
         learning_rate=LR,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        bf16=False,
+        bf16=bf16,
         fp16=False,
         use_cpu=True,
         gradient_checkpointing=False,
@@ -114,7 +122,7 @@ def _trl_common(out_dir: str, steps: int, batch: int) -> dict:
     )
 
 
-def _trl(kind: str, steps: int, pairs: Path) -> list[float]:
+def _trl(kind: str, steps: int, pairs: Path, bf16: bool = False) -> list[float]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -167,7 +175,7 @@ def _trl(kind: str, steps: int, pairs: Path) -> list[float]:
                 ]
             )
             args = GKDConfig(
-                **_trl_common(out_dir, steps, GKD_PROMPTS),
+                **_trl_common(out_dir, steps, GKD_PROMPTS, bf16),
                 lmbda=1.0,
                 beta=1.0,
                 temperature=1.0,
@@ -192,9 +200,15 @@ def worker(case: str, steps: int, pairs: Path) -> dict:
         times = _charlit(
             ["method=dpo", f"data.path={pairs}", f"data.batch_size={DPO_PAIRS}", "data.max_length=1024"], steps
         )
-    elif case == "charlit_gkd":
+    elif case in ("charlit_gkd", "charlit_gkd_bf16"):
+        precision = (
+            ["sampler.precision=bf16", "trainer.precision=bf16-mixed"]
+            if case.endswith("bf16")
+            else ["sampler.precision=fp32"]
+        )
         times = _charlit(
             [
+                *precision,
                 "method=on_policy_distill",
                 "data=prompts",
                 "method.lmbda=1.0",
@@ -205,14 +219,14 @@ def worker(case: str, steps: int, pairs: Path) -> dict:
             ],
             steps,
         )
-    elif case in ("trl_dpo", "trl_gkd"):
+    elif case in ("trl_dpo", "trl_gkd", "trl_gkd_bf16"):
         try:
             import trl  # noqa: F401
         except ImportError:
             return {"case": case, "status": "skipped: pip install trl datasets"}
-        times = _trl(case.split("_")[1], steps, pairs)
+        times = _trl(case.split("_")[1], steps, pairs, bf16=case.endswith("bf16"))
     else:
-        raise ValueError(f"Unknown case {case!r}; choose from {', '.join(CASES)}.")
+        raise ValueError(f"Unknown case {case!r}; choose from {', '.join(CASES + BF16_CASES)}.")
     return {"case": case, "status": "ok", "step_times_s": times, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -220,7 +234,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="training steps per case (first --warmup dropped)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", help="comma-separated; default: the fp32 cases, plus bf16 where the CPU has it")
     parser.add_argument("--tag", default="trl_step")
     parser.add_argument(
         "--dpo-pairs", default=str(PIPELINE_PAIRS), help="JSONL of prompt/chosen/rejected, or 'bundled'"
@@ -231,9 +245,12 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.steps, pairs)), flush=True)
         return
+    sys.path.insert(0, str(REPO))  # the checkout's charlit, as the workers get it
+    from charlit.machine import describe_cpu, native_bf16
 
+    cases = args.cases.split(",") if args.cases else [*CASES, *(BF16_CASES if native_bf16() else ())]
     rows = []
-    for case in args.cases.split(","):
+    for case in cases:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", case, "--steps", str(args.steps), "--dpo-pairs", str(pairs)],
@@ -259,7 +276,7 @@ def main() -> None:
         )
 
     by_case = {r["case"]: r for r in rows}
-    for ours, theirs in (("charlit_dpo", "trl_dpo"), ("charlit_gkd", "trl_gkd")):
+    for ours, theirs in (("charlit_dpo", "trl_dpo"), ("charlit_gkd", "trl_gkd"), ("charlit_gkd_bf16", "trl_gkd_bf16")):
         a, b = by_case.get(ours, {}), by_case.get(theirs, {})
         if "median_step_s" in a and "median_step_s" in b:
             a["speedup_vs_trl"] = b["median_step_s"] / a["median_step_s"]
@@ -271,12 +288,17 @@ def main() -> None:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    sys.path.insert(0, str(REPO))  # the checkout's charlit, as the workers get it
-    from charlit.machine import describe_cpu
-
     lines = [
         f"CPU: {describe_cpu()} (speed-ups differ between processors: compare rows of one table)",
         "",
+        *(
+            []
+            if set(BF16_CASES) & set(cases)
+            else [
+                "bf16 cases not run: this CPU has no native bf16 (`--cases charlit_gkd_bf16,trl_gkd_bf16` forces them)",
+                "",
+            ]
+        ),
         "| case | median s/step | peak RSS MB | speed-up vs TRL | RSS vs TRL | status |",
         "|---|---|---|---|---|---|",
     ]
