@@ -8,8 +8,7 @@ import torch
 from charlit.models.tiny import tiny_model
 from charlit.sampling import decode
 from charlit.sampling.base import SamplingParams
-
-VOCAB, PAD = 300, 0
+from tests.sampling.helpers import PAD, VOCAB, left_padded
 
 
 def _filtered_reference(logits, temperature, top_k, top_p):
@@ -58,19 +57,9 @@ def test_filtered_tokens_are_never_drawn_and_greedy_is_argmax():
     ).tolist() == [1, 0]
 
 
-def _left_padded(prompts):
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), PAD)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    return ids, mask
-
-
 def test_greedy_matches_generate_and_rows_stop_on_their_own():
     model = tiny_model(VOCAB, seed=2).eval()
-    ids, mask = _left_padded([[5, 17, 33, 2, 9], [8, 1], [44, 45, 46]])
+    ids, mask = left_padded([[5, 17, 33, 2, 9], [8, 1], [44, 45, 46]])
     with torch.no_grad():
         reference = model.generate(
             input_ids=ids,

@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 from charlit.models.tiny import tiny_model
 from charlit.sampling import decode
 from charlit.sampling.base import SamplingParams
 from charlit.sampling.hf import HFSampler
 from charlit.sampling.precision import Bf16Linear, bf16_linears, calibrate
-
-VOCAB, PAD = 300, 0
-
-
-def _lora_model():
-    model = get_peft_model(tiny_model(VOCAB, seed=1), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    with torch.no_grad():  # peft initialises B = 0; make the adapter matter
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
-    return model.eval()
+from tests.sampling.helpers import PAD, VOCAB, left_padded, lora_model
 
 
 def test_bf16_linear_is_the_product_of_bf16_rounded_operands():
@@ -41,7 +30,7 @@ def test_bf16_linear_is_the_product_of_bf16_rounded_operands():
 
 
 def test_bf16_linears_merge_lora_and_restore_every_weight():
-    model = _lora_model()
+    model = lora_model()
     ids = torch.randint(1, VOCAB, (3, 7), generator=torch.Generator().manual_seed(3))
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     modules = dict(model.named_modules())
@@ -60,21 +49,11 @@ def test_bf16_linears_merge_lora_and_restore_every_weight():
     assert after.keys() == modules.keys() and all(after[k] is modules[k] for k in modules)
 
 
-def _left_padded(prompts):
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), PAD)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    return ids, mask
-
-
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_are_the_drawn_tokens_and_do_not_change_the_draws(temperature):
     model = tiny_model(VOCAB, seed=2).eval()
     prompts = [[5, 17, 33, 2, 9], [8, 1]]
-    ids, mask = _left_padded(prompts)
+    ids, mask = left_padded(prompts)
     params = SamplingParams(max_new_tokens=6, temperature=temperature)
     torch.manual_seed(7)
     plain = decode.sample(model, ids, mask, params, [VOCAB], PAD)
@@ -91,7 +70,7 @@ def test_logprobs_are_the_drawn_tokens_and_do_not_change_the_draws(temperature):
 
 def test_greedy_steps_report_zero():
     model = tiny_model(VOCAB, seed=2).eval()
-    ids, mask = _left_padded([[5, 17, 33]])
+    ids, mask = left_padded([[5, 17, 33]])
     _, logprobs = decode.sample(model, ids, mask, SamplingParams(max_new_tokens=4, temperature=0.0), [VOCAB], PAD, True)
     assert logprobs.abs().sum() == 0
 
@@ -101,7 +80,7 @@ class _Tokenizer:
 
 
 def test_bf16_sampler_returns_aligned_logprobs_close_to_the_fp32_model():
-    model = _lora_model()
+    model = lora_model()
     sampler = HFSampler(_Tokenizer(), batch_size=2, precision="bf16")
     assert sampler.off_policy(model)
     prompts = [[5, 17, 33, 2, 9], [8, 1], [44, 45, 46]]
