@@ -12,6 +12,12 @@ from charlit.teachers import TeacherOutput
 from tests.objectives.helpers import kl, tiny_objective
 
 
+@pytest.fixture(scope="module")
+def bf16_objective():
+    objective, _ = tiny_objective("self_distill", "sampler.precision=bf16", "method.greedy_rollouts=0")
+    return objective
+
+
 def _scored(lengths, vocab=7, width=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
     n = sum(lengths)
@@ -33,8 +39,9 @@ def _learner_logprobs(scored, responses):
 
 
 @pytest.mark.parametrize("through_token", [False, True])
-def test_weights_are_truncated_prefix_ratios_float64(through_token):
-    objective, _ = tiny_objective("self_distill", "sampler.precision=bf16", "method.importance_cap=2")
+def test_weights_are_truncated_prefix_ratios_float64(through_token, bf16_objective):
+    objective = bf16_objective
+    assert objective.config.importance_cap == 2.0
     responses = [[1, 2, 3, 4], [5, 6, 0], [3, 3]]
     scored = _scored([len(r) for r in responses])
     log_p = _learner_logprobs(scored, responses)
@@ -57,9 +64,8 @@ def test_weights_are_truncated_prefix_ratios_float64(through_token):
     assert metrics["sampler_logprob_gap"] == pytest.approx(sum(abs(d) for s in shifts if s for d in s) / 6, rel=1e-4)
 
 
-def test_on_policy_rollouts_get_no_weights():
-    objective, _ = tiny_objective("self_distill")
-    assert objective.off_policy_weights(_scored([3]), Rollouts([[1, 2, 3]], 0.0)) == (None, {})
+def test_on_policy_rollouts_get_no_weights(bf16_objective):
+    assert bf16_objective.off_policy_weights(_scored([3]), Rollouts([[1, 2, 3]], 0.0)) == (None, {})
 
 
 def test_every_loss_term_is_weighted_per_token_float64():
@@ -85,9 +91,8 @@ def test_every_loss_term_is_weighted_per_token_float64():
     assert abs(unweighted.item() - loss.item()) > 1e-3
 
 
-def test_a_bf16_step_reweights_its_samples():
-    objective, _ = tiny_objective("self_distill", "sampler.precision=bf16", "method.greedy_rollouts=0")
-    loss, metrics, _ = objective.compute_loss(["Tell me about the sea.", "How do I save money?"])
+def test_a_bf16_step_reweights_its_samples(bf16_objective):
+    loss, metrics, _ = bf16_objective.compute_loss(["Tell me about the sea.", "How do I save money?"])
     assert loss.requires_grad and 0 < metrics["sampler_logprob_gap"] < 0.1
     assert metrics["is_weight_mean"] == pytest.approx(1.0, abs=0.05)
 
