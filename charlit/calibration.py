@@ -2,9 +2,10 @@
 
 A fast path that wins on one processor can lose or tie on another (oneDNN's fp32 products are about 2x torch's
 default on the AMD EPYC machines this project met first, and equal on an Intel Sapphire Rapids), so a choice is
-never assumed: :func:`calibrated_choice` times each candidate a few times (median), keeps the default unless
-another is faster by more than ``margin``, and caches the answer in ``$CHARLIT_CACHE/calibration.json`` keyed by
-the CPU model, its fast-path flags, the threads, torch's version and the caller's shapes. The cache is advisory:
+never assumed: :func:`calibrated_choice` times each candidate a few times, alternating between them (median),
+keeps the default unless another is faster by more than ``margin``, and caches the answer in
+``$CHARLIT_CACHE/calibration.json`` keyed by the CPU model, its fast-path flags, the threads, torch's version and the
+caller's shapes. The cache is advisory:
 an unreadable or foreign entry is measured again, and a cache that cannot be written only costs a re-measure.
 """
 
@@ -55,15 +56,19 @@ def _write(path: Path, data: dict) -> None:
         pass  # a read-only cache: the next run measures again
 
 
-def time_candidate(run: Callable[[], None], repeats: int = 5) -> float:
-    """Median seconds of ``run()`` over ``repeats`` calls, after one warm-up call."""
-    run()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def time_candidates(candidates: dict[str, Callable[[], None]], repeats: int = 5) -> dict[str, float]:
+    """Median seconds of each candidate over ``repeats`` calls, after one warm-up call each. The calls alternate
+    between candidates (A B A B …), so load from other processes that comes or goes during the measurement falls on
+    every candidate alike instead of deciding the choice."""
+    for run in candidates.values():
         run()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def calibrated_choice(
@@ -85,7 +90,7 @@ def calibrated_choice(
     cached = _read(path).get(key)
     if isinstance(cached, dict) and cached.get("choice") in candidates:
         return cached["choice"], {**cached, "cached": True}
-    seconds = {option: time_candidate(run, repeats) for option, run in candidates.items()}
+    seconds = time_candidates(candidates, repeats)
     best = min(seconds, key=seconds.get)
     choice = best if seconds[best] < seconds[default] * (1 - margin) else default
     record = {"choice": choice, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -65,3 +65,11 @@ def test_decoding_follows_the_models_choice():
     assert onednn.active(model) == onednn.supported(model)
     onednn.set_active(model, False)
     assert not onednn.active(model)
+
+
+def test_candidates_are_timed_alternately_so_passing_load_hits_both():
+    from charlit.calibration import time_candidates
+
+    order = []
+    seconds = time_candidates({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3)
+    assert order == ["a", "b"] * 4 and set(seconds) == {"a", "b"}  # warm-ups, then a b a b a b
