@@ -14,7 +14,11 @@ if not torch.cuda.is_available():
 
 
 def compose(overrides=()):
-    """Compose conf/train.yaml the way train.py does."""
+    """Compose conf/train.yaml the way train.py does, decoding in fp32 unless the overrides say otherwise: with
+    ``sampler.precision=auto`` a test's samples would depend on the CPU it runs on (tests/sampling checks bf16)."""
+    overrides = list(overrides)
+    if not any(o.startswith(("sampler=", "sampler.precision=")) for o in overrides):
+        overrides.insert(0, "sampler.precision=fp32")
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
