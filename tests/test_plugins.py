@@ -259,6 +259,7 @@ def test_a_third_party_objective_teacher_sampler_data_kind_and_kernel_backend_tr
     assert bad.returncode == 2 and "charlit: error: method.scale=0 is out of range; it must be > 0" in bad.stderr
 
 
+@pytest.mark.slow  # generation and a training run, ~20 s: `make test-slow`
 def test_a_third_party_data_stage_generates_the_data_a_run_trains_on(plugin, tmp_path):
     run_dir = tmp_path / "run"
     proc, _ = _run(

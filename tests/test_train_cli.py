@@ -27,7 +27,7 @@ def _run(tmp_path, *overrides):
     return proc
 
 
-@pytest.mark.parametrize("method", ["sft", "self_distill"])
+@pytest.mark.parametrize("method", [pytest.param("sft", marks=pytest.mark.slow), "self_distill"])  # sft: ~20 s
 def test_tiny_run_writes_summary_and_hf_checkpoint(tmp_path, method):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -36,6 +36,7 @@ def _check(run_dir, method, teacher="self"):
     return summary
 
 
+@pytest.mark.slow  # a DPO run with validation, ~20 s (DPO's loss is tested in tests/objectives): `make test-slow`
 def test_dpo_cli_run_with_validation(tmp_path):
     cmd = [sys.executable, "train.py", "method=dpo", "data.path=bundled", *FAST, f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -47,6 +47,7 @@ def test_generate_refuses_a_variant_that_is_not_generated(tmp_path):
     assert proc.returncode == 2 and "data=prompts is not generated" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # two training stages and their data, ~25 s: `make test-slow`
 def test_pairs_introspection_recipe_runs_dpo_then_sft_on_data_from_the_dpo_model(tmp_path):
     cache = tmp_path / "cache"
     _run(
