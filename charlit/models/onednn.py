@@ -42,10 +42,15 @@ def _fp32_cpu(t: torch.Tensor) -> bool:
     return t.dtype == torch.float32 and t.device.type == "cpu"
 
 
+def fp32_cpu_model(model) -> bool:
+    """The model's weights are fp32 on the CPU (judged by its first parameter)."""
+    param = next(model.parameters(), None)
+    return param is not None and _fp32_cpu(param)
+
+
 def supported(model) -> bool:
     """fp32 on CPU, and the op is available."""
-    param = next(model.parameters(), None)
-    return param is not None and _fp32_cpu(param) and _op_available()
+    return fp32_cpu_model(model) and _op_available()
 
 
 def active(model) -> bool:

@@ -75,7 +75,7 @@ class HFSampler(Sampler):
             return "bf16"
         if id(model) not in self._resolved:
             choice = "fp32"
-            if decode_precision.fp32_cpu(model):
+            if onednn.fp32_cpu_model(model):
                 choice, _ = decode_precision.calibrate(model)
             self._resolved[id(model)] = choice
         return self._resolved[id(model)]

@@ -64,11 +64,6 @@ def bf16_linears(model):
                 setattr(parent, name, child)
 
 
-def fp32_cpu(model) -> bool:
-    weight = next(model.parameters(), None)
-    return weight is not None and weight.dtype == torch.float32 and weight.device.type == "cpu"
-
-
 def calibrate(model, path=None) -> tuple[str, dict]:
     """``(precision, record)``: time the model's distinct linear shapes at :data:`DECODE_ROWS` rows through the fp32
     path decoding would take (oneDNN where the model uses it) and from bf16 copies; ``bf16`` only when faster."""
