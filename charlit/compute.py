@@ -27,7 +27,7 @@ from functools import partial
 
 import torch
 
-from charlit.models.heads import _unwrap
+from charlit.models.heads import _unwrap, checkpointing_on
 from charlit.sampling.base import Sampler
 
 PHASES = ("data_generation", "sampling", "scoring", "train", "validation")
@@ -71,10 +71,7 @@ class Network:
         self.n_params, self.n_trainable, self.n_adapter = param_counts(model)
         base = _unwrap(model)
         self.probe = next((m for m in base.modules() if hasattr(m, "lora_A")), None)
-        checkpointing = getattr(base, "is_activation_checkpointing", None)
-        if checkpointing is None:
-            checkpointing = getattr(base, "is_gradient_checkpointing", False)
-        self.recompute = bool(checkpointing)
+        self.recompute = checkpointing_on(base)
 
     def flops(self, tokens: int, trained: bool) -> float:
         off = self.probe is not None and (self.probe.disable_adapters or self.probe.merged)

@@ -16,6 +16,17 @@ def _unwrap(model):
     return get_base() if callable(get_base) else model
 
 
+def checkpointing_on(model) -> bool:
+    """Whether activation checkpointing is on in ``model`` (or the model a peft wrapper holds). Reads
+    ``is_activation_checkpointing`` where transformers has it, the deprecated ``is_gradient_checkpointing`` in
+    releases before it."""
+    base = _unwrap(model)
+    on = getattr(base, "is_activation_checkpointing", None)
+    if on is None:
+        on = getattr(base, "is_gradient_checkpointing", False)
+    return bool(on)
+
+
 @functools.cache
 def _cache_argument(cls: type) -> str:
     """The keyword ``cls.forward`` takes a KV cache under: ``cache`` in transformers releases that renamed it

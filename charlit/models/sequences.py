@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from charlit.kernels import fused_linear_logprobs
-from charlit.models.heads import PrefixKV, _unwrap, cache_kwargs, final_hidden, lm_head, output_cache
+from charlit.models.heads import PrefixKV, _unwrap, cache_kwargs, checkpointing_on, final_hidden, lm_head, output_cache
 
 
 def right_pad(sequences: list[list[int]], pad_id: int, width: int | None = None):
@@ -105,10 +105,7 @@ def shared_context_hidden(
     """
     flat = [r for group in response_groups for r in group]
     base = _unwrap(model)
-    checkpointing = getattr(base, "is_activation_checkpointing", None)
-    if checkpointing is None:
-        checkpointing = getattr(base, "is_gradient_checkpointing", False)
-    if checkpointing and model.training:
+    if checkpointing_on(base) and model.training:
         return response_hidden(model, contexts * len(response_groups), flat, pad_id)
     if any(len(group) != len(contexts) for group in response_groups):
         raise ValueError(f"{len(contexts)} contexts but response groups of sizes {[len(g) for g in response_groups]}.")
