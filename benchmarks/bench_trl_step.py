@@ -7,7 +7,10 @@ generation included for on-policy cases); the first ``--warmup`` steps are dropp
 the rest is reported. Shared settings: the bundled SmolLM2-135M-Instruct in fp32 (``bf16=False``), LoRA
 r16/α32 on all linear layers, lr 5e-5, gradient checkpointing off for both (TRL turns it on by default;
 that would also disable the KV cache in GKD's generation), no evaluation, no checkpoint saving. charlit's sampler
-is held at fp32 (``sampler.precision=fp32``) so both sides decode at the same precision.
+is held at fp32 (``sampler.precision=fp32``) so both sides decode at the same precision; ``charlit_gkd_auto`` is the
+same step at charlit's default ``sampler.precision=auto`` (decoding from bf16 copies of the weights, with truncated
+importance weights on the loss, where a timing on this machine says bf16 is faster; the learner stays fp32),
+compared with the same fp32 TRL step: what a user of each tool gets without changing a setting.
 
 * DPO: 2 pairs per step from ``--dpo-pairs`` (conversational prompt/chosen/rejected), sigmoid loss, β 0.1,
   reference = the base with the LoRA adapter disabled (both frameworks). The default,
@@ -49,19 +52,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-CASES = ("charlit_dpo", "trl_dpo", "charlit_gkd", "trl_gkd")
+CASES = ("charlit_dpo", "trl_dpo", "charlit_gkd", "charlit_gkd_auto", "trl_gkd")
 BF16_CASES = ("charlit_gkd_bf16", "trl_gkd_bf16")
 LR, LORA_R, LORA_ALPHA = 5e-5, 16, 32
 DPO_PAIRS, GKD_PROMPTS, GKD_NEW_TOKENS = 2, 4, 64
 PIPELINE_PAIRS = REPO / "benchmarks" / "data" / "pirate_pairs_pipeline.jsonl"
 BUNDLED_PAIRS = REPO / "charlit" / "data" / "pairs" / "pirate.jsonl"
+GKD_PRECISION = {
+    "charlit_gkd": ["sampler.precision=fp32"],
+    "charlit_gkd_auto": ["sampler.precision=auto"],
+    "charlit_gkd_bf16": ["sampler.precision=bf16", "trainer.precision=bf16-mixed"],
+}
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _charlit(method_overrides: list[str], steps: int) -> list[float]:
+def _charlit(method_overrides: list[str], steps: int) -> tuple[list[float], str]:
+    """Step times, and the precision the objective's sampler decoded in."""
     import lightning as L
     from hydra import compose, initialize_config_dir
 
@@ -99,7 +108,7 @@ def _charlit(method_overrides: list[str], steps: int) -> list[float]:
         logger=False, enable_checkpointing=False, callbacks=[StepTimer()], **{k: v for k, v in cfg.trainer.items()}
     )
     trainer.fit(objective, datamodule=datamodule)
-    return times
+    return times, ("bf16" if objective.sampler.off_policy(objective.policy) else "fp32")
 
 
 def _trl_common(out_dir: str, steps: int, batch: int, bf16: bool = False) -> dict:
@@ -196,19 +205,15 @@ def _trl(kind: str, steps: int, pairs: Path, bf16: bool = False) -> list[float]:
 
 
 def worker(case: str, steps: int, pairs: Path) -> dict:
+    status = "ok"
     if case == "charlit_dpo":
-        times = _charlit(
+        times, _ = _charlit(
             ["method=dpo", f"data.path={pairs}", f"data.batch_size={DPO_PAIRS}", "data.max_length=1024"], steps
         )
-    elif case in ("charlit_gkd", "charlit_gkd_bf16"):
-        precision = (
-            ["sampler.precision=bf16", "trainer.precision=bf16-mixed"]
-            if case.endswith("bf16")
-            else ["sampler.precision=fp32"]
-        )
-        times = _charlit(
+    elif case in GKD_PRECISION:
+        times, decoded = _charlit(
             [
-                *precision,
+                *GKD_PRECISION[case],
                 "method=on_policy_distill",
                 "data=prompts",
                 "method.lmbda=1.0",
@@ -219,6 +224,7 @@ def worker(case: str, steps: int, pairs: Path) -> dict:
             ],
             steps,
         )
+        status = f"ok, decoded in {decoded}"
     elif case in ("trl_dpo", "trl_gkd", "trl_gkd_bf16"):
         try:
             import trl  # noqa: F401
@@ -227,7 +233,7 @@ def worker(case: str, steps: int, pairs: Path) -> dict:
         times = _trl(case.split("_")[1], steps, pairs, bf16=case.endswith("bf16"))
     else:
         raise ValueError(f"Unknown case {case!r}; choose from {', '.join(CASES + BF16_CASES)}.")
-    return {"case": case, "status": "ok", "step_times_s": times, "peak_rss_mb": _peak_rss_mb()}
+    return {"case": case, "status": status, "step_times_s": times, "peak_rss_mb": _peak_rss_mb()}
 
 
 def main() -> None:
@@ -276,7 +282,13 @@ def main() -> None:
         )
 
     by_case = {r["case"]: r for r in rows}
-    for ours, theirs in (("charlit_dpo", "trl_dpo"), ("charlit_gkd", "trl_gkd"), ("charlit_gkd_bf16", "trl_gkd_bf16")):
+    pairs_compared = (
+        ("charlit_dpo", "trl_dpo"),
+        ("charlit_gkd", "trl_gkd"),
+        ("charlit_gkd_auto", "trl_gkd"),
+        ("charlit_gkd_bf16", "trl_gkd_bf16"),
+    )
+    for ours, theirs in pairs_compared:
         a, b = by_case.get(ours, {}), by_case.get(theirs, {})
         if "median_step_s" in a and "median_step_s" in b:
             a["speedup_vs_trl"] = b["median_step_s"] / a["median_step_s"]
