@@ -224,6 +224,7 @@ def _cell(value) -> str:
 COLUMNS = (
     ("arm", "arm"),
     ("evaluated", "jobs"),
+    ("personas", "personas"),
     ("flops", "training FLOPs"),
     ("ood_gated", "OOD gated range"),
     ("ood_raw", "OOD raw range"),
@@ -243,11 +244,8 @@ def markdown(table: list[dict]) -> str:
     lines += ["| " + " | ".join(_cell(row[key]) for key, _ in COLUMNS) + " |" for row in table]
     if table:
         bare = table[0]
-        lines.append(
-            "| bare base | | | 0 | 0 | 0 | 0 | 0 | 0 | "
-            + " | ".join(_cell(bare[f"{c}_bare"]) for c in ("looping_ood_greedy", *CAPABILITY))
-            + " |"
-        )
+        cells = ["0" if key in RANGES else _cell(bare.get(f"{key}_bare", "")) for key, _ in COLUMNS[1:]]
+        lines.append("| bare base | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -371,6 +369,11 @@ def write_study(rows: list[dict], sweep_dir: Path, out_dir: Path) -> dict | None
     if not jobs:
         return None
     table = arm_table(jobs)
+    personas = sorted({str(j["persona"]) for j in jobs})
+    # Pooled rows mix personas wherever arms cover different ones; one table per persona compares like with like.
+    by_persona = (
+        {p: arm_table([j for j in jobs if str(j["persona"]) == p]) for p in personas} if len(personas) > 1 else {}
+    )
     flat = [_flat(row) for row in table]
     with open(out_dir / "study.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(flat[0]))
@@ -386,7 +389,16 @@ def write_study(rows: list[dict], sweep_dir: Path, out_dir: Path) -> dict | None
         "Persona figures: share of the bare→prompted range (0 = bare base, 1 = constitution-prompted base) from the "
         "likelihood judge, coherence-gated unless marked raw, pooled over personas, seeds and prompts with 95% "
         "bootstrap intervals; other numbers: mean ± 95% half-width over jobs and prompts "
-        "(`charlit/sweeps/study.py`).\n\n" + markdown(table) + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
+        "(`charlit/sweeps/study.py`).\n\n"
+        + markdown(table)
+        + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
+        + "".join(f"\n## Persona `{p}` alone\n\n" + markdown(rows) for p, rows in by_persona.items())
     )
     (out_dir / "study.md").write_text(text)
-    return {"table": table, "markdown": out_dir / "study.md", "csv": out_dir / "study.csv", "plots": plots}
+    return {
+        "table": table,
+        "by_persona": by_persona,
+        "markdown": out_dir / "study.md",
+        "csv": out_dir / "study.csv",
+        "plots": plots,
+    }

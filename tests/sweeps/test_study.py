@@ -129,7 +129,15 @@ def test_a_sweep_over_arms_writes_the_study_table_curves_and_pareto_plot(tmp_pat
     assert (table["oct"]["jobs"], table["oct"]["evaluated"], table["dpo"]["evaluated"]) == (5, 4, 0)
     assert table["oct"]["kl_to_base"]["mean"] == pytest.approx(0.1) and table["oct"]["kl_to_base_bare"] == 0.0
     text = result["study"]["markdown"].read_text()
-    assert "| oct | 4 | 120.000 ± 0.000 | 1.00 [1.00, 1.00] |" in text
+    assert "| oct | 4 | pirate,stoic | 120.000 ± 0.000 | 1.00 [1.00, 1.00] |" in text
+    header, _, *body = text.split("\n\n")[2].splitlines()
+    assert body[-1].startswith("| bare base |") and body[-1].count("|") == header.count("|")
+    # one table per persona beside the pooled one; the pirate-only DPO job is in pirate's alone
+    by_persona = {p: {row["arm"]: row for row in rows} for p, rows in result["study"]["by_persona"].items()}
+    assert set(by_persona) == {"pirate", "stoic"} and set(by_persona["stoic"]) == {"self_distill", "oct"}
+    assert by_persona["stoic"]["self_distill"]["ood_gated"]["mean"] == pytest.approx(0.5)
+    assert (by_persona["pirate"]["oct"]["jobs"], by_persona["stoic"]["oct"]["jobs"]) == (3, 2)
+    assert "## Persona `pirate` alone" in text and "## Persona `stoic` alone" in text
     assert "study.md" in result["markdown"].read_text()
     assert {p.name for p in result["study"]["plots"]} == {"study_curves.png", "study_pareto.png"}
     assert all(p.stat().st_size > 1000 for p in result["study"]["plots"])
