@@ -4,7 +4,8 @@ A fast path that wins on one processor can lose or tie on another (oneDNN's fp32
 default on the AMD EPYC machines this project met first, and equal on an Intel Sapphire Rapids), so a choice is
 never assumed: :func:`calibrated_choice` times each candidate a few times, alternating between them (median),
 keeps the default unless another is faster by more than ``margin``, and caches the answer in
-``$CHARLIT_CACHE/calibration.json`` keyed by the CPU model, its fast-path flags, the threads, torch's version and the
+``$CHARLIT_CACHE/calibration.json`` keyed by the CPU model and cpuid (family, model, stepping: virtual machines
+may report one name for several processor generations), its fast-path flags, the threads, torch's version and the
 caller's shapes. The cache is advisory:
 an unreadable or foreign entry is measured again, and a cache that cannot be written only costs a re-measure.
 """
@@ -32,7 +33,13 @@ def cache_path() -> Path:
 
 def machine_key() -> dict:
     cpu = cpu_summary()
-    return {"cpu": cpu["model"], "flags": cpu["flags"], "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {
+        "cpu": cpu["model"],
+        "cpuid": cpu["cpuid"],
+        "flags": cpu["flags"],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def _key(name: str, shapes) -> str:

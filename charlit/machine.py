@@ -13,8 +13,10 @@ FAST_PATH_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_til
 
 
 def cpu_summary(cpuinfo: str | None = None) -> dict:
-    """``{"model", "cores", "flags"}``: the CPU model name, the cores this process may use, and which of
-    :data:`FAST_PATH_FLAGS` the CPU has; ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when None)."""
+    """``{"model", "cpuid", "cores", "flags"}``: the CPU model name, its family/model/stepping (``25.1.1``; virtual
+    machines often report a bare "AMD EPYC" for processors of different generations), the cores this process may
+    use, and which of :data:`FAST_PATH_FLAGS` the CPU has; ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when
+    None)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -27,6 +29,7 @@ def cpu_summary(cpuinfo: str | None = None) -> dict:
     present = set(fields.get("flags", "").split())
     return {
         "model": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpuid": ".".join(fields[k] for k in ("cpu family", "model", "stepping") if fields.get(k)),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "flags": [f for f in FAST_PATH_FLAGS if f in present],
     }
@@ -39,6 +42,7 @@ def native_bf16(summary: dict | None = None) -> bool:
 
 
 def describe_cpu(summary: dict | None = None) -> str:
-    """One line for a results file: ``AMD EPYC 9B14, 2 cores, avx2 fma avx512f``."""
+    """One line for a results file: ``AMD EPYC (cpuid 25.1.1), 2 cores, avx2 fma``."""
     s = summary or cpu_summary()
-    return f"{s['model']}, {s['cores']} cores, {' '.join(s['flags']) or 'no AVX2/AVX-512/AMX'}"
+    cpuid = f" (cpuid {s['cpuid']})" if s.get("cpuid") else ""
+    return f"{s['model']}{cpuid}, {s['cores']} cores, {' '.join(s['flags']) or 'no AVX2/AVX-512/AMX'}"
