@@ -24,10 +24,11 @@ compared with the same fp32 TRL step: what a user of each tool gets without chan
   with the adapter disabled and the constitution as a teacher-only system prompt (a longer context).
 
 * bf16 (run by default only where the CPU has native bf16, AMX or AVX512-BF16; ``--cases`` forces them):
-  ``charlit_gkd_bf16`` is the same on-policy step with ``trainer.precision=bf16-mixed`` (fp32 master weights,
-  autocast, fp32 accumulation in the fused loss) and ``sampler.precision=bf16`` (decoding from bf16 copies of the
-  weights, samples reweighted with truncated importance weights); ``trl_gkd_bf16`` is ``GKDTrainer`` with
-  ``bf16=True``.
+  ``charlit_dpo_bf16`` is the DPO step with ``trainer.precision=bf16-mixed`` (fp32 master weights, autocast, fp32
+  accumulation in the fused loss) against ``trl_dpo_bf16`` (``DPOTrainer`` with ``bf16=True``);
+  ``charlit_gkd_bf16`` is the on-policy step with ``trainer.precision=bf16-mixed`` and ``sampler.precision=bf16``
+  (decoding from bf16 copies of the weights, samples reweighted with truncated importance weights) against
+  ``trl_gkd_bf16`` (``GKDTrainer`` with ``bf16=True``).
 
 Usage: ``python benchmarks/bench_trl_step.py [--steps 5] [--cases charlit_dpo,trl_dpo,charlit_gkd,trl_gkd]
 [--dpo-pairs FILE|bundled]``
@@ -53,7 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 CASES = ("charlit_dpo", "trl_dpo", "charlit_gkd", "charlit_gkd_auto", "trl_gkd")
-BF16_CASES = ("charlit_gkd_bf16", "trl_gkd_bf16")
+BF16_CASES = ("charlit_dpo_bf16", "trl_dpo_bf16", "charlit_gkd_bf16", "trl_gkd_bf16")
 LR, LORA_R, LORA_ALPHA = 5e-5, 16, 32
 DPO_PAIRS, GKD_PROMPTS, GKD_NEW_TOKENS = 2, 4, 64
 PIPELINE_PAIRS = REPO / "benchmarks" / "data" / "pirate_pairs_pipeline.jsonl"
@@ -206,9 +207,11 @@ def _trl(kind: str, steps: int, pairs: Path, bf16: bool = False) -> list[float]:
 
 def worker(case: str, steps: int, pairs: Path) -> dict:
     status = "ok"
-    if case == "charlit_dpo":
+    if case in ("charlit_dpo", "charlit_dpo_bf16"):
+        precision = ["trainer.precision=bf16-mixed"] if case.endswith("bf16") else []
         times, _ = _charlit(
-            ["method=dpo", f"data.path={pairs}", f"data.batch_size={DPO_PAIRS}", "data.max_length=1024"], steps
+            ["method=dpo", f"data.path={pairs}", f"data.batch_size={DPO_PAIRS}", "data.max_length=1024", *precision],
+            steps,
         )
     elif case in GKD_PRECISION:
         times, decoded = _charlit(
@@ -225,7 +228,7 @@ def worker(case: str, steps: int, pairs: Path) -> dict:
             steps,
         )
         status = f"ok, decoded in {decoded}"
-    elif case in ("trl_dpo", "trl_gkd", "trl_gkd_bf16"):
+    elif case in ("trl_dpo", "trl_gkd", "trl_dpo_bf16", "trl_gkd_bf16"):
         try:
             import trl  # noqa: F401
         except ImportError:
@@ -286,6 +289,7 @@ def main() -> None:
         ("charlit_dpo", "trl_dpo"),
         ("charlit_gkd", "trl_gkd"),
         ("charlit_gkd_auto", "trl_gkd"),
+        ("charlit_dpo_bf16", "trl_dpo_bf16"),
         ("charlit_gkd_bf16", "trl_gkd_bf16"),
     )
     for ours, theirs in pairs_compared:
@@ -307,7 +311,7 @@ def main() -> None:
             []
             if set(BF16_CASES) & set(cases)
             else [
-                "bf16 cases not run: this CPU has no native bf16 (`--cases charlit_gkd_bf16,trl_gkd_bf16` forces them)",
+                "bf16 cases not run: this CPU has no native bf16 (`--cases` with the `_bf16` cases forces them)",
                 "",
             ]
         ),

@@ -13,6 +13,7 @@ an unreadable or foreign entry is measured again, and a cache that cannot be wri
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +27,10 @@ CACHE_NAME = "calibration.json"
 
 
 def cache_path() -> Path:
+    """``$CHARLIT_CALIBRATION`` when set (a file of its own, e.g. per cluster node or a scratch one that forces
+    re-measuring), else ``$CHARLIT_CACHE/calibration.json``."""
+    if os.environ.get("CHARLIT_CALIBRATION"):
+        return Path(os.environ["CHARLIT_CALIBRATION"]).expanduser()
     from charlit.models.bundled import cache_root
 
     return cache_root() / CACHE_NAME

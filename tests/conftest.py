@@ -13,6 +13,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def scratch_calibration_cache(tmp_path_factory):
+    """Calibrations that tests trigger (tiny models, tiny shapes; in train.py subprocesses too) go to a scratch
+    file, not the user's ``~/.cache/charlit/calibration.json``."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("calibration") / "calibration.json"
+        patch.setenv("CHARLIT_CALIBRATION", str(path))
+        yield path
+
+
 def compose(overrides=()):
     """Compose conf/train.yaml the way train.py does, decoding in fp32 unless the overrides say otherwise: with
     ``sampler.precision=auto`` a test's samples would depend on the CPU it runs on (tests/sampling checks bf16)."""

@@ -129,8 +129,11 @@ class _LinearFn(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` through oneDNN for fp32 CPU tensors (differentiable in x, weight and bias)."""
-    if not (_fp32_cpu(x) and _fp32_cpu(weight) and (bias is None or _fp32_cpu(bias))):
+    """``F.linear`` through oneDNN for fp32 CPU tensors (differentiable in x, weight and bias). Under CPU autocast
+    (``trainer.precision=bf16-mixed``) ``F.linear`` runs instead, so the product is autocast's lower precision."""
+    if torch.is_autocast_enabled("cpu") or not (
+        _fp32_cpu(x) and _fp32_cpu(weight) and (bias is None or _fp32_cpu(bias))
+    ):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
