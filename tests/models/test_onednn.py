@@ -69,6 +69,18 @@ def test_frozen_weight_gets_no_gradient_and_no_saved_input():
     assert torch.allclose(x.grad, w.sum(0).expand(3, 5), atol=1e-6)
 
 
+def test_autocast_gets_its_lower_precision_product():
+    """Under CPU autocast (``trainer.precision=bf16-mixed``) the product is autocast's bf16 one, not oneDNN's fp32."""
+    x, w = torch.randn(6, 32, requires_grad=True), torch.randn(16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = onednn.linear(x, w)
+    assert y.dtype == torch.bfloat16
+    exact = (x.double() @ w.double().t()).float()
+    assert torch.allclose(y.float(), exact, rtol=0.05, atol=0.05) and not torch.equal(y.float(), exact)
+    y.float().sum().backward()
+    assert torch.allclose(x.grad, w.sum(0).expand(6, 32), rtol=0.02, atol=0.05)
+
+
 def test_accelerate_keeps_names_and_state_dict_and_trains_the_same():
     import copy
 
