@@ -52,6 +52,28 @@ def next_tokens(logits: torch.Tensor, params: SamplingParams, logprobs: bool = F
     return token, probs.gather(1, token.unsqueeze(1)).squeeze(1).log()
 
 
+class HFForward:
+    """A transformers model's KV-cached forward over ``slots`` preallocated cache slots (``StaticCache``), called as
+    ``(input_ids [B, T], mask [B, slots], positions [B, T], start) -> fp32 logits [B, V]`` of the last position."""
+
+    def __init__(self, model, slots: int):
+        from transformers import StaticCache
+
+        self.model = model
+        self.cache_arg = cache_kwargs(model, StaticCache(config=model.config, max_cache_len=slots))
+
+    def __call__(self, input_ids, mask, positions, start: int) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **self.cache_arg,
+        )
+        return out.logits[:, -1]
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -64,22 +86,18 @@ def sample(
 ):
     """New tokens ``[B, steps]`` for left-padded ``input_ids`` (``steps`` ≤ ``max_new_tokens``; rows that
     stopped early are padded with ``pad_id`` after their stop token); with ``logprobs`` also their fp32
-    log-probabilities ``[B, steps]``."""
-    from transformers import StaticCache
-
+    log-probabilities ``[B, steps]``. ``model`` is a transformers model, or a decoder with its own cached forward
+    (``kv_forward(slots)``, e.g. :class:`charlit.sampling.fused_llama.FusedLlama`)."""
     batch, width = input_ids.shape
     device = input_ids.device
     slots = width + params.max_new_tokens
+    forward = model.kv_forward(slots) if hasattr(model, "kv_forward") else HFForward(model, slots)
     mask = torch.zeros((batch, slots), dtype=attention_mask.dtype, device=device)  # unwritten slots masked
     mask[:, :width] = attention_mask
     position = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
-    cache = StaticCache(config=model.config, max_cache_len=slots)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-    cache_arg = cache_kwargs(model, cache)
-    logits = model(
-        input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1, **cache_arg
-    ).logits[:, -1]
+    logits = forward(input_ids, mask, position, 0)
     position = position[:, -1:]
     tokens, token_logprobs = [], []
     for step in range(params.max_new_tokens):
@@ -94,9 +112,7 @@ def sample(
             break
         mask[:, width + step] = 1
         position = position + 1
-        logits = model(
-            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position, use_cache=True, **cache_arg
-        ).logits[:, -1]
+        logits = forward(token.unsqueeze(1), mask, position, width + step)
     if logprobs:
         return torch.stack(tokens, dim=1), torch.stack(token_logprobs, dim=1)
     return torch.stack(tokens, dim=1)

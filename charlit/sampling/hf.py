@@ -1,6 +1,6 @@
 """Batched, KV-cached sampling with Hugging Face models: charlit's lean loop (:mod:`charlit.sampling.decode`)
-on fp32 CPU and for bf16 decoding (``precision``, :mod:`charlit.sampling.precision`), Hugging Face ``generate``
-elsewhere."""
+on fp32 CPU and for bf16 decoding (``precision``, :mod:`charlit.sampling.precision`), through the fused Llama forward
+where it applies (``fused``, :mod:`charlit.sampling.fused_llama`); Hugging Face ``generate`` elsewhere."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from charlit.models import onednn
 from charlit.models.lora_merge import merged_lora
 from charlit.models.modes import eval_mode
 from charlit.progress import progress
-from charlit.sampling import decode
+from charlit.sampling import decode, fused_llama
 from charlit.sampling import precision as decode_precision
 from charlit.sampling.base import SAMPLERS, Sampler, SamplerSettings, SamplingParams
 from charlit.sampling.lean_lora import lean_adapters
@@ -48,23 +49,25 @@ class HFSamplerSettings(SamplerSettings):
         choices=decode_precision.PRECISIONS,
         help="weights an fp32 model decodes from: auto = bf16 only where timed faster on this CPU",
     )
+    fused: bool = setting(True, help="decode Llama-family models on the CPU through charlit's fused forward")
 
 
 @SAMPLERS.register("hf")
 class HFSampler(Sampler):
     Config = HFSamplerSettings
 
-    def __init__(self, tokenizer, batch_size: int = 16, precision: str = "fp32"):
+    def __init__(self, tokenizer, batch_size: int = 16, precision: str = "fp32", fused: bool = True):
         if precision not in decode_precision.PRECISIONS:
             raise ValueError(f"sampler.precision={precision!r}; use one of {', '.join(decode_precision.PRECISIONS)}.")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.precision = precision
+        self.fused = fused
         self._resolved: dict[int, str] = {}  # id(model) -> the precision auto chose for it
 
     @classmethod
     def from_config(cls, config, tokenizer) -> HFSampler:
-        return cls(tokenizer, batch_size=config.batch_size, precision=config.precision)
+        return cls(tokenizer, batch_size=config.batch_size, precision=config.precision, fused=config.fused)
 
     def decoding_precision(self, model) -> str:
         """``bf16`` when ``model`` (fp32) decodes from bf16 copies of its linear weights, else ``fp32``; ``auto`` is
@@ -98,6 +101,22 @@ class HFSampler(Sampler):
             with merged_lora(model):
                 yield model
 
+    def fused_decoding(self, model) -> bool:
+        return self.fused and fused_llama.supports(model)
+
+    @contextmanager
+    def decoder(self, model):
+        """What decoding runs: a :class:`~charlit.sampling.fused_llama.FusedLlama` copy of ``model`` (LoRA merged,
+        products at :meth:`decoding_precision`) where it reproduces the model, else ``model`` itself inside
+        :meth:`decode_weights`."""
+        if not self.fused_decoding(model):
+            with self.decode_weights(model):
+                yield model
+            return
+        bf16 = self.decoding_precision(model) == "bf16"
+        linear = onednn.linear if onednn.active(model) and not bf16 else F.linear
+        yield fused_llama.FusedLlama(model, torch.bfloat16 if bf16 else torch.float32, linear)
+
     @torch.no_grad()
     def generate(self, model, prompts, params: SamplingParams, *, seed=None, desc=None, logprobs: bool = False):
         """Responses to ``prompts``; with ``logprobs`` ``(responses, per-token log-probabilities)``, each drawn token's
@@ -109,10 +128,12 @@ class HFSampler(Sampler):
         bar = progress(chunks, desc or "generate", unit="batch", leave=False, show=len(chunks) > 1)
         out: list[list[int]] = []
         out_logprobs: list[list[float]] = []
-        lean = onednn.active(model) or logprobs or self.decoding_precision(model) == "bf16"
+        lean = (
+            self.fused_decoding(model) or onednn.active(model) or logprobs or self.decoding_precision(model) == "bf16"
+        )
         with (
             eval_mode(model),
-            self.decode_weights(model),
+            self.decoder(model) as runner,
             torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]),
         ):
             if seed is not None:
@@ -127,7 +148,7 @@ class HFSampler(Sampler):
                 input_ids, attention = input_ids.to(device), attention.to(device)
                 drawn_logprobs = None
                 if lean:
-                    generated = decode.sample(model, input_ids, attention, params, stop_ids, pad_id, logprobs)
+                    generated = decode.sample(runner, input_ids, attention, params, stop_ids, pad_id, logprobs)
                     if logprobs:
                         generated, drawn_logprobs = generated
                 else:

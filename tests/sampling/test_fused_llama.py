@@ -1,0 +1,88 @@
+"""The fused Llama decoding forward: the float64 model's logits at every step, generate's greedy tokens, LoRA
+merged without touching the model, bf16 products, and a fallback for architectures it does not reproduce."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from charlit.models.tiny import tiny_model
+from charlit.sampling import decode
+from charlit.sampling.base import SamplingParams
+from charlit.sampling.fused_llama import FusedLlama, supports
+from tests.sampling.helpers import PAD, VOCAB, left_padded, lora_model
+
+PROMPTS = [[5, 17, 33, 2, 9], [8, 1], [44, 45, 46]]
+
+
+def _reference_logits(model, ids, mask) -> torch.Tensor:
+    """Last-position logits of a float64 copy of ``model`` over the whole sequence, no cache."""
+    exact = copy.deepcopy(model).double()
+    with torch.no_grad():
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        return exact(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_every_steps_logits_match_the_float64_model(bias):
+    model = get_peft_model(tiny_model(VOCAB, seed=3, attention_bias=bias), LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or (bias and name.endswith("bias")):
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    model.eval()
+    ids, mask = left_padded(PROMPTS)
+    forward = FusedLlama(model).kv_forward(ids.shape[1] + 4)
+    slots = torch.zeros((3, ids.shape[1] + 4), dtype=torch.long)
+    slots[:, : ids.shape[1]] = mask
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    logits = forward(ids, slots, positions, 0)
+    for step in range(4):
+        expected = _reference_logits(model, ids, mask)
+        assert torch.allclose(logits.double(), expected, atol=1e-5), (step, (logits.double() - expected).abs().max())
+        token = expected.argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+        slots[:, ids.shape[1] - 1] = 1
+        positions = positions[:, -1:] + 1
+        logits = forward(token, slots, positions, ids.shape[1] - 1)
+
+
+def test_greedy_tokens_match_generate_and_the_model_is_untouched():
+    model = lora_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids, mask = left_padded(PROMPTS)
+    params = SamplingParams(max_new_tokens=8, temperature=0.0)
+    fused = decode.sample(FusedLlama(model), ids, mask, params, [VOCAB], PAD)
+    assert fused.tolist() == decode.sample(model, ids, mask, params, [VOCAB], PAD).tolist()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with model.disable_adapter():  # the adapter is in the decoder's weights: without it the logits differ
+        base_only = FusedLlama(model)
+    ids, mask = left_padded(PROMPTS)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    with_lora = FusedLlama(model).kv_forward(ids.shape[1])(ids, mask, positions, 0)
+    assert not torch.allclose(with_lora, base_only.kv_forward(ids.shape[1])(ids, mask, positions, 0), atol=1e-3)
+
+
+def test_bf16_products_stay_close_to_fp32():
+    model = lora_model()
+    ids, mask = left_padded(PROMPTS)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    fp32 = FusedLlama(model).kv_forward(ids.shape[1])(ids, mask, positions, 0)
+    bf16_decoder = FusedLlama(model, dtype=torch.bfloat16)
+    assert bf16_decoder.layers[0].qkv.dtype == torch.bfloat16
+    bf16 = bf16_decoder.kv_forward(ids.shape[1])(ids, mask, positions, 0)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    assert torch.allclose(bf16, fp32, atol=0.05 * fp32.abs().max().item())
+
+
+def test_other_architectures_are_not_claimed():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2))
+    assert supports(lora_model()) and not supports(gpt2)
+    assert not supports(tiny_model(VOCAB, hidden_act="gelu"))
+    with pytest.raises(ValueError, match="GPT2LMHeadModel"):
+        FusedLlama(gpt2)
