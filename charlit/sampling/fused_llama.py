@@ -10,8 +10,8 @@ position reaches the lm_head. Norms, rotary embeddings (the model's own rotary m
 applies) and the sampling arithmetic stay fp32; the products run at the weights' ``dtype`` (fp32, or bf16 copies
 for ``sampler.precision=bf16``), fp32 in and out, like :class:`charlit.sampling.precision.Bf16Linear`.
 
-Built from the model's current weights with LoRA merged in (:func:`charlit.models.lora_merge.merged_lora`); a copy,
-so the model's own weights are never touched. :func:`supports` names the configurations it reproduces (tested
+Built from the model's current weights with plain LoRA adapters merged in (``W + ΔW`` written straight into the fused
+copy); the model's own weights are never touched. :func:`supports` names the configurations it reproduces (tested
 against the Hugging Face forward); anything else decodes through the model itself.
 """
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from charlit.models.heads import _unwrap
-from charlit.models.lora_merge import merged_lora
+from charlit.models.lora_merge import plain_lora_layers
 
 MODEL_TYPES = ("llama",)
 
@@ -43,22 +43,41 @@ def supports(model) -> bool:
         and getattr(config, "pretraining_tp", 1) == 1
         and hasattr(core, "model")
         and hasattr(core.model, "rotary_emb")
+        and _adapters_readable(model)
     )
 
 
-def _weight(module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A projection's effective weight and bias (a peft layer's base layer, which holds ``W + ΔW`` while merged)."""
+def _adapters_readable(model) -> bool:
+    """Whether the effective weights can be read: no adapters, adapters all disabled, or plain LoRA (not DoRA-style
+    variants, not already merged: those decode through the model itself)."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return True
+    tuners = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    return not tuners or all(m.disable_adapters for m in tuners) or bool(plain_lora_layers(model))
+
+
+def _weight(module, adapters: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A projection's effective weight ``W + ΔW`` (``adapters``: LoRA layer → its active adapter names) and bias."""
     base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-    return base.weight, base.bias
+    weight = base.weight.detach()
+    for name in adapters.get(module, ()):
+        weight = weight + module.get_delta_weight(name).to(weight.dtype)
+    return weight, None if base.bias is None else base.bias.detach()
 
 
-def _fused(modules, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    weights, biases = zip(*(_weight(m) for m in modules))
-    weight = torch.cat([w.detach() for w in weights]).to(dtype).contiguous()
-    if all(b is None for b in biases):
+def _fused(modules, dtype: torch.dtype, adapters: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The modules' effective weights stacked along the output dimension into one ``dtype`` tensor (and biases)."""
+    parts = [_weight(m, adapters) for m in modules]
+    weight = torch.empty((sum(w.shape[0] for w, _ in parts), parts[0][0].shape[1]), dtype=dtype)
+    row = 0
+    for w, _ in parts:
+        weight[row : row + w.shape[0]].copy_(w)
+        row += w.shape[0]
+    if all(b is None for _, b in parts):
         return weight, None
-    bias = torch.cat([b.detach() if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
-    return weight, bias.to(dtype)
+    return weight, torch.cat([w.new_zeros(w.shape[0]) if b is None else b for w, b in parts]).to(dtype)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -71,12 +90,12 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class _Layer:
-    def __init__(self, layer, dtype: torch.dtype):
+    def __init__(self, layer, dtype: torch.dtype, adapters: dict):
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv, self.qkv_bias = _fused((attn.q_proj, attn.k_proj, attn.v_proj), dtype)
-        self.o, self.o_bias = _fused((attn.o_proj,), dtype)
-        self.gate_up, _ = _fused((mlp.gate_proj, mlp.up_proj), dtype)
-        self.down, _ = _fused((mlp.down_proj,), dtype)
+        self.qkv, self.qkv_bias = _fused((attn.q_proj, attn.k_proj, attn.v_proj), dtype, adapters)
+        self.o, self.o_bias = _fused((attn.o_proj,), dtype, adapters)
+        self.gate_up, _ = _fused((mlp.gate_proj, mlp.up_proj), dtype, adapters)
+        self.down, _ = _fused((mlp.down_proj,), dtype, adapters)
         self.norm_in = layer.input_layernorm.weight.detach()
         self.norm_post = layer.post_attention_layernorm.weight.detach()
 
@@ -94,11 +113,12 @@ class FusedLlama:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
-        with torch.no_grad(), merged_lora(model):
-            self.layers = [_Layer(layer, dtype) for layer in core.model.layers]
+        adapters = dict(plain_lora_layers(model))
+        with torch.no_grad():
+            self.layers = [_Layer(layer, dtype, adapters) for layer in core.model.layers]
             self.embed = core.model.embed_tokens.weight.detach()
             self.norm = core.model.norm.weight.detach()
-            self.lm_head, _ = _fused((core.get_output_embeddings(),), dtype)
+            self.lm_head, _ = _fused((core.get_output_embeddings(),), dtype, adapters)
         self.rotary = core.model.rotary_emb
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

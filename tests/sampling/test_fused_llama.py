@@ -84,5 +84,7 @@ def test_other_architectures_are_not_claimed():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2))
     assert supports(lora_model()) and not supports(gpt2)
     assert not supports(tiny_model(VOCAB, hidden_act="gelu"))
+    dora = get_peft_model(tiny_model(VOCAB), LoraConfig(r=4, target_modules="all-linear", use_dora=True))
+    assert not supports(dora)  # its weights are not W + BA: it decodes through the model itself
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
         FusedLlama(gpt2)
