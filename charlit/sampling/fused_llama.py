@@ -108,7 +108,7 @@ class FusedLlama:
             raise ValueError(f"FusedLlama reproduces {MODEL_TYPES} models on the CPU; got {type(_unwrap(model))}.")
         core = _unwrap(model)
         config = core.config
-        self.config, self.dtype, self._linear = config, dtype, linear
+        self.dtype, self._linear = dtype, linear
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -147,12 +147,9 @@ class _CachedForward:
         cos, sin = (t.unsqueeze(1) for t in d.rotary(h, positions))
         # key s is visible to query t when it is unmasked and not after it; a query always sees itself, so the
         # left padding's rows stay finite (their outputs are never read)
-        slot = torch.arange(end)
-        causal = slot[None, :] <= (start + torch.arange(new))[:, None]
-        visible = (mask[:, None, :end].bool() & causal[None]) | (
-            slot[None, None, :] == start + torch.arange(new)[:, None]
-        )
-        visible = visible[:, None]
+        slot, query = torch.arange(end), start + torch.arange(new)
+        own = slot[None, :] == query[:, None]
+        visible = ((mask[:, None, :end].bool() & (slot[None, :] <= query[:, None])) | own)[:, None]  # [B, 1, T, end]
         q_size, kv_size = d.heads * d.head_dim, d.kv_heads * d.head_dim
         for i, layer in enumerate(d.layers):
             x = _rms_norm(h, layer.norm_in, d.eps)
