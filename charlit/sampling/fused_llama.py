@@ -26,6 +26,7 @@ from charlit.models.heads import _unwrap
 from charlit.models.lora_merge import plain_lora_layers
 
 MODEL_TYPES = ("llama",)
+CALIBRATION_ROWS, CALIBRATION_PROMPT, CALIBRATION_STEPS = 4, 16, 8  # a decoding batch, a short prompt, a few tokens
 
 
 def supports(model) -> bool:
@@ -172,3 +173,42 @@ class _CachedForward:
             gate, up = d.linear(_rms_norm(h, layer.norm_post, d.eps), layer.gate_up, None).chunk(2, dim=-1)
             h = h + d.linear(F.silu(gate) * up, layer.down, None)
         return d.linear(_rms_norm(h[:, -1], d.norm, d.eps), d.lm_head, None).float()
+
+
+def calibrate_precision(model, linear: Callable = F.linear, path=None) -> tuple[str, dict]:
+    """``(precision, record)``: time real decoding through this forward (a 16-token prompt then 8 tokens, 4 rows) from
+    fp32 weights (through ``linear``) and from bf16 copies, and keep bf16 only when it is more than 10 % faster. Whole
+    decoding steps, not single products: at decoding's few rows the products are bound by reading the weights from
+    memory, which a product timed alone (its weight warm in cache) does not show."""
+    from charlit.calibration import calibrated_choice
+
+    config = _unwrap(model).config
+    slots = CALIBRATION_PROMPT + CALIBRATION_STEPS
+    ids = torch.randint(
+        0, config.vocab_size, (CALIBRATION_ROWS, CALIBRATION_PROMPT), generator=torch.Generator().manual_seed(0)
+    )
+    mask = torch.ones(CALIBRATION_ROWS, slots, dtype=torch.long)
+    positions = torch.arange(slots).expand(CALIBRATION_ROWS, -1)
+
+    def run(decoder: FusedLlama) -> Callable[[], None]:
+        def go() -> None:
+            forward = decoder.kv_forward(slots)
+            forward(ids, mask, positions[:, :CALIBRATION_PROMPT], 0)
+            for step in range(CALIBRATION_PROMPT, slots):
+                forward(ids[:, -1:], mask, positions[:, step : step + 1], step)
+
+        return go
+
+    candidates = {"fp32": run(FusedLlama(model, torch.float32, linear)), "bf16": run(FusedLlama(model, torch.bfloat16))}
+    shapes = {
+        "hidden": config.hidden_size,
+        "intermediate": config.intermediate_size,
+        "layers": config.num_hidden_layers,
+        "heads": [config.num_attention_heads, config.num_key_value_heads],
+        "vocab": config.vocab_size,
+        "rows": CALIBRATION_ROWS,
+        "fp32": linear.__module__,
+    }
+    return calibrated_choice(
+        "fused_decode_precision", shapes, candidates, default="fp32", margin=0.1, repeats=3, path=path
+    )

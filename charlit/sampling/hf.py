@@ -71,15 +71,25 @@ class HFSampler(Sampler):
 
     def decoding_precision(self, model) -> str:
         """``bf16`` when ``model`` (fp32) decodes from bf16 copies of its linear weights, else ``fp32``; ``auto`` is
-        timed once per model on this machine (cached across runs)."""
+        timed once per model on this machine (cached across runs): whole decoding steps of the fused forward where
+        it applies (:func:`~charlit.sampling.fused_llama.calibrate_precision`), else the model's linear products."""
         if self.precision == "fp32" or next(model.parameters()).dtype != torch.float32:
             return "fp32"
         if self.precision == "bf16":
             return "bf16"
         if id(model) not in self._resolved:
-            choice = "fp32"
-            if onednn.fp32_cpu_model(model):
-                choice, _ = decode_precision.calibrate(model)
+            choice, record = "fp32", {}
+            if self.fused_decoding(model):
+                choice, record = fused_llama.calibrate_precision(model, self._fp32_linear(model))
+            elif onednn.fp32_cpu_model(model):
+                choice, record = decode_precision.calibrate(model)
+            seconds = record.get("seconds") or {}
+            if not record.get("cached", True) and seconds.get("bf16"):
+                print(
+                    f"[charlit] decoding in {choice}: bf16 copies measured at {seconds['fp32'] / seconds['bf16']:.2f}x "
+                    "fp32's speed on this CPU (calibrated once, cached; sampler.precision=fp32/bf16 forces it)",
+                    flush=True,
+                )
             self._resolved[id(model)] = choice
         return self._resolved[id(model)]
 
@@ -113,9 +123,15 @@ class HFSampler(Sampler):
             with self.decode_weights(model):
                 yield model
             return
-        bf16 = self.decoding_precision(model) == "bf16"
-        linear = onednn.linear if onednn.active(model) and not bf16 else F.linear
-        yield fused_llama.FusedLlama(model, torch.bfloat16 if bf16 else torch.float32, linear)
+        if self.decoding_precision(model) == "bf16":
+            yield fused_llama.FusedLlama(model, torch.bfloat16)
+        else:
+            yield fused_llama.FusedLlama(model, torch.float32, self._fp32_linear(model))
+
+    @staticmethod
+    def _fp32_linear(model):
+        """The fp32 product decoding takes: oneDNN's where the model's calibration chose it, else torch's."""
+        return onednn.linear if onednn.active(model) else F.linear
 
     @torch.no_grad()
     def generate(self, model, prompts, params: SamplingParams, *, seed=None, desc=None, logprobs: bool = False):

@@ -12,7 +12,8 @@ from peft import LoraConfig, get_peft_model
 from charlit.models.tiny import tiny_model
 from charlit.sampling import decode
 from charlit.sampling.base import SamplingParams
-from charlit.sampling.fused_llama import FusedLlama, supports
+from charlit.sampling.fused_llama import FusedLlama, calibrate_precision, supports
+from charlit.sampling.hf import HFSampler
 from tests.sampling.helpers import PAD, VOCAB, left_padded, lora_model
 
 PROMPTS = [[5, 17, 33, 2, 9], [8, 1], [44, 45, 46]]
@@ -88,3 +89,17 @@ def test_other_architectures_are_not_claimed():
     assert not supports(dora)  # its weights are not W + BA: it decodes through the model itself
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
         FusedLlama(gpt2)
+
+
+def test_auto_precision_times_whole_decoding_steps_and_caches(tmp_path, monkeypatch):
+    model = lora_model()
+    path = tmp_path / "calibration.json"
+    choice, record = calibrate_precision(model, path=path)
+    assert choice in ("fp32", "bf16") and set(record["seconds"]) == {"fp32", "bf16"} and not record["cached"]
+    assert calibrate_precision(model, path=path) == (choice, {**record, "cached": True})
+    monkeypatch.setattr("charlit.sampling.fused_llama.calibrate_precision", lambda m, linear, path=None: ("bf16", {}))
+    monkeypatch.setattr("charlit.sampling.precision.calibrate", lambda m, path=None: ("fp32", {}))
+    sampler = HFSampler(None, precision="auto")
+    assert sampler.decoding_precision(model) == "bf16"  # the fused forward's own timing decides, not the products'
+    with sampler.decoder(model) as decoder:
+        assert decoder.layers[0].qkv.dtype == torch.bfloat16

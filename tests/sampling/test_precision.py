@@ -105,7 +105,7 @@ def test_precision_is_forced_or_timed_and_cached(tmp_path, monkeypatch):
     again, record = calibrate(tiny_model(VOCAB, seed=2), path=path)
     assert again == choice and record["cached"]
     monkeypatch.setattr("charlit.sampling.precision.calibrate", lambda m, path=None: ("bf16", {}))
-    auto = HFSampler(_Tokenizer(), precision="auto")
+    auto = HFSampler(_Tokenizer(), precision="auto", fused=False)  # the fused forward times itself (test_fused_llama)
     assert auto.off_policy(tiny_model(VOCAB, seed=2))
     with pytest.raises(ValueError, match="sampler.precision='half'"):
         HFSampler(_Tokenizer(), precision="half")
