@@ -46,8 +46,9 @@ def run(model_name: str, batch: int, tokens: int, repeats: int) -> dict:
     if not 1 <= batch <= len(PROMPTS):
         raise ValueError(f"--batch {batch}: use 1 to {len(PROMPTS)}.")
     import torch
-    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_dir
 
+    from charlit.config import register_configs
     from charlit.data.chat import render_prompt_ids
     from charlit.machine import describe_cpu
     from charlit.models import load_model, load_tokenizer
@@ -55,8 +56,9 @@ def run(model_name: str, batch: int, tokens: int, repeats: int) -> dict:
     from charlit.sampling.fused_llama import FusedLlama
     from charlit.sampling.hf import HFSampler
 
-    cfg = OmegaConf.load(REPO / "conf" / "model" / f"{model_name}.yaml")
-    cfg = cfg.model if "model" in cfg else cfg  # a config in the global package nests its model section
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={model_name}"]).model
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg, tokenizer).model
     prompts = [render_prompt_ids(tokenizer, [{"role": "user", "content": q}]) for q in PROMPTS[:batch]]

@@ -6,9 +6,10 @@ an Intel Xeon with AMX (2 cores), SmolLM2-135M at batch 4 spent ~44 ms a token f
 in the products and the rest around them. This forward does the same arithmetic with fewer, larger calls: q, k and
 v are one product from a concatenated weight, gate and up another, the KV cache is one preallocated tensor per layer
 written in place, attention is one ``scaled_dot_product_attention`` call with grouped heads, and only the last
-position reaches the lm_head. Norms, rotary embeddings (the model's own rotary module, so any rope scaling it has
-applies) and the sampling arithmetic stay fp32; the products run at the weights' ``dtype`` (fp32, or bf16 copies
-for ``sampler.precision=bf16``), fp32 in and out, like :class:`charlit.sampling.precision.Bf16Linear`.
+position reaches the lm_head. Norms and rotary embeddings are the model's own modules (so any rope scaling it has
+applies) with transformers' rotation, in fp32 like the sampling arithmetic; the products run at the weights'
+``dtype`` (fp32, or bf16 copies for ``sampler.precision=bf16``), fp32 in and out, like
+:class:`charlit.sampling.precision.Bf16Linear`.
 
 Built from the model's current weights with plain LoRA adapters merged in (``W + ΔW`` written straight into the fused
 copy); the model's own weights are never touched. :func:`supports` names the configurations it reproduces (tested
@@ -21,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from charlit.models.heads import _unwrap
 from charlit.models.lora_merge import plain_lora_layers
@@ -81,15 +83,6 @@ def _fused(modules, dtype: torch.dtype, adapters: dict) -> tuple[torch.Tensor, t
     return weight, torch.cat([w.new_zeros(w.shape[0]) if b is None else b for w, b in parts]).to(dtype)
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
 class _Layer:
     def __init__(self, layer, dtype: torch.dtype, adapters: dict):
         attn, mlp = layer.self_attn, layer.mlp
@@ -97,8 +90,7 @@ class _Layer:
         self.o, self.o_bias = _fused((attn.o_proj,), dtype, adapters)
         self.gate_up, _ = _fused((mlp.gate_proj, mlp.up_proj), dtype, adapters)
         self.down, _ = _fused((mlp.down_proj,), dtype, adapters)
-        self.norm_in = layer.input_layernorm.weight.detach()
-        self.norm_post = layer.post_attention_layernorm.weight.detach()
+        self.norm_in, self.norm_post = layer.input_layernorm, layer.post_attention_layernorm
 
 
 class FusedLlama:
@@ -113,12 +105,11 @@ class FusedLlama:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.eps = config.rms_norm_eps
         adapters = dict(plain_lora_layers(model))
         with torch.no_grad():
             self.layers = [_Layer(layer, dtype, adapters) for layer in core.model.layers]
             self.embed = core.model.embed_tokens.weight.detach()
-            self.norm = core.model.norm.weight.detach()
+            self.norm = core.model.norm
             self.lm_head, _ = _fused((core.get_output_embeddings(),), dtype, adapters)
         self.rotary = core.model.rotary_emb
 
@@ -145,7 +136,7 @@ class _CachedForward:
             self.cache = torch.zeros(shape, dtype=torch.float32)
         end = start + new
         h = F.embedding(input_ids, d.embed)
-        cos, sin = (t.unsqueeze(1) for t in d.rotary(h, positions))
+        cos, sin = d.rotary(h, positions)
         # key s is visible to query t when it is unmasked and not after it; a query always sees itself, so the
         # left padding's rows stay finite (their outputs are never read)
         slot, query = torch.arange(end), start + torch.arange(new)
@@ -153,16 +144,16 @@ class _CachedForward:
         visible = ((mask[:, None, :end].bool() & (slot[None, :] <= query[:, None])) | own)[:, None]  # [B, 1, T, end]
         q_size, kv_size = d.heads * d.head_dim, d.kv_heads * d.head_dim
         for i, layer in enumerate(d.layers):
-            x = _rms_norm(h, layer.norm_in, d.eps)
-            qkv = d.linear(x, layer.qkv, layer.qkv_bias)
+            qkv = d.linear(layer.norm_in(h), layer.qkv, layer.qkv_bias)
             q = qkv[..., :q_size].view(batch, new, d.heads, d.head_dim).transpose(1, 2)
             k = qkv[..., q_size : q_size + kv_size].view(batch, new, d.kv_heads, d.head_dim).transpose(1, 2)
             v = qkv[..., q_size + kv_size :].view(batch, new, d.kv_heads, d.head_dim).transpose(1, 2)
             keys, values = self.cache[i, 0], self.cache[i, 1]
-            keys[:, :, start:end] = _rotate(k, cos, sin)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            keys[:, :, start:end] = k
             values[:, :, start:end] = v
             attended = F.scaled_dot_product_attention(
-                _rotate(q, cos, sin),
+                q,
                 keys[:, :, :end],
                 values[:, :, :end],
                 attn_mask=visible,
@@ -170,9 +161,9 @@ class _CachedForward:
                 enable_gqa=d.heads != d.kv_heads,
             )
             h = h + d.linear(attended.transpose(1, 2).reshape(batch, new, q_size), layer.o, layer.o_bias)
-            gate, up = d.linear(_rms_norm(h, layer.norm_post, d.eps), layer.gate_up, None).chunk(2, dim=-1)
+            gate, up = d.linear(layer.norm_post(h), layer.gate_up, None).chunk(2, dim=-1)
             h = h + d.linear(F.silu(gate) * up, layer.down, None)
-        return d.linear(_rms_norm(h[:, -1], d.norm, d.eps), d.lm_head, None).float()
+        return d.linear(d.norm(h[:, -1]), d.lm_head, None).float()
 
 
 def calibrate_precision(model, linear: Callable = F.linear, path=None) -> tuple[str, dict]:
