@@ -64,6 +64,7 @@ class HFSampler(Sampler):
         self.precision = precision
         self.fused = fused
         self._resolved: dict[int, str] = {}  # id(model) -> the precision auto chose for it
+        self._calibrations: dict[int, dict] = {}  # id(model) -> its fused-decoding calibration record
 
     @classmethod
     def from_config(cls, config, tokenizer) -> HFSampler:
@@ -72,26 +73,42 @@ class HFSampler(Sampler):
     def decoding_precision(self, model) -> str:
         """``bf16`` when ``model`` (fp32) decodes from bf16 copies of its linear weights, else ``fp32``; ``auto`` is
         timed once per model on this machine (cached across runs): whole decoding steps of the fused forward where
-        it applies (:func:`~charlit.sampling.fused_llama.calibrate_precision`), else the model's linear products."""
+        it applies (:func:`~charlit.sampling.fused_llama.calibrate`), else the model's linear products."""
         if self.precision == "fp32" or next(model.parameters()).dtype != torch.float32:
             return "fp32"
         if self.precision == "bf16":
             return "bf16"
         if id(model) not in self._resolved:
-            choice, record = "fp32", {}
             if self.fused_decoding(model):
-                choice, record = fused_llama.calibrate_precision(model, self._fp32_linear(model))
+                choice, _ = fused_llama.choose(self._fused_calibration(model))
             elif onednn.fp32_cpu_model(model):
                 choice, record = decode_precision.calibrate(model)
-            seconds = record.get("seconds") or {}
-            if not record.get("cached", True) and seconds.get("bf16"):
-                print(
-                    f"[charlit] decoding in {choice}: bf16 copies measured at {seconds['fp32'] / seconds['bf16']:.2f}x "
-                    "fp32's speed on this CPU (calibrated once, cached; sampler.precision=fp32/bf16 forces it)",
-                    flush=True,
-                )
+                self._announce(choice, record)
+            else:
+                choice = "fp32"
             self._resolved[id(model)] = choice
         return self._resolved[id(model)]
+
+    def _fused_calibration(self, model) -> dict:
+        """The fused forward's timing of fp32, bf16 and their packed weights on this machine (cached across runs)."""
+        if id(model) not in self._calibrations:
+            choice, record = fused_llama.calibrate(model, self._fp32_linear(model))
+            self._announce(choice, record)
+            self._calibrations[id(model)] = record
+        return self._calibrations[id(model)]
+
+    @staticmethod
+    def _announce(choice: str, record: dict) -> None:
+        """One line when a calibration was measured now (not read from the cache)."""
+        seconds = record.get("seconds") or {}
+        if record.get("cached", True) or not seconds.get("fp32"):
+            return
+        speeds = ", ".join(f"{name} {seconds['fp32'] / s:.2f}x" for name, s in seconds.items() if name != "fp32")
+        print(
+            f"[charlit] decoding in {choice}: speed against plain fp32 on this CPU {speeds} (calibrated once, cached; "
+            "sampler.precision=fp32/bf16 forces the precision)",
+            flush=True,
+        )
 
     def off_policy(self, model) -> bool:
         return self.decoding_precision(model) != "fp32"
@@ -123,10 +140,11 @@ class HFSampler(Sampler):
             with self.decode_weights(model):
                 yield model
             return
-        if self.decoding_precision(model) == "bf16":
-            yield fused_llama.FusedLlama(model, torch.bfloat16)
+        precision, packed = fused_llama.choose(self._fused_calibration(model), self.decoding_precision(model))
+        if precision == "bf16":
+            yield fused_llama.FusedLlama(model, torch.bfloat16, packed=packed)
         else:
-            yield fused_llama.FusedLlama(model, torch.float32, self._fp32_linear(model))
+            yield fused_llama.FusedLlama(model, torch.float32, self._fp32_linear(model), packed)
 
     @staticmethod
     def _fp32_linear(model):

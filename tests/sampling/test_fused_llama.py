@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 from charlit.models.tiny import tiny_model
 from charlit.sampling import decode
 from charlit.sampling.base import SamplingParams
-from charlit.sampling.fused_llama import FusedLlama, calibrate_precision, supports
+from charlit.sampling.fused_llama import FusedLlama, calibrate, choose, packing_available, supports
 from charlit.sampling.hf import HFSampler
 from tests.sampling.helpers import PAD, VOCAB, left_padded, lora_model
 
@@ -94,12 +94,43 @@ def test_other_architectures_are_not_claimed():
 def test_auto_precision_times_whole_decoding_steps_and_caches(tmp_path, monkeypatch):
     model = lora_model()
     path = tmp_path / "calibration.json"
-    choice, record = calibrate_precision(model, path=path)
-    assert choice in ("fp32", "bf16") and set(record["seconds"]) == {"fp32", "bf16"} and not record["cached"]
-    assert calibrate_precision(model, path=path) == (choice, {**record, "cached": True})
-    monkeypatch.setattr("charlit.sampling.fused_llama.calibrate_precision", lambda m, linear, path=None: ("bf16", {}))
+    choice, record = calibrate(model, path=path)
+    names = {"fp32", "bf16"} | ({"fp32-packed", "bf16-packed"} if packing_available() else set())
+    assert choice in names and set(record["seconds"]) == names and not record["cached"]
+    assert calibrate(model, path=path) == (choice, {**record, "cached": True})
+    measured = {"choice": "bf16-packed", "seconds": {"fp32": 4.0, "bf16": 2.0, "fp32-packed": 3.9, "bf16-packed": 1.0}}
+    monkeypatch.setattr("charlit.sampling.fused_llama.calibrate", lambda m, linear, path=None: ("bf16-packed", measured))
     monkeypatch.setattr("charlit.sampling.precision.calibrate", lambda m, path=None: ("fp32", {}))
     sampler = HFSampler(None, precision="auto")
     assert sampler.decoding_precision(model) == "bf16"  # the fused forward's own timing decides, not the products'
     with sampler.decoder(model) as decoder:
-        assert decoder.layers[0].qkv.dtype == torch.bfloat16
+        assert decoder.dtype == torch.bfloat16 and decoder.packed == packing_available()
+    with HFSampler(None, precision="fp32").decoder(model) as decoder:  # 3.9 s is not 5 % under 4.0 s
+        assert decoder.dtype == torch.float32 and not decoder.packed
+
+
+def test_choose_reads_a_forced_precision_from_the_record():
+    record = {"choice": "fp32", "seconds": {"fp32": 1.0, "bf16": 1.2, "fp32-packed": 0.9, "bf16-packed": 1.3}}
+    assert choose(record) == ("fp32", False)
+    assert choose(record, "fp32") == ("fp32", True) and choose(record, "bf16") == ("bf16", False)
+    assert choose({"choice": "bf16", "seconds": {"fp32": 1.0, "bf16": 0.5}}, "bf16") == ("bf16", False)
+
+
+@pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN prepacked linear")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_give_the_plain_products_logits(dtype):
+    model = get_peft_model(tiny_model(VOCAB, seed=5, attention_bias=True), LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or name.endswith("bias"):
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    ids, mask = left_padded(PROMPTS)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    plain = FusedLlama(model, dtype).kv_forward(ids.shape[1])(ids, mask, positions, 0)
+    packed_decoder = FusedLlama(model, dtype, packed=True)
+    assert packed_decoder.layers[0].qkv.is_mkldnn
+    packed = packed_decoder.kv_forward(ids.shape[1])(ids, mask, positions, 0)
+    expected = _reference_logits(model, ids, mask)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05 * expected.abs().max().item()
+    assert torch.allclose(packed.double(), expected, atol=tolerance)
+    assert torch.allclose(packed, plain, atol=1e-5 if dtype == torch.float32 else 1e-2)
