@@ -34,7 +34,7 @@ from charlit.data.pipeline import needs_generation, prepare_data
 from charlit.data.pipeline.card import log_card_to_wandb
 from charlit.data.pipeline.cli import GENERATE_ONLY_KINDS
 from charlit.eval import train_hook
-from charlit.kernels import set_default_backend
+from charlit.kernels import cpu_gemm, set_default_backend
 from charlit.loggers import build_logger, plain_config
 from charlit.models import bundled, load_model, load_tokenizer
 from charlit.models.tiny import TINY_ID, tiny_config
@@ -215,6 +215,7 @@ def build_objective(cfg: DictConfig, dataset_path: Path | None = None, settings:
     settings = settings or check_settings(cfg)
     objective_cls = settings.objective_cls
     set_default_backend(str(cfg.kernels.backend))
+    cpu_gemm.set_setting(str(cfg.kernels.cpu_gemm))
     loaded = load_model(cfg.model)
     datamodule = build_datamodule(
         cfg.data,

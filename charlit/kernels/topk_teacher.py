@@ -85,7 +85,7 @@ def topk_teacher(
     lead = hidden.shape[:-1]
     x = hidden.reshape(-1, hidden.shape[-1])
     n, dev = x.shape[0], x.device
-    dtype = _gemm_dtype(dev, weight.dtype)
+    dtype = _gemm_dtype(dev, weight)
     head = _Head(weight, bias, 1.0, softcap, dtype)
     ids = torch.empty(n, k, dtype=torch.long, device=dev)
     logprobs = torch.empty(n, k, dtype=torch.float32, device=dev)
@@ -179,7 +179,7 @@ class TopKDivergenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, ids, lp, beta, temperature, softcap, per_row, tile, grad_enabled):
         dev = x.device
-        dtype = _gemm_dtype(dev, w.dtype)
+        dtype = _gemm_dtype(dev, w)
         n, vocab = x.shape[0], w.shape[0]
         head = _Head(w, b, temperature, softcap, dtype)
         xc = x.to(dtype)
@@ -199,7 +199,7 @@ class TopKDivergenceFunction(torch.autograd.Function):
             if eager:
                 acc.add(i0, i1, g)
             del g
-        ctx.meta = (beta, temperature, softcap, per_row, B, eager, x.dtype, w.dtype)
+        ctx.meta = (beta, temperature, softcap, per_row, B, eager, x.dtype, w.dtype, dtype)
         if eager:
             ctx.grads = (acc.dx, acc.dw, acc.db)
         elif any_grad:
@@ -208,7 +208,7 @@ class TopKDivergenceFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        beta, temperature, softcap, per_row, B, eager, x_dtype, w_dtype = ctx.meta
+        beta, temperature, softcap, per_row, B, eager, x_dtype, w_dtype, dtype = ctx.meta
         if eager:
             dx, dw, db = ctx.grads
             ctx.grads = (None, None, None)  # scaled in place below; a second backward would be wrong
@@ -221,7 +221,6 @@ class TopKDivergenceFunction(torch.autograd.Function):
         else:
             x, w, b, ids, lp = ctx.saved_tensors
             need = ctx.needs_input_grad
-            dtype = _gemm_dtype(x.device, w.dtype)
             head = _Head(w, b, temperature, softcap, dtype)
             xc = x.to(dtype)
             n = x.shape[0]

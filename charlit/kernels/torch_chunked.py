@@ -24,10 +24,11 @@ torch ops in place on the tile buffers, optionally in row blocks of ``ROW_BLOCK_
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
-from charlit.kernels import cpu_fused
+from charlit.kernels import cpu_fused, cpu_gemm
 from charlit.kernels.debug import Plan, record_plan
 
 TILE_BUDGET_BYTES = 256 * 2**20
@@ -64,9 +65,10 @@ def _row_block(rows: int, vocab: int, device: torch.device) -> int:
     return max(1, min(rows, ROW_BLOCK_BYTES // (4 * vocab)))
 
 
-def _gemm_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """CPU: always fp32 (half GEMMs are slow and inexact there).  GPU: the input dtype."""
-    return torch.float32 if device.type == "cpu" else dtype
+def _gemm_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype:
+    """GPU: the weight's dtype.  CPU: fp32, or bf16 under CPU bf16 autocast where :mod:`cpu_gemm` measured it faster.
+    Read in forward; a backward that recomputes tiles takes the forward's dtype from ``ctx.meta``."""
+    return cpu_gemm.gemm_dtype(weight) if device.type == "cpu" else weight.dtype
 
 
 class _Workspace:
@@ -90,11 +92,33 @@ class _Workspace:
         return buf[:rows]
 
 
+class _CastCache:
+    """The last few lm_head weights cast to another GEMM dtype (bf16 under CPU autocast), reused while the same
+    tensor is unmodified: a frozen lm_head (LoRA) is cast once, not once per loss call, and a student and teacher
+    sharing one head share the copy. Held by weak reference; a changed tensor (``_version``) is cast again."""
+
+    def __init__(self, size: int = 4):
+        self.size, self.entries = size, []
+
+    def get(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if weight.dtype == dtype:
+            return weight
+        for ref, version, cast in self.entries:
+            if ref() is weight and version == weight._version and cast.dtype == dtype:
+                return cast
+        cast = weight.detach().to(dtype)
+        self.entries = [(weakref.ref(weight), weight._version, cast)] + self.entries[: self.size - 1]
+        return cast
+
+
+_casts = _CastCache()
+
+
 class _Head:
     """One lm_head (weight, bias) in GEMM dtype plus the logit transform z' = cap(z)/T."""
 
     def __init__(self, weight, bias, temperature, softcap, dtype):
-        self.w = weight.to(dtype)
+        self.w = _casts.get(weight, dtype)
         self.b = None if bias is None else bias.to(dtype)
         self.inv_t = 1.0 / float(temperature)
         self.softcap = None if softcap is None else float(softcap)
@@ -103,11 +127,11 @@ class _Head:
     def logits(self, x: torch.Tensor, need_fac: bool = True, out=None, fac_out=None):
         """fp32 scaled logits [r, V] and, with softcap and ``need_fac``, d z'/d z (else None).
 
-        ``out``/``fac_out``: optional fp32 buffers (only used when the GEMM dtype is fp32).
+        ``out``/``fac_out``: optional fp32 buffers (a product in another dtype is copied into ``out``).
         """
         if out is None or self.dtype != torch.float32:
             z = torch.mm(x, self.w.t()) if self.b is None else torch.addmm(self.b, x, self.w.t())
-            z = z.float()  # no copy when already fp32
+            z = z.float() if out is None else out.copy_(z)  # no copy when already fp32
         elif self.b is None:
             z = torch.mm(x, self.w.t(), out=out)
         else:
@@ -269,7 +293,7 @@ class DivergenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xs, ws, bs, xt, wt, bt, beta, temperature, softcap, per_row, tile, grad_enabled):
         dev = xs.device
-        dtype = _gemm_dtype(dev, ws.dtype)
+        dtype = _gemm_dtype(dev, ws)
         n = xs.shape[0]
         sh = _Head(ws, bs, temperature, softcap, dtype)
         th = _Head(wt, bt, temperature, softcap, dtype)
@@ -293,7 +317,7 @@ class DivergenceFunction(torch.autograd.Function):
             if eager:
                 acc.add(i0, i1, g)
             del g
-        ctx.meta = (beta, temperature, softcap, per_row, B, eager, xs.dtype, ws.dtype)
+        ctx.meta = (beta, temperature, softcap, per_row, B, eager, xs.dtype, ws.dtype, dtype)
         if eager:
             ctx.grads = (acc.dx, acc.dw, acc.db)
             ctx.save_for_backward()
@@ -303,7 +327,7 @@ class DivergenceFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        beta, temperature, softcap, per_row, B, eager, x_dtype, w_dtype = ctx.meta
+        beta, temperature, softcap, per_row, B, eager, x_dtype, w_dtype, dtype = ctx.meta
         need = ctx.needs_input_grad
         if eager:
             dx, dw, db = ctx.grads
@@ -316,7 +340,6 @@ class DivergenceFunction(torch.autograd.Function):
                 out = [None if t is None else t.mul_(grad_out) for t in (dx, dw, db)]
         else:
             xs, ws, bs, xt, wt, bt = ctx.saved_tensors
-            dtype = _gemm_dtype(xs.device, ws.dtype)
             sh = _Head(ws, bs, temperature, softcap, dtype)
             th = _Head(wt, bt, temperature, softcap, dtype)
             xs_c, xt_c = xs.to(dtype), xt.to(dtype)
@@ -386,7 +409,7 @@ class LogprobsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, y, temperature, softcap, tile, grad_enabled):
         dev = x.device
-        dtype = _gemm_dtype(dev, w.dtype)
+        dtype = _gemm_dtype(dev, w)
         head = _Head(w, b, temperature, softcap, dtype)
         xc = x.to(dtype)
         n = x.shape[0]
@@ -404,7 +427,7 @@ class LogprobsFunction(torch.autograd.Function):
             if eager:
                 acc.add(i0, i1, d)
             del d
-        ctx.meta = (temperature, softcap, B, eager, x.dtype)
+        ctx.meta = (temperature, softcap, B, eager, x.dtype, dtype)
         if eager:
             ctx.dx_unit = acc.dx
         elif any(need):
@@ -413,7 +436,7 @@ class LogprobsFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        temperature, softcap, B, eager, x_dtype = ctx.meta
+        temperature, softcap, B, eager, x_dtype, dtype = ctx.meta
         if eager:
             dx, ctx.dx_unit = ctx.dx_unit, None  # scaled in place: a second backward would be wrong
             if dx is None:
@@ -421,7 +444,6 @@ class LogprobsFunction(torch.autograd.Function):
             return dx.mul_(grad_out.float().unsqueeze(1)).to(x_dtype), None, None, None, None, None, None, None
         x, w, b, y = ctx.saved_tensors
         need = ctx.needs_input_grad
-        dtype = _gemm_dtype(x.device, w.dtype)
         head = _Head(w, b, temperature, softcap, dtype)
         xc = x.to(dtype)
         n = x.shape[0]
