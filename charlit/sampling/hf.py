@@ -65,6 +65,7 @@ class HFSampler(Sampler):
         self.fused = fused
         self._resolved: dict[int, str] = {}  # id(model) -> the precision auto chose for it
         self._calibrations: dict[int, dict] = {}  # id(model) -> its fused-decoding calibration record
+        self._fused: fused_llama.FusedLlama | None = None  # the last fused copy, reused while it matches its model
 
     @classmethod
     def from_config(cls, config, tokenizer) -> HFSampler:
@@ -141,10 +142,20 @@ class HFSampler(Sampler):
                 yield model
             return
         precision, packed = fused_llama.choose(self._fused_calibration(model), self.decoding_precision(model))
-        if precision == "bf16":
-            yield fused_llama.FusedLlama(model, torch.bfloat16, packed=packed)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        linear = F.linear if precision == "bf16" else self._fp32_linear(model)
+        held = self._fused
+        if not (
+            held is not None
+            and held.model() is model
+            and (held.dtype, held.packed, held.plain_linear) == (dtype, packed, linear)
+            and held.current()
+        ):
+            self._fused = None  # the old copy's memory goes before the new one is made
+            self._fused = fused_llama.FusedLlama(model, dtype, linear, packed)
         else:
-            yield fused_llama.FusedLlama(model, torch.float32, self._fp32_linear(model), packed)
+            held.refresh()
+        yield self._fused
 
     @staticmethod
     def _fp32_linear(model):

@@ -15,5 +15,6 @@ def test_dry_run_times_every_arm():
     result = bench.run("tiny", 2, 4, 1)
     assert [r["arm"] for r in result["rows"]] == list(bench.ARMS)
     assert all(r["median_s"] > 0 and 1 <= r["steps"][0] <= 4 for r in result["rows"])
-    assert set(result["build_s"]) == {"bfloat16", "float32"}
+    assert set(result["build_s"]) == {"fused, bf16", "fused, fp32"}
+    assert all(b["copy_s"] > 0 and b["merge_s"] > 0 for b in result["build_s"].values())
     assert "| fused, bf16 |" in bench.markdown(result)

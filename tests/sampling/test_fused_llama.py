@@ -67,13 +67,37 @@ def test_greedy_tokens_match_generate_and_the_model_is_untouched():
     assert not torch.allclose(with_lora, base_only.kv_forward(ids.shape[1])(ids, mask, positions, 0), atol=1e-3)
 
 
+def test_one_copy_serves_calls_while_the_base_weights_stay_and_merges_the_adapter_each_call():
+    model = lora_model()
+    sampler = HFSampler(None, precision="fp32")
+    ids, mask = left_padded(PROMPTS)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    with sampler.decoder(model) as first:
+        before = first.kv_forward(ids.shape[1])(ids, mask, positions, 0)
+    with torch.no_grad():  # an optimizer step on the adapter: the same copy, the new adapter
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    with sampler.decoder(model) as second:
+        after = second.kv_forward(ids.shape[1])(ids, mask, positions, 0)
+    assert second is first and not torch.allclose(before, after, atol=1e-3)
+    assert torch.allclose(after.double(), _reference_logits(model, ids, mask), atol=1e-5)
+    with torch.no_grad():  # a changed base weight: a fresh copy
+        model.base_model.model.model.layers[0].mlp.down_proj.base_layer.weight.mul_(1.5)
+    assert not first.current()
+    with sampler.decoder(model) as third:
+        assert third is not first and third.current()
+        got = third.kv_forward(ids.shape[1])(ids, mask, positions, 0)
+    assert torch.allclose(got.double(), _reference_logits(model, ids, mask), atol=1e-5)
+
+
 def test_bf16_products_stay_close_to_fp32():
     model = lora_model()
     ids, mask = left_padded(PROMPTS)
     positions = (mask.cumsum(1) - 1).clamp_min(0)
     fp32 = FusedLlama(model).kv_forward(ids.shape[1])(ids, mask, positions, 0)
     bf16_decoder = FusedLlama(model, dtype=torch.bfloat16)
-    assert bf16_decoder.layers[0].qkv.dtype == torch.bfloat16
+    assert bf16_decoder.layers[0].qkv.weight.dtype == torch.bfloat16
     bf16 = bf16_decoder.kv_forward(ids.shape[1])(ids, mask, positions, 0)
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
     assert torch.allclose(bf16, fp32, atol=0.05 * fp32.abs().max().item())
@@ -128,7 +152,7 @@ def test_packed_weights_give_the_plain_products_logits(dtype):
     positions = (mask.cumsum(1) - 1).clamp_min(0)
     plain = FusedLlama(model, dtype).kv_forward(ids.shape[1])(ids, mask, positions, 0)
     packed_decoder = FusedLlama(model, dtype, packed=True)
-    assert packed_decoder.layers[0].qkv.is_mkldnn
+    assert packed_decoder.layers[0].qkv.weight.is_mkldnn
     packed = packed_decoder.kv_forward(ids.shape[1])(ids, mask, positions, 0)
     expected = _reference_logits(model, ids, mask)
     tolerance = 1e-5 if dtype == torch.float32 else 0.05 * expected.abs().max().item()
