@@ -6,10 +6,10 @@ an Intel Xeon with AMX (2 cores), SmolLM2-135M at batch 4 spent ~44 ms a token f
 in the products and the rest around them. This forward does the same arithmetic with fewer, larger calls: q, k and
 v are one product from a concatenated weight, gate and up another, the KV cache is one preallocated tensor per layer
 written in place, attention is one ``scaled_dot_product_attention`` call with grouped heads, and only the last
-position reaches the lm_head. Norms and rotary embeddings are the model's own modules (so any rope scaling it has
-applies) with transformers' rotation, in fp32 like the sampling arithmetic; the products run at the weights'
-``dtype`` (fp32, or bf16 copies for ``sampler.precision=bf16``), fp32 in and out, like
-:class:`charlit.sampling.precision.Bf16Linear`. With ``packed`` the weights are reordered once per copy into oneDNN's
+position reaches the lm_head. Rotary embeddings are the model's own module (so any rope scaling it has applies)
+with transformers' rotation, and RMSNorm one ``rms_norm`` call with the model's weight and epsilon, in fp32 like the
+sampling arithmetic; the products run at the weights' ``dtype`` (fp32, or bf16 copies for
+``sampler.precision=bf16``) from fp32 inputs, their bf16 outputs promoted exactly by the fp32 ops that read them. With ``packed`` the weights are reordered once per copy into oneDNN's
 blocked layout, so that no product re-blocks its weight on every call (decoding's few rows make that re-blocking a
 large share of a product: on the Intel Xeon with AMX, SmolLM2's body products at 4 rows took 12.2 ms a token from
 packed bf16 weights against 18.7 ms plain); whether it pays is timed, with the precision, by :func:`calibrate`.
@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
 from charlit.models.heads import _unwrap
 from charlit.models.lora_merge import plain_lora_layers
@@ -138,6 +138,15 @@ class _Projection:
         return torch.ops.mkldnn._reorder_linear_weight(weight, CALIBRATION_ROWS) if self.packed else weight
 
 
+def _norm(module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A Llama RMSNorm as one ``rms_norm`` call (the module's forward is seven ops, 61 norms a token); any other norm
+    module as itself."""
+    if type(module) is not LlamaRMSNorm:
+        return module
+    shape, weight, eps = (module.weight.shape[-1],), module.weight, module.variance_epsilon
+    return lambda h: F.rms_norm(h, shape, weight, eps)
+
+
 class _Layer:
     def __init__(self, layer, dtype: torch.dtype, packed: bool):
         attn, mlp = layer.self_attn, layer.mlp
@@ -145,7 +154,7 @@ class _Layer:
         self.o = _Projection((attn.o_proj,), dtype, packed)
         self.gate_up = _Projection((mlp.gate_proj, mlp.up_proj), dtype, packed)
         self.down = _Projection((mlp.down_proj,), dtype, packed)
-        self.norm_in, self.norm_post = layer.input_layernorm, layer.post_attention_layernorm
+        self.norm_in, self.norm_post = _norm(layer.input_layernorm), _norm(layer.post_attention_layernorm)
 
     def projections(self) -> tuple[_Projection, ...]:
         return self.qkv, self.o, self.gate_up, self.down
@@ -178,7 +187,7 @@ class FusedLlama:
         with torch.no_grad():
             self.layers = [_Layer(layer, dtype, packed) for layer in core.model.layers]
             self.embed = core.model.embed_tokens.weight.detach()
-            self.norm = core.model.norm
+            self.norm = _norm(core.model.norm)
             self.lm_head = _Projection((core.get_output_embeddings(),), dtype, packed)
         self.rotary = core.model.rotary_emb
         self.refresh()
@@ -200,8 +209,10 @@ class FusedLlama:
         for projection in self.projections():
             projection.merge(adapters)
 
-    def linear(self, x: torch.Tensor, proj: _Projection) -> torch.Tensor:
-        return self._linear(x.to(self.dtype), proj.weight, proj.bias).to(x.dtype)
+    def product(self, x: torch.Tensor, proj: _Projection) -> torch.Tensor:
+        """``x`` (fp32) through the projection, out at the copy's dtype: its consumers promote bf16 to fp32 exactly
+        (a residual add, rotary's products with fp32 cos/sin, the fp32 cache), so no op is spent converting."""
+        return self._linear(x.to(self.dtype), proj.weight, proj.bias)
 
     def kv_forward(self, slots: int) -> _CachedForward:
         return _CachedForward(self, slots)
@@ -231,7 +242,7 @@ class _CachedForward:
         visible = ((mask[:, None, :end].bool() & (slot[None, :] <= query[:, None])) | own)[:, None]  # [B, 1, T, end]
         q_size, kv_size = d.heads * d.head_dim, d.kv_heads * d.head_dim
         for i, layer in enumerate(d.layers):
-            qkv = d.linear(layer.norm_in(h), layer.qkv)
+            qkv = d.product(layer.norm_in(h), layer.qkv)
             q = qkv[..., :q_size].view(batch, new, d.heads, d.head_dim).transpose(1, 2)
             k = qkv[..., q_size : q_size + kv_size].view(batch, new, d.kv_heads, d.head_dim).transpose(1, 2)
             v = qkv[..., q_size + kv_size :].view(batch, new, d.kv_heads, d.head_dim).transpose(1, 2)
@@ -247,10 +258,10 @@ class _CachedForward:
                 scale=d.head_dim**-0.5,
                 enable_gqa=d.heads != d.kv_heads,
             )
-            h = h + d.linear(attended.transpose(1, 2).reshape(batch, new, q_size), layer.o)
-            gate, up = d.linear(layer.norm_post(h), layer.gate_up).chunk(2, dim=-1)
-            h = h + d.linear(F.silu(gate) * up, layer.down)
-        return d.linear(d.norm(h[:, -1]), d.lm_head).float()
+            h = h + d.product(attended.transpose(1, 2).reshape(batch, new, q_size), layer.o)
+            gate, up = d.product(layer.norm_post(h), layer.gate_up).float().chunk(2, dim=-1)
+            h = h + d.product(F.silu(gate) * up, layer.down)
+        return d.product(d.norm(h[:, -1]), d.lm_head).float()
 
 
 def calibrate(model, linear: Callable = F.linear, path=None) -> tuple[str, dict]:
