@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from charlit.models import bundled, onednn
+from charlit.models import bundled, cpu_attention, onednn
 from charlit.models.tiny import TINY_ID, tiny_model
 
 _DTYPES = {
@@ -149,6 +149,7 @@ def load_model(cfg: DictConfig, tokenizer=None, *, apply_lora: bool = True) -> L
         )
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    cpu_attention.use(model)  # training attention from fp32 copies where this CPU runs that faster under bf16-mixed
     if cfg.get("gradient_checkpointing", False):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = cfg.get("lora")
