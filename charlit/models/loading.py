@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from charlit.models import bundled, cpu_attention, onednn
+from charlit.models import bundled, cpu_attention, frozen_casts, onednn
 from charlit.models.tiny import TINY_ID, tiny_model
 
 _DTYPES = {
@@ -159,4 +159,5 @@ def load_model(cfg: DictConfig, tokenizer=None, *, apply_lora: bool = True) -> L
     onednn.set_active(model, use_onednn)
     if use_onednn:
         onednn.accelerate(model)  # fp32 CPU products through oneDNN where calibration found it faster
+    frozen_casts.cache_frozen_casts(model)  # under bf16-mixed a frozen weight is cast to bf16 once, not every forward
     return LoadedModel(model=model, tokenizer=tokenizer, name_or_path=name, source_dir=source)
