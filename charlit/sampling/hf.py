@@ -165,7 +165,9 @@ class HFSampler(Sampler):
     @torch.no_grad()
     def generate(self, model, prompts, params: SamplingParams, *, seed=None, desc=None, logprobs: bool = False):
         """Responses to ``prompts``; with ``logprobs`` ``(responses, per-token log-probabilities)``, each drawn token's
-        under the distribution it was drawn from (0 where greedy), aligned with its response."""
+        under the distribution it was drawn from (0 where greedy), aligned with its response. CPU autocast is off while
+        decoding (an on-policy step samples inside ``trainer.precision=bf16-mixed``'s autocast): on the CPU the
+        decoding precision is ``sampler.precision``'s alone."""
         stop_ids = end_token_ids(self.tokenizer, model)
         pad_id = self.tokenizer.pad_token_id
         device = next(model.parameters()).device
@@ -178,6 +180,7 @@ class HFSampler(Sampler):
         )
         with (
             eval_mode(model),
+            torch.autocast("cpu", enabled=False),  # sampler.precision decides, not a bf16-mixed training step's autocast
             self.decoder(model) as runner,
             torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]),
         ):

@@ -109,3 +109,21 @@ def test_precision_is_forced_or_timed_and_cached(tmp_path, monkeypatch):
     assert auto.off_policy(tiny_model(VOCAB, seed=2))
     with pytest.raises(ValueError, match="sampler.precision='half'"):
         HFSampler(_Tokenizer(), precision="half")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_bf16_mixed_steps_autocast_does_not_reach_fp32_decoding(fused):
+    """An on-policy step samples inside Lightning's CPU autocast; ``sampler.precision=fp32`` still decodes in fp32:
+    the log-probabilities match the fp32 model's float64 ones, as outside autocast."""
+    model = lora_model()
+    sampler = HFSampler(None, precision="fp32", fused=fused)
+    sampler.tokenizer = type("Tokenizer", (), {"pad_token_id": PAD, "eos_token_id": VOCAB - 1})()
+    prompts = [[5, 17, 33, 2, 9], [8, 1, 4]]
+    params = SamplingParams(max_new_tokens=5, temperature=1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        replies, logprobs = sampler.generate(model, prompts, params, seed=3, logprobs=True)
+    for prompt, reply, got in zip(prompts, replies, logprobs):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + reply])).logits[0, len(prompt) - 1 : -1].double()
+        expected = logits.log_softmax(-1).gather(1, torch.tensor(reply)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(got).double(), expected, atol=1e-4, rtol=0)
