@@ -9,10 +9,11 @@ written in place, attention is one ``scaled_dot_product_attention`` call with gr
 position reaches the lm_head. Rotary embeddings are the model's own module (so any rope scaling it has applies)
 with transformers' rotation, and RMSNorm one ``rms_norm`` call with the model's weight and epsilon, in fp32 like the
 sampling arithmetic; the products run at the weights' ``dtype`` (fp32, or bf16 copies for
-``sampler.precision=bf16``) from fp32 inputs, their bf16 outputs promoted exactly by the fp32 ops that read them. With ``packed`` the weights are reordered once per copy into oneDNN's
-blocked layout, so that no product re-blocks its weight on every call (decoding's few rows make that re-blocking a
-large share of a product: on the Intel Xeon with AMX, SmolLM2's body products at 4 rows took 12.2 ms a token from
-packed bf16 weights against 18.7 ms plain); whether it pays is timed, with the precision, by :func:`calibrate`.
+``sampler.precision=bf16``) from fp32 inputs, their bf16 outputs promoted exactly by the fp32 ops that read them.
+With ``packed`` the weights are reordered into oneDNN's blocked layout, so that no product re-blocks its weight on
+every call (decoding's few rows make that re-blocking a large share of a product: on the Intel Xeon with AMX,
+SmolLM2's body products at 4 rows took 12.2 ms a token from packed bf16 weights against 18.7 ms plain); whether it
+pays is timed, with the precision, by :func:`calibrate`.
 
 The base weights are copied once at ``dtype`` and kept while they are unchanged (a LoRA run never changes them); at
 every decoding call the plain LoRA adapters, as the model has them then, are merged over that copy with one ``addmm``
@@ -130,7 +131,10 @@ class _Projection:
             for i, name in enumerate(names):
                 lora_b = (module.lora_B[name].weight.detach() * module.scaling[name]).to(self.dtype)
                 lora_a = module.lora_A[name].weight.detach().to(self.dtype)
-                torch.addmm(merged[rows] if i else self.base[rows], lora_b, lora_a, out=merged[rows])
+                if i:
+                    merged[rows].addmm_(lora_b, lora_a)
+                else:
+                    torch.addmm(self.base[rows], lora_b, lora_a, out=merged[rows])
             row += w.shape[0]
         self.weight = self._layout(merged)
 

@@ -158,3 +158,18 @@ def test_packed_weights_give_the_plain_products_logits(dtype):
     tolerance = 1e-5 if dtype == torch.float32 else 0.05 * expected.abs().max().item()
     assert torch.allclose(packed.double(), expected, atol=tolerance)
     assert torch.allclose(packed, plain, atol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_two_active_adapters_are_both_merged():
+    model = lora_model()
+    model.add_adapter("second", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"]))
+    model.base_model.set_adapter(["default", "second"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.second" in name:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    model.eval()
+    ids, mask = left_padded(PROMPTS)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    logits = FusedLlama(model).kv_forward(ids.shape[1])(ids, mask, positions, 0)
+    assert torch.allclose(logits.double(), _reference_logits(model, ids, mask), atol=1e-5)
