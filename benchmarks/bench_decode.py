@@ -46,7 +46,6 @@ def run(model_name: str, batch: int, tokens: int, repeats: int) -> dict:
     """Per arm: seconds per call and per decode step (medians and raw), plus the fused copy's build seconds."""
     if not 1 <= batch <= len(PROMPTS):
         raise ValueError(f"--batch {batch}: use 1 to {len(PROMPTS)}.")
-    import torch
     from hydra import compose, initialize_config_dir
 
     from charlit.config import register_configs

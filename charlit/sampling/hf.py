@@ -180,7 +180,7 @@ class HFSampler(Sampler):
         )
         with (
             eval_mode(model),
-            torch.autocast("cpu", enabled=False),  # sampler.precision decides, not a bf16-mixed training step's autocast
+            torch.autocast("cpu", enabled=False),  # sampler.precision decides, not a bf16-mixed step's autocast
             self.decoder(model) as runner,
             torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]),
         ):

@@ -123,7 +123,9 @@ def test_auto_precision_times_whole_decoding_steps_and_caches(tmp_path, monkeypa
     assert choice in names and set(record["seconds"]) == names and not record["cached"]
     assert calibrate(model, path=path) == (choice, {**record, "cached": True})
     measured = {"choice": "bf16-packed", "seconds": {"fp32": 4.0, "bf16": 2.0, "fp32-packed": 3.9, "bf16-packed": 1.0}}
-    monkeypatch.setattr("charlit.sampling.fused_llama.calibrate", lambda m, linear, path=None: ("bf16-packed", measured))
+    monkeypatch.setattr(
+        "charlit.sampling.fused_llama.calibrate", lambda m, linear, path=None: ("bf16-packed", measured)
+    )
     monkeypatch.setattr("charlit.sampling.precision.calibrate", lambda m, path=None: ("fp32", {}))
     sampler = HFSampler(None, precision="auto")
     assert sampler.decoding_precision(model) == "bf16"  # the fused forward's own timing decides, not the products'
