@@ -3,11 +3,12 @@
 Under ``trainer.precision=bf16-mixed`` autocast runs ``scaled_dot_product_attention`` in bf16, and torch's CPU
 flash attention computes its backward far slower from bf16 than from fp32 at the short sequences of character
 training (Intel Xeon with AMX, 2 cores, 4 rows × 9 heads × 64: forward and backward 6.3 ms from bf16 against 2.2 ms
-from fp32 at 100 tokens, 9.8 against 7.8 at 215; at 400, bf16 is faster: 19.8 against 23.8). So where gradients flow, the attention runs from fp32
-copies of q, k and v (its output cast back to bf16) when a timing of both at the sequence's length bucket says fp32
-is faster by more than 10 %; elsewhere (no gradients, no autocast, other devices) it is transformers' own SDPA
-attention. The timing runs once per machine, head shape and bucket (powers of two from 64), cached with the other
-calibrations. fp32 attention is the more precise of the two, so the choice costs no accuracy.
+from fp32 at 100 tokens, 9.8 against 7.8 at 215; at 400 bf16 is the faster, 19.8 against 23.8). So where gradients
+flow, the attention runs from fp32 copies of q, k and v (its output cast back to bf16) when a timing of both at the
+sequence's length bucket says fp32 is faster by more than 10 %; elsewhere (no gradients, no autocast, other
+devices) it is transformers' own SDPA attention. The timing runs once per machine, head shape and bucket (powers of
+two from 64), cached with the other calibrations. fp32 attention is the more precise of the two, so the choice
+costs no accuracy.
 
 Registered with transformers' attention interface as ``charlit_sdpa``; :func:`use` switches a model's SDPA
 attention to it.
