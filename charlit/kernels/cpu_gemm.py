@@ -17,6 +17,8 @@ import functools
 
 import torch
 
+from charlit.casts import cpu_bf16_autocast
+
 SETTINGS = ("auto", "fp32", "bf16")
 CALIBRATION_ROWS = 256  # a token tile of the loss at SmolLM2's vocabulary (TILE_BUDGET_BYTES / 4 B / V / 2 buffers)
 _setting = "auto"
@@ -30,13 +32,9 @@ def set_setting(setting: str) -> None:
     _setting = setting
 
 
-def _bf16_autocast() -> bool:
-    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-
-
 def gemm_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype of a CPU loss's products with lm_head ``weight`` ``[V, H]``, read in the loss's forward."""
-    if not _bf16_autocast() or _setting == "fp32":
+    if not cpu_bf16_autocast() or _setting == "fp32":
         return torch.float32
     if _setting == "bf16":
         return torch.bfloat16

@@ -24,10 +24,10 @@ torch ops in place on the tile buffers, optionally in row blocks of ``ROW_BLOCK_
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 
+from charlit.casts import CastCache
 from charlit.kernels import cpu_fused, cpu_gemm
 from charlit.kernels.debug import Plan, record_plan
 
@@ -92,26 +92,7 @@ class _Workspace:
         return buf[:rows]
 
 
-class _CastCache:
-    """The last few lm_head weights cast to another GEMM dtype (bf16 under CPU autocast), reused while the same
-    tensor is unmodified: a frozen lm_head (LoRA) is cast once, not once per loss call, and a student and teacher
-    sharing one head share the copy. Held by weak reference; a changed tensor (``_version``) is cast again."""
-
-    def __init__(self, size: int = 4):
-        self.size, self.entries = size, []
-
-    def get(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if weight.dtype == dtype:
-            return weight
-        for ref, version, cast in self.entries:
-            if ref() is weight and version == weight._version and cast.dtype == dtype:
-                return cast
-        cast = weight.detach().to(dtype)
-        self.entries = [(weakref.ref(weight), weight._version, cast)] + self.entries[: self.size - 1]
-        return cast
-
-
-_casts = _CastCache()
+_casts = CastCache()  # bf16 copies of lm_head weights under CPU autocast, cast once while unchanged
 
 
 class _Head:

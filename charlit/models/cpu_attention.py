@@ -21,6 +21,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from charlit.casts import cpu_bf16_autocast
+
 NAME = "charlit_sdpa"
 CALIBRATION_ROWS = 4
 
@@ -65,7 +67,7 @@ def attention(module, query, key, value, attention_mask, **kwargs):
 
     if (
         query.device.type == "cpu"
-        and _bf16_autocast()
+        and cpu_bf16_autocast()
         and torch.is_grad_enabled()
         and fp32_faster(query.shape[1], key.shape[1], query.shape[-1], _bucket(key.shape[-2]))
     ):
@@ -75,10 +77,6 @@ def attention(module, query, key, value, attention_mask, **kwargs):
             )
         return out.to(torch.bfloat16), weights
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-def _bf16_autocast() -> bool:
-    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 @functools.cache
