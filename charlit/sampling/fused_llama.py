@@ -15,11 +15,12 @@ every call (decoding's few rows make that re-blocking a large share of a product
 SmolLM2's body products at 4 rows took 12.2 ms a token from packed bf16 weights against 18.7 ms plain); whether it
 pays is timed, with the precision, by :func:`calibrate`.
 
-The base weights are copied once at ``dtype`` and kept while they are unchanged (a LoRA run never changes them); at
-every decoding call the plain LoRA adapters, as the model has them then, are merged over that copy with one ``addmm``
-per term (``W + scaling · B A``, in bf16 for a bf16 copy) and the result packed. Building the whole copy each call
-cost 0.25 s for SmolLM2 in packed bf16, an eighth of decoding 64 tokens; running the adapters beside the products as
-low-rank terms cost as much again, in reads of their factors every token. The model's own weights are never touched.
+The base weights are copied once to bf16 (for bf16 decoding) and kept while they are unchanged (a LoRA run never
+changes them); at every decoding call the plain LoRA adapters, as the model has them then, are merged over that copy
+(or over the model's own weights in fp32) with one ``addmm`` per term (``W + scaling · B A``) and the result packed.
+Building the whole copy each call cost 0.25 s for SmolLM2 in packed bf16, an eighth of decoding 64 tokens; running
+the adapters beside the products as low-rank terms cost as much again, in reads of their factors every token. The
+model's own weights are never touched.
 :func:`supports` names the configurations it reproduces (tested against the Hugging Face forward); anything else
 decodes through the model itself.
 """
@@ -86,19 +87,17 @@ def _base(module) -> torch.nn.Module:
 
 
 class _Projection:
-    """One fused product. Its modules' base weights stacked along the output dimension into one ``dtype`` tensor (and
-    biases) are kept while the model's weights are unchanged (:meth:`current`); :meth:`merge` writes the active LoRA
-    terms over them into :attr:`weight`, the tensor the products read (oneDNN's blocked layout with ``packed``)."""
+    """One fused product over its modules' weights stacked along the output dimension. :meth:`merge` writes the base
+    weights plus the active LoRA terms into :attr:`weight`, the tensor the products read (oneDNN's blocked layout with
+    ``packed``). A copy of the base weights at ``dtype`` is kept while the model's weights are unchanged
+    (:meth:`current`) when ``dtype`` is narrower than theirs (reading bf16 costs half of fp32's bytes); at their own
+    precision the merge reads the model's weights themselves, and no copy is held."""
 
     def __init__(self, modules, dtype: torch.dtype, packed: bool):
         self.modules, self.dtype, self.packed = modules, dtype, packed
         self.sources = [_base(m).weight for m in modules]
         self.versions = [w._version for w in self.sources]
-        self.base = torch.empty((sum(w.shape[0] for w in self.sources), self.sources[0].shape[1]), dtype=dtype)
-        row = 0
-        for w in self.sources:
-            self.base[row : row + w.shape[0]].copy_(w.detach())
-            row += w.shape[0]
+        self.base = None if all(w.dtype == dtype for w in self.sources) else self._stacked()
         biases = [_base(m).bias for m in modules]
         self.bias = None
         if any(b is not None for b in biases):
@@ -107,34 +106,44 @@ class _Projection:
         self._plain: torch.Tensor | None = None  # the base weights as the products read them, made once
         self.weight: torch.Tensor | None = None
 
+    def _stacked(self) -> torch.Tensor:
+        stacked = torch.empty((sum(w.shape[0] for w in self.sources), self.sources[0].shape[1]), dtype=self.dtype)
+        row = 0
+        for w in self.sources:
+            stacked[row : row + w.shape[0]].copy_(w.detach())
+            row += w.shape[0]
+        return stacked
+
     def current(self) -> bool:
-        """Whether the model still holds the weights the base copy was made from, unmodified."""
+        """Whether the model still holds the weights this projection was made from, unmodified."""
         return all(
             _base(m).weight is w and w._version == v for m, w, v in zip(self.modules, self.sources, self.versions)
         )
 
     def merge(self, adapters: dict) -> None:
         """:attr:`weight` = the base plus each module's active LoRA terms ``scaling · B A`` (``adapters``: LoRA layer →
-        its active adapter names), one ``addmm`` per term into a fresh tensor (the base copy is never written)."""
+        its active adapter names), one ``addmm`` per term into a fresh tensor (neither the base copy nor the model's
+        weights are written)."""
         if not any(adapters.get(m) for m in self.modules):
             if self._plain is None:
-                self._plain = self._layout(self.base)
+                self._plain = self._layout(self._stacked() if self.base is None else self.base)
             self.weight = self._plain
             return
-        merged = torch.empty_like(self.base)
+        merged = torch.empty((sum(w.shape[0] for w in self.sources), self.sources[0].shape[1]), dtype=self.dtype)
         row = 0
         for module, w in zip(self.modules, self.sources):
             rows = slice(row, row + w.shape[0])
+            source = w.detach() if self.base is None else self.base[rows]
             names = adapters.get(module, ())
             if not names:
-                merged[rows].copy_(self.base[rows])
+                merged[rows].copy_(source)
             for i, name in enumerate(names):
                 lora_b = (module.lora_B[name].weight.detach() * module.scaling[name]).to(self.dtype)
                 lora_a = module.lora_A[name].weight.detach().to(self.dtype)
                 if i:
                     merged[rows].addmm_(lora_b, lora_a)
                 else:
-                    torch.addmm(self.base[rows], lora_b, lora_a, out=merged[rows])
+                    torch.addmm(source, lora_b, lora_a, out=merged[rows])
             row += w.shape[0]
         self.weight = self._layout(merged)
 
