@@ -25,7 +25,8 @@ class CastCache:
         entry = self._entries.get(key)
         if entry is not None and entry[0]() is tensor and entry[1] == tensor._version:
             return entry[2]
-        cast = tensor.detach().to(dtype)
+        with torch.inference_mode(False):  # a copy made during validation must still serve training's autograd
+            cast = tensor.detach().to(dtype)
         entries = self._entries
 
         def forget(_, key=key) -> None:

@@ -85,3 +85,14 @@ def test_tiny_runs_of_methods_and_teachers(tmp_path, overrides, method, teacher,
     train(cfg, tmp_path)
     summary = _check(tmp_path, method, teacher)
     assert metric in summary["metrics"]
+
+
+def test_a_bf16_mixed_run_trains_after_validating(tmp_path):
+    """bf16-mixed on the CPU with validation between steps: what validation makes under ``inference_mode`` (bf16
+    copies of frozen weights, the decoding copy) must serve the next training step's autograd."""
+    cfg = compose(
+        ["method=self_distill", *FAST, "model.lora.r=4", "trainer.precision=bf16-mixed", "val.every_n_steps=1"]
+    )
+    train(cfg, tmp_path)
+    summary = _check(tmp_path, "self_distill")
+    assert len(summary["val_history"]) >= 2 and torch.isfinite(torch.tensor(summary["metrics"]["train/loss"]))

@@ -94,3 +94,16 @@ def test_a_replaced_weight_is_cast_again():
     plain.weight = torch.nn.Parameter(2 * plain.weight.detach(), requires_grad=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(patched(x), plain(x))
+
+
+def test_a_cast_made_in_inference_mode_serves_training():
+    """Lightning validates under ``torch.inference_mode``; the copy made there is used by the next training step."""
+    patched, plain = _layer()
+    x = torch.randn(5, 24, requires_grad=True)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        patched(x.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = patched(x), plain(x)
+    assert torch.equal(got, want)
+    got.float().sum().backward()
+    assert x.grad is not None
