@@ -97,6 +97,7 @@ class _Projection:
         self.modules, self.dtype, self.packed = modules, dtype, packed
         self.sources = [_base(m).weight for m in modules]
         self.versions = [w._version for w in self.sources]
+        self.shape = (sum(w.shape[0] for w in self.sources), self.sources[0].shape[1])  # the stacked [out, in]
         self.base = None if all(w.dtype == dtype for w in self.sources) else self._stacked()
         biases = [_base(m).bias for m in modules]
         self.bias = None
@@ -107,7 +108,7 @@ class _Projection:
         self.weight: torch.Tensor | None = None
 
     def _stacked(self) -> torch.Tensor:
-        stacked = torch.empty((sum(w.shape[0] for w in self.sources), self.sources[0].shape[1]), dtype=self.dtype)
+        stacked = torch.empty(self.shape, dtype=self.dtype)
         row = 0
         for w in self.sources:
             stacked[row : row + w.shape[0]].copy_(w.detach())
@@ -129,7 +130,7 @@ class _Projection:
                 self._plain = self._layout(self._stacked() if self.base is None else self.base)
             self.weight = self._plain
             return
-        merged = torch.empty((sum(w.shape[0] for w in self.sources), self.sources[0].shape[1]), dtype=self.dtype)
+        merged = torch.empty(self.shape, dtype=self.dtype)
         row = 0
         for module, w in zip(self.modules, self.sources):
             rows = slice(row, row + w.shape[0])
