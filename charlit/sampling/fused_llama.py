@@ -27,6 +27,7 @@ decodes through the model itself.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 
@@ -326,11 +327,15 @@ def calibrate(model, linear: Callable = F.linear, path=None) -> tuple[str, dict]
 
 def choose(record: dict, precision: str | None = None) -> tuple[str, bool]:
     """``(precision, packed)`` from a :func:`calibrate` record: its choice, or with ``precision`` forced, whether
-    that precision's packed weights measured more than 5 % faster than its plain ones."""
+    that precision's packed weights measured more than 5 % faster than its plain ones. The record may come from the
+    shared calibration cache: timings that are not positive numbers count as no measurement (plain weights)."""
     if precision is None:
         choice = record["choice"]
         return choice.removesuffix("-packed"), choice.endswith("-packed") and packing_available()
-    seconds = record.get("seconds", {})
-    packed = seconds.get(f"{precision}-packed")
-    faster = packed is not None and precision in seconds and packed < seconds[precision] * 0.95
-    return precision, faster and packing_available()
+    seconds = record.get("seconds")
+    seconds = seconds if isinstance(seconds, dict) else {}
+    packed, plain = (seconds.get(name) for name in (f"{precision}-packed", precision))
+    timed = all(
+        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in (packed, plain)
+    )
+    return precision, timed and packed < plain * 0.95 and packing_available()

@@ -140,6 +140,12 @@ def test_choose_reads_a_forced_precision_from_the_record():
     assert choose(record) == ("fp32", False)
     assert choose(record, "fp32") == ("fp32", True) and choose(record, "bf16") == ("bf16", False)
     assert choose({"choice": "bf16", "seconds": {"fp32": 1.0, "bf16": 0.5}}, "bf16") == ("bf16", False)
+    for bad in (
+        {"seconds": {"fp32": "1.0", "fp32-packed": 0.5}},
+        {"seconds": [1, 2]},
+        {"seconds": {"fp32": 1.0, "fp32-packed": -1}},
+    ):
+        assert choose({"choice": "fp32", **bad}, "fp32") == ("fp32", False)  # a foreign cache entry: plain weights
 
 
 @pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN prepacked linear")
