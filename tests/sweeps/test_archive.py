@@ -15,7 +15,12 @@ def _job(sweep, name, persona, seed, model_scores):
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(f"- +arm=self_distill\n- persona={persona}\n- seed={seed}\n")
     (job / ".hydra" / "config.yaml").write_text("seed: 0\n")
-    summary = {"method": "self_distill", "persona": persona, "metrics": {"compute/flops": 10.0}, "config": {"seed": seed}}
+    summary = {
+        "method": "self_distill",
+        "persona": persona,
+        "metrics": {"compute/flops": 10.0},
+        "config": {"seed": seed},
+    }
     (job / "summary.json").write_text(json.dumps(summary))
     (job / "eval").mkdir()
     scores = {"model": model_scores, "bare": [0.0, 0.0], "prompted": [2.0, 2.0]}
