@@ -22,8 +22,8 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        copies = archive_sweep(args.sweep_dir, args.archive) if args.archive else []  # a bad --archive writes nothing
         result = write_report(args.sweep_dir, args.out)
-        copies = archive_sweep(args.sweep_dir, args.archive) if args.archive else []
     except (ValueError, FileNotFoundError) as err:
         print(f"charlit: error: {err}", file=sys.stderr)
         return 2

@@ -71,4 +71,7 @@ def test_report_cli_archives_beside_the_report(tmp_path, capsys):
     assert "archive: 3 files" in capsys.readouterr().out
     assert (tmp_path / "kept" / "0_seed=0" / "eval" / "eval.json").is_file()
     assert not (tmp_path / "kept" / "0_seed=0" / "final").exists()
+    (tmp_path / "sweep" / "report.csv").unlink()
     assert report_main([str(tmp_path / "sweep"), "--archive", str(tmp_path / "sweep" / "x")]) == 2
+    assert "inside the sweep dir" in capsys.readouterr().err
+    assert not (tmp_path / "sweep" / "report.csv").exists()  # refused before the report was written
