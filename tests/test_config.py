@@ -91,6 +91,15 @@ def test_method_ablation_sweeps_every_arm_once():
     assert len(seen) == len(swept)
 
 
+def test_self_distill_has_its_own_learning_rate_and_method_comparisons_pin_the_shared_one():
+    assert compose([]).optim.lr == 1e-3  # the default method, self_distill (docs/measured.md: why)
+    assert compose(["method=dpo"]).optim.lr == compose(["method=sft"]).optim.lr == 5e-4
+    assert compose(["optim.lr=2e-4"]).optim.lr == 2e-4
+    for experiment in ("method_ablation", "method_study", "method_ablation_cluster"):
+        rates = {compose([f"experiment={experiment}", f"+arm={arm}"]).optim.lr for arm in [*ARMS, "oct"]}
+        assert rates == {5e-4}, f"{experiment}: arms must differ in one thing, not in the learning rate too"
+
+
 def test_oct_arm_is_the_pairs_introspection_recipe():
     assert compose(["+arm=oct"]).recipe.name == "pairs_introspection"
 
