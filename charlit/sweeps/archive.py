@@ -25,7 +25,9 @@ def archive_sweep(sweep_dir: Path, dest: Path) -> list[Path]:
     """Copy every report file under ``sweep_dir`` to the same relative path under ``dest``; returns the copies.
 
     Symbolic links are neither followed nor copied (a sweep dir is treated as written by someone else), and ``dest``
-    must lie outside ``sweep_dir``. Files already in ``dest`` are overwritten, so re-archiving a sweep updates it.
+    must lie outside ``sweep_dir``. Files already in ``dest`` are overwritten, so re-archiving a sweep updates it;
+    a link already in ``dest`` where a copy would go (the file or a directory above it) is refused, never written
+    through, so an archive cannot be made to overwrite a file outside it.
     """
     sweep_dir, dest = Path(sweep_dir), Path(dest)
     if not sweep_dir.is_dir():
@@ -33,6 +35,7 @@ def archive_sweep(sweep_dir: Path, dest: Path) -> list[Path]:
     root = sweep_dir.resolve()
     if dest.resolve().is_relative_to(root):
         raise ValueError(f"--archive {dest} lies inside the sweep dir {sweep_dir}; archive to a directory outside it.")
+    dest_root = dest.resolve()
     copies = []
     for directory, subdirs, files in os.walk(root):  # os.walk does not descend into symlinked directories
         subdirs.sort()
@@ -42,6 +45,10 @@ def archive_sweep(sweep_dir: Path, dest: Path) -> list[Path]:
             if path.is_symlink() or not _wanted(relative):
                 continue
             target = dest / relative
+            if not target.parent.resolve().is_relative_to(dest_root) or target.is_symlink():
+                raise ValueError(
+                    f"--archive: {target} is a symbolic link or lies behind one; archive to a directory without links."
+                )
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
             copies.append(target)

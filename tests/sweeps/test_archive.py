@@ -75,3 +75,22 @@ def test_report_cli_archives_beside_the_report(tmp_path, capsys):
     assert report_main([str(tmp_path / "sweep"), "--archive", str(tmp_path / "sweep" / "x")]) == 2
     assert "inside the sweep dir" in capsys.readouterr().err
     assert not (tmp_path / "sweep" / "report.csv").exists()  # refused before the report was written
+
+
+def test_archiving_never_writes_through_a_link_in_the_destination(tmp_path):
+    _job(tmp_path / "sweep", "0_seed=0", "pirate", 0, [1.0, 1.0])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "summary.json").write_text("keep me")
+    linked_file = tmp_path / "file_link"
+    (linked_file / "0_seed=0").mkdir(parents=True)
+    (linked_file / "0_seed=0" / "summary.json").symlink_to(outside / "summary.json")
+    with pytest.raises(ValueError, match="symbolic link"):
+        archive_sweep(tmp_path / "sweep", linked_file)
+    linked_dir = tmp_path / "dir_link"
+    linked_dir.mkdir()
+    (linked_dir / "0_seed=0").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="symbolic link"):
+        archive_sweep(tmp_path / "sweep", linked_dir)
+    assert (outside / "summary.json").read_text() == "keep me"
+    assert sorted(p.name for p in outside.iterdir()) == ["summary.json"]
