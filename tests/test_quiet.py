@@ -230,7 +230,9 @@ def _harness(report: Path, overrides: list[str]) -> None:
     logging.getLogger("transformers").addHandler(DeprecationLog(logging.WARNING))
     atexit.register(lambda: report.write_text(json.dumps(found, indent=1)))
     sys.argv = [str(REPO / "train.py"), *overrides]
-    sys.path.insert(0, str(REPO))
+    # `python train.py` puts the repo root first on sys.path; running this file as a script put tests/ there,
+    # where tests/kernels would shadow the `kernels` package that transformers imports.
+    sys.path[0] = str(REPO)
     runpy.run_path(str(REPO / "train.py"), run_name="__main__")
 
 
