@@ -3,7 +3,8 @@
 ``python benchmarks/plot_persona_vs_capability.py <run dir>... --eval eval_fs --out <png>`` reads each run's
 ``summary.json`` (persona, data variant, seed) and ``<run dir>/<eval>/eval.json`` (written by ``eval.py``), plots the
 coherence-gated share of the bare→prompted range on one suite against KL to the base and against multiple-choice
-accuracy (95% intervals as bars), and prints the same figures as a markdown table. It reads only those two JSON
+accuracy (95% intervals as bars), one colour per data variant and learning rate, and prints the same figures as a
+markdown table. It reads only those two JSON
 files, so it works on archived evidence (``report.py --archive``) as well as on live run dirs.
 """
 
@@ -36,14 +37,24 @@ def load_run(run_dir: Path, eval_subdir: str) -> dict:
     suites = json.loads(eval_path.read_text()).get("suites")
     if not isinstance(suites, dict):
         raise ValueError(f"{eval_path} has no 'suites' mapping; is it an eval.py output?")
-    seed = (summary.get("config") or {}).get("seed")
+    config = summary.get("config") or {}
     return {
         "dir": run_dir,
         "persona": summary.get("persona"),
         "data": summary.get("data"),
-        "seed": seed,
+        "lr": (config.get("optim") or {}).get("lr"),
+        "seed": config.get("seed"),
         "suites": suites,
     }
+
+
+def _lr(run: dict) -> str:
+    return f"{run['lr']:g}" if isinstance(run["lr"], (int, float)) else "—"
+
+
+def variant(run: dict) -> str:
+    """The colour key of a run: its data variant and learning rate."""
+    return f"data={run['data']}, lr {_lr(run)}"
 
 
 def metric(run: dict, suite: str, name: str) -> dict | None:
@@ -54,14 +65,14 @@ def metric(run: dict, suite: str, name: str) -> dict | None:
 
 
 def markdown_table(runs: list[dict]) -> str:
-    header = "| persona | data | seed | " + " | ".join(label for _, _, label in TABLE_COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (3 + len(TABLE_COLUMNS))]
+    header = "| persona | data | lr | seed | " + " | ".join(label for _, _, label in TABLE_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (4 + len(TABLE_COLUMNS))]
     for run in runs:
         cells = []
         for suite, name, _ in TABLE_COLUMNS:
             value = metric(run, suite, name)
             cells.append("—" if value is None else f"{value['mean']:.2f} [{value['lo']:.2f}, {value['hi']:.2f}]")
-        lines.append(f"| {run['persona']} | {run['data']} | {run['seed']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {run['persona']} | {run['data']} | {_lr(run)} | {run['seed']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -71,7 +82,7 @@ def plot(runs: list[dict], suite: str, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = sorted({str(run["data"]) for run in runs})
+    variants = sorted({variant(run) for run in runs})
     personas = sorted({str(run["persona"]) for run in runs})
     colours = {variant: f"C{i}" for i, variant in enumerate(variants)}
     markers = {persona: "osD^v<>"[i % 7] for i, persona in enumerate(personas)}
@@ -87,7 +98,7 @@ def plot(runs: list[dict], suite: str, out: Path) -> Path:
                 xerr=[[x["mean"] - x["lo"]], [x["hi"] - x["mean"]]],
                 yerr=[[y["mean"] - y["lo"]], [y["hi"] - y["mean"]]],
                 fmt=markers[str(run["persona"])],
-                color=colours[str(run["data"])],
+                color=colours[variant(run)],
                 alpha=0.8,
                 capsize=2,
             )
@@ -95,7 +106,7 @@ def plot(runs: list[dict], suite: str, out: Path) -> Path:
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{suite}: share of bare→prompted range (gated)")
-    handles = [plt.Line2D([], [], color=colours[v], marker="o", ls="", label=f"data={v}") for v in variants]
+    handles = [plt.Line2D([], [], color=colours[v], marker="o", ls="", label=v) for v in variants]
     handles += [plt.Line2D([], [], color="k", marker=markers[p], ls="", label=p) for p in personas]
     axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
     fig.suptitle("Persona strength vs capability, one point per run (95% intervals over prompts)")
@@ -114,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = parser.parse_args(argv)
     runs = sorted(
-        (load_run(d, args.eval) for d in args.runs), key=lambda r: (str(r["persona"]), str(r["seed"]), str(r["data"]))
+        (load_run(d, args.eval) for d in args.runs),
+        key=lambda r: (str(r["persona"]), str(r["seed"]), str(r["data"]), _lr(r)),
     )
     if not any(metric(run, args.suite, "likelihood_gated_range") for run in runs):
         raise SystemExit(f"No run has a gated likelihood range on suite {args.suite!r}; pick a suite they evaluated.")

@@ -100,6 +100,13 @@ def test_self_distill_has_its_own_learning_rate_and_method_comparisons_pin_the_s
         assert rates == {5e-4}, f"{experiment}: arms must differ in one thing, not in the learning rate too"
 
 
+def test_robust_experiment_is_self_distill_on_the_robust_mix_at_twice_its_rate():
+    cfg = compose(["experiment=robust", "persona=stoic"])
+    assert (cfg.method.name, cfg.data.name, cfg.optim.lr) == ("self_distill", "robust", 2 * compose([]).optim.lr)
+    assert cfg.data.robust.teacher_sees == "clean"
+    assert compose(["experiment=robust", "optim.lr=1e-3"]).optim.lr == 1e-3  # the command line still wins
+
+
 def test_oct_arm_is_the_pairs_introspection_recipe():
     assert compose(["+arm=oct"]).recipe.name == "pairs_introspection"
 

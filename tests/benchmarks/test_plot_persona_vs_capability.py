@@ -21,7 +21,9 @@ def _ci(mean):
 def _run(root: Path, name: str, data: str, seed: int, format_shift: float, kl: float) -> Path:
     run = root / name
     (run / "eval_fs").mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({"persona": "pirate", "data": data, "config": {"seed": seed}}))
+    (run / "summary.json").write_text(
+        json.dumps({"persona": "pirate", "data": data, "config": {"seed": seed, "optim": {"lr": 1e-3}}})
+    )
     suites = {
         "format_shift": {"metrics": {"likelihood_gated_range": _ci(format_shift)}},
         "capability": {"metrics": {"kl_to_base": _ci(kl), "mc_accuracy": _ci(0.5)}},
@@ -37,8 +39,8 @@ def test_table_and_plot_carry_each_runs_figures(tmp_path, capsys):
     tool.main([str(robust), str(plain), "--eval", "eval_fs", "--out", str(out)])
     lines = capsys.readouterr().out.splitlines()
     rows = [line for line in lines if line.startswith("| pirate")]
-    assert rows[0].startswith("| pirate | prompts | 1 | — | 0.88 [0.78, 0.98] | — | 0.18 [0.08, 0.28] | 0.50")
-    assert rows[1].startswith("| pirate | robust | 1 | — | 0.72 [0.62, 0.82] | — | 0.13 [0.03, 0.23]")
+    assert rows[0].startswith("| pirate | prompts | 0.001 | 1 | — | 0.88 [0.78, 0.98] | — | 0.18 [0.08, 0.28] | 0.50")
+    assert rows[1].startswith("| pirate | robust | 0.001 | 1 | — | 0.72 [0.62, 0.82] | — | 0.13 [0.03, 0.23]")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
