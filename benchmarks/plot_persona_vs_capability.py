@@ -27,22 +27,27 @@ TABLE_COLUMNS = (
 )
 
 
+def _mapping(value) -> dict:
+    """``value`` where it is a JSON object, else an empty one: the files are read as written by someone else."""
+    return value if isinstance(value, dict) else {}
+
+
 def load_run(run_dir: Path, eval_subdir: str) -> dict:
     """The labels and eval metrics of one run; a clear error when a file is missing or is not a run's."""
     summary_path, eval_path = run_dir / "summary.json", run_dir / eval_subdir / "eval.json"
     for path in (summary_path, eval_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; pass run dirs evaluated with eval.py into <run>/{eval_subdir}.")
-    summary = json.loads(summary_path.read_text())
-    suites = json.loads(eval_path.read_text()).get("suites")
+    summary = _mapping(json.loads(summary_path.read_text()))
+    suites = _mapping(json.loads(eval_path.read_text())).get("suites")
     if not isinstance(suites, dict):
         raise ValueError(f"{eval_path} has no 'suites' mapping; is it an eval.py output?")
-    config = summary.get("config") or {}
+    config = _mapping(summary.get("config"))
     return {
         "dir": run_dir,
         "persona": summary.get("persona"),
         "data": summary.get("data"),
-        "lr": (config.get("optim") or {}).get("lr"),
+        "lr": _mapping(config.get("optim")).get("lr"),
         "seed": config.get("seed"),
         "suites": suites,
     }
@@ -59,7 +64,7 @@ def variant(run: dict) -> str:
 
 def metric(run: dict, suite: str, name: str) -> dict | None:
     """The model's ``{mean, lo, hi}`` for ``suite``/``name``, or None where the run did not evaluate it."""
-    entry = ((run["suites"].get(suite) or {}).get("metrics") or {}).get(name) or {}
+    entry = _mapping(_mapping(_mapping(run["suites"].get(suite)).get("metrics")).get(name))
     value = entry.get("model")
     return value if isinstance(value, dict) and "mean" in value else None
 

@@ -54,3 +54,15 @@ def test_a_suite_no_run_evaluated_is_refused(tmp_path):
     run = _run(tmp_path, "plain", "prompts", 0, 0.5, 0.1)
     with pytest.raises(SystemExit, match="'ood'"):
         tool.main([str(run), "--eval", "eval_fs", "--suite", "ood", "--out", str(tmp_path / "p.png")])
+
+
+def test_malformed_entries_read_as_missing_figures(tmp_path, capsys):
+    run = _run(tmp_path, "plain", "prompts", 0, 0.5, 0.1)
+    (run / "summary.json").write_text(json.dumps({"persona": "pirate", "config": ["not", "a", "mapping"]}))
+    eval_json = run / "eval_fs" / "eval.json"
+    suites = json.loads(eval_json.read_text())["suites"]
+    suites["capability"] = "not a suite"
+    eval_json.write_text(json.dumps({"suites": suites}))
+    tool.main([str(run), "--eval", "eval_fs", "--out", str(tmp_path / "p.png")])
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| pirate")][0]
+    assert row == "| pirate | None | — | None | — | 0.50 [0.40, 0.60] | — | — | — |"
