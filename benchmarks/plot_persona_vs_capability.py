@@ -1,11 +1,11 @@
-"""Persona strength against capability for a set of evaluated runs, one point per run, coloured by data variant.
+"""Persona strength against capability for a set of evaluated runs, one point per run, coloured by data and lr.
 
 ``python benchmarks/plot_persona_vs_capability.py <run dir>... --eval eval_fs --out <png>`` reads each run's
 ``summary.json`` (persona, data variant, seed) and ``<run dir>/<eval>/eval.json`` (written by ``eval.py``), plots the
 coherence-gated share of the bare→prompted range on one suite against KL to the base and against multiple-choice
 accuracy (95% intervals as bars), one colour per data variant and learning rate, and prints the same figures as a
-markdown table. It reads only those two JSON
-files, so it works on archived evidence (``report.py --archive``) as well as on live run dirs.
+markdown table. It reads only those two JSON files, so it works on archived evidence (``report.py --archive``) as well
+as on live run dirs.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ def load_run(run_dir: Path, eval_subdir: str) -> dict:
         raise ValueError(f"{eval_path} has no 'suites' mapping; is it an eval.py output?")
     config = _mapping(summary.get("config"))
     return {
-        "dir": run_dir,
         "persona": summary.get("persona"),
         "data": summary.get("data"),
         "lr": _mapping(config.get("optim")).get("lr"),
