@@ -28,6 +28,8 @@ import numpy as np
 import yaml
 from scipy import stats as scipy_stats
 
+from charlit.sweeps import contrasts
+
 ARM_OVERRIDE = "+arm="
 VARIANT_GROUPS = ("data", "teacher")
 """Config groups whose command-line choice makes a job a variant of its arm (see :func:`arm_label`)."""
@@ -394,10 +396,19 @@ def write_study(rows: list[dict], sweep_dir: Path, out_dir: Path) -> dict | None
         + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
         + "".join(f"\n## Persona `{p}` alone\n\n" + markdown(rows) for p, rows in by_persona.items())
     )
+    paired = contrasts.paired_contrasts(jobs)
+    if paired:
+        text += (
+            f"\n## Paired against `{contrasts.REFERENCE}`\n\n"
+            "Each arm minus the reference on the same persona, seed and prompts: mean difference [95% t interval "
+            "over the matched cells] (cells where the arm is above / matched cells); "
+            "`charlit/sweeps/contrasts.py`.\n\n" + contrasts.markdown(paired)
+        )
     (out_dir / "study.md").write_text(text)
     return {
         "table": table,
         "by_persona": by_persona,
+        "paired": paired,
         "markdown": out_dir / "study.md",
         "csv": out_dir / "study.csv",
         "plots": plots,

@@ -138,6 +138,10 @@ def test_a_sweep_over_arms_writes_the_study_table_curves_and_pareto_plot(tmp_pat
     assert by_persona["stoic"]["self_distill"]["ood_gated"]["mean"] == pytest.approx(0.5)
     assert (by_persona["pirate"]["oct"]["jobs"], by_persona["stoic"]["oct"]["jobs"]) == (3, 2)
     assert "## Persona `pirate` alone" in text and "## Persona `stoic` alone" in text
+    # paired against self_distill on the four cells both ran: same KL in every cell
+    (paired,) = result["study"]["paired"]
+    assert paired["arm"] == "oct" and paired["KL to base"]["mean"] == pytest.approx(0.0)
+    assert paired["KL to base"]["cells"] == 4 and "## Paired against `self_distill`" in text
     assert "study.md" in result["markdown"].read_text()
     assert {p.name for p in result["study"]["plots"]} == {"study_curves.png", "study_pareto.png"}
     assert all(p.stat().st_size > 1000 for p in result["study"]["plots"])
