@@ -239,6 +239,13 @@ def worker(case: str, steps: int, pairs: Path) -> dict:
     return {"case": case, "status": status, "step_times_s": times, "peak_rss_mb": _peak_rss_mb()}
 
 
+def worker_env() -> dict[str, str]:
+    """A worker's environment: this checkout's charlit first on its path (a script's own path is ``benchmarks/``, so
+    without it a worker would time whichever charlit is installed), W&B off."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="training steps per case (first --warmup dropped)")
@@ -254,7 +261,7 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.steps, pairs)), flush=True)
         return
-    sys.path.insert(0, str(REPO))  # the checkout's charlit, as the workers get it
+    sys.path.insert(0, str(REPO))  # the checkout's charlit, as the workers get it (worker_env)
     from charlit.machine import describe_cpu, native_bf16
 
     cases = args.cases.split(",") if args.cases else [*CASES, *(BF16_CASES if native_bf16() else ())]
@@ -266,7 +273,7 @@ def main() -> None:
             cwd=REPO,
             capture_output=True,
             text=True,
-            env={**os.environ, "WANDB_MODE": "disabled"},
+            env=worker_env(),
         )
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
