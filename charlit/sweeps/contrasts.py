@@ -38,13 +38,18 @@ def _value(job: dict, metric: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+def t_half_width(values: np.ndarray) -> float:
+    """Half-width of the 95% Student-t interval of the mean of ``values``; nan from fewer than two."""
+    if len(values) < 2:
+        return float("nan")
+    return float(scipy_stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+
+
 def paired_difference(differences: list[float]) -> dict:
     """Mean of per-cell differences, its 95% t interval over cells (none from one cell) and the cells above 0."""
     d = np.asarray(differences, dtype=float)
     mean = float(d.mean())
-    half = float("nan")
-    if len(d) > 1:
-        half = float(scipy_stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    half = t_half_width(d)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "above": int((d > 0).sum()), "cells": len(d)}
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy import stats as scipy_stats
 
 from charlit.sweeps import contrasts
 
@@ -167,9 +166,7 @@ def pooled_mean(means: list[float], half_widths: list[float | None]) -> dict:
     values = np.asarray([m for m in means if m is not None and not math.isnan(m)], dtype=float)
     if not len(values):
         return {"mean": float("nan"), "half": float("nan"), "jobs": 0}
-    between = 0.0
-    if len(values) > 1:
-        between = scipy_stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    between = contrasts.t_half_width(values) if len(values) > 1 else 0.0
     within = [h for h in half_widths if h is not None and not math.isnan(h)]
     shared = float(np.mean(within)) if within else 0.0
     return {"mean": float(values.mean()), "half": math.hypot(between, shared), "jobs": len(values)}
